@@ -1,0 +1,146 @@
+"""`bench`: run, list, show."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.errors import BenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Long-tailed classification benchmark harness.")
+console = Console()
+err_console = Console(stderr=True)
+
+EMBEDDED_DATASET = "digits_lt"
+EMBEDDED_BACKBONE = "vit_micro"
+DEFAULT_METHOD = "finetune"
+# A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with a larger learning rate.
+EMBEDDED_PRESET = {"image_size": "16", "augment": "none", "lr": "2e-3", "epochs": "40", "batch_size": "32"}
+
+
+def _fail(error: BenchError) -> None:
+    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
+    dataset: str = typer.Option(EMBEDDED_DATASET, "--dataset", "-d", help="dataset name (bench list datasets)"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
+                                           f"default: {EMBEDDED_BACKBONE} on the embedded dataset, "
+                                           "the in21k ViT-B/16 elsewhere"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
+    assignments: List[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[str] = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
+    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
+) -> None:
+    """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
+    from bench import runner
+    from bench.hparams import parse_assignments
+
+    try:
+        if resume:
+            result = runner.resume(resume, console, out)
+        else:
+            embedded = dataset in (EMBEDDED_DATASET, "default", "digits") and backbone is None
+            overrides = parse_assignments(assignments)
+            if embedded:
+                declared = runner.declared_options(method, dataset)
+                preset = {k: v for k, v in EMBEDDED_PRESET.items() if k in declared and k not in overrides}
+                console.print(f"embedded default: {EMBEDDED_BACKBONE} (random init) on {EMBEDDED_DATASET}, preset "
+                              + " ".join(f"{k}={v}" for k, v in preset.items()))
+                overrides = {**preset, **overrides}
+            spec = runner.RunSpec(
+                method=method, dataset=dataset, backbone=backbone or (EMBEDDED_BACKBONE if embedded
+                                                                      else runner.DEFAULT_BACKBONE),
+                weights=weights, data_root=data_root, overrides=overrides, seed=seed,
+                out=out, device=device, allow_download=allow_download, allow_random_init=random_init or embedded,
+            )
+            result = runner.execute(spec, console)
+    except BenchError as error:
+        _fail(error)
+    console.print(metrics_table(result.record))
+    console.print(f"run folder: {result.run_dir}")
+
+
+def metrics_table(record: dict) -> Table:
+    table = Table(title=f"{record['method']} on {record['dataset']} ({record['backbone']}, "
+                        f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})")
+    columns = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
+    table.add_column("split")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for split in ("val", "test"):
+        metrics = record[split]
+        table.add_row(split, *(_cell(metrics.get(column)) for column in columns))
+    table.caption = (f"{record['trainable_params']:,} trainable parameters, trained {record['train_time_s']:.1f} s "
+                     f"on {record['device']}; shot groups: {record['shot_convention']}")
+    return table
+
+
+def _cell(value) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}"
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("all", help="methods | datasets | backbones | all")) -> None:
+    """List registered methods, datasets and backbones."""
+    import bench.datasets  # noqa: F401
+    import bench.methods  # noqa: F401
+    from bench.backbones import BACKBONES
+    from bench.datasets.base import DATASETS
+    from bench.methods.base import METHODS
+
+    sections = {
+        "methods": (METHODS, lambda cls: cls.description),
+        "datasets": (DATASETS, lambda spec: spec.description),
+        "backbones": (BACKBONES, lambda spec: spec.description),
+    }
+    if what != "all" and what not in sections:
+        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, all"))
+    for name, (registry, describe) in sections.items():
+        if what not in ("all", name):
+            continue
+        table = Table(title=name)
+        table.add_column("name", style="bold")
+        table.add_column("aliases")
+        table.add_column("description")
+        for key, entry in registry.items():
+            table.add_row(key, ", ".join(registry.aliases_of(key)), describe(entry))
+        console.print(table)
+
+
+@app.command()
+def show(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="run folder or run id"),
+    out: Optional[str] = typer.Option(None, "--out", help="results root"),
+) -> None:
+    """Show a run's configuration and metrics."""
+    from bench.runner import find_run
+    from bench.store import ResultsStore, read_json
+
+    try:
+        run_dir = find_run(run_ref, out)
+    except BenchError as error:
+        _fail(error)
+    status = read_json(run_dir / "status.json").get("state", "unknown")
+    config = read_json(run_dir / "config.json")
+    console.print(f"[bold]{run_dir.name}[/] ({status})")
+    console.print(f"hyperparameters: {config['hparams']}")
+    console.print(f"dataset options: {config['dataset_options']}")
+    record = ResultsStore(run_dir.parents[1]).get(run_dir.name)
+    if record is None:
+        console.print("no record in the store yet (the run has not finished)")
+        return
+    console.print(metrics_table(record))
+    for note in record.get("notes", []):
+        console.print(f"note: {note}")

@@ -1,0 +1,92 @@
+"""Everything one run needs, resolved once: dataset, hyperparameters, device, backbone, paths, console."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from bench.data import AUGMENTATIONS
+from bench.datasets.base import LongTailDataset
+from bench.hparams import Choice, HParam
+from bench.metrics import SHOT_CONVENTIONS
+
+COMMON_OPTIONS: dict[str, HParam] = {
+    "image_size": HParam(0, help="input resolution; 0 = the backbone's native size"),
+    "augment": HParam("rrc_flip", Choice(AUGMENTATIONS), "train augmentation (flips are dropped where "
+                      "the dataset forbids them)", choices=AUGMENTATIONS),
+    "eval_batch_size": HParam(256, help="batch size for evaluation and feature extraction"),
+    "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU"),
+    "amp": HParam("auto", help="mixed precision: auto (bf16 where supported) | bf16 | fp16 | off",
+                  choices=("auto", "bf16", "fp16", "off")),
+    "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)"),
+    "shot_convention": HParam("standard", help="many/medium/few thresholds",
+                              choices=tuple(SHOT_CONVENTIONS)),
+}
+
+
+@dataclass
+class BackboneRequest:
+    name: str
+    weights: str | None
+    allow_download: bool
+    allow_random_init: bool
+
+
+@dataclass
+class RunContext:
+    dataset: LongTailDataset
+    hparams: dict[str, Any]
+    backbone_request: BackboneRequest
+    device: torch.device
+    seed: int
+    run_dir: Path
+    cache_dir: Path
+    console: Console
+    log: logging.Logger
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def backbone(self):
+        from bench.backbones import create_backbone
+
+        request = self.backbone_request
+        image_size = self.hparams["image_size"] or None
+        backbone = create_backbone(request.name, weights=request.weights, allow_download=request.allow_download,
+                                   allow_random_init=request.allow_random_init, image_size=image_size)
+        if not backbone.weights_info.pretrained:
+            self.warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
+        return backbone.to(self.device)
+
+    @property
+    def num_workers(self) -> int:
+        requested = self.hparams["num_workers"]
+        if requested >= 0:
+            return requested
+        return 8 if self.device.type == "cuda" else 0
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        choice = self.hparams["amp"]
+        if choice == "off" or self.device.type != "cuda":
+            return None
+        if choice == "fp16":
+            return torch.float16
+        if choice == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def autocast(self):
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def warn(self, message: str) -> None:
+        self.notes.append(message)
+        self.log.warning(message)
+        self.console.print(f"[yellow]warning:[/] {message}")

@@ -1,0 +1,167 @@
+"""The training engine: runs a method's phases epoch by epoch, checkpoints after every epoch, resumes."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from bench.context import RunContext
+from bench.metrics import evaluate_logits
+from bench.progress import make_progress
+from bench.seeding import derived_seed, seed_everything
+from bench.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from bench.methods.base import Method, Phase
+
+EpochCallback = Callable[[dict], None]
+
+
+def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6) -> float:
+    """Per-epoch cosine schedule with linear warm-up from `warmup_start` (LPT's official schedule)."""
+    if epoch < warmup_epochs:
+        return warmup_start + (base_lr - warmup_start) * epoch / warmup_epochs
+    span = max(1, epochs - warmup_epochs)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+def trainable_state(model: torch.nn.Module, phases: list[Phase]) -> dict[str, torch.Tensor]:
+    trained = {id(p) for phase in phases for p in phase.parameters}
+    return {name: p.detach().clone() for name, p in model.named_parameters() if id(p) in trained}
+
+
+def count_parameters(phases: list[Phase]) -> int:
+    seen: dict[int, int] = {}
+    for phase in phases:
+        for p in phase.parameters:
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+@dataclass
+class TrainingState:
+    phase: int = 0
+    next_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, method: Method, ctx: RunContext, on_epoch_end: EpochCallback | None = None):
+        self.method = method
+        self.ctx = ctx
+        self.on_epoch_end = on_epoch_end
+        self.checkpoint_path = ctx.run_dir / "checkpoints" / "last.pt"
+
+    def evaluate(self, split: str):
+        logits, labels = self.method.predict(split)
+        return evaluate_logits(labels.numpy(), logits.float().numpy(), self.ctx.dataset.train_counts,
+                               self.ctx.hparams["shot_convention"])
+
+    def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer, phases: list[Phase]) -> None:
+        buffer = io.BytesIO()
+        torch.save({
+            "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
+            "train_time_s": state.train_time_s, "optimizer": optimizer.state_dict(),
+            "model": trainable_state(self.method.model(), phases),
+        }, buffer)
+        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+
+    def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None]:
+        if not self.checkpoint_path.exists():
+            return TrainingState(), None
+        blob = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=True)
+        missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
+        if missing:
+            raise RuntimeError(f"checkpoint has parameters this model lacks: {sorted(missing)[:3]}")
+        self.method.model().load_state_dict(blob["model"], strict=False)
+        state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"])
+        return state, blob["optimizer"]
+
+    def train(self) -> TrainingState:
+        ctx = self.ctx
+        phases = self.method.phases()
+        state, optimizer_state = self._load(phases)
+        if optimizer_state is not None:
+            ctx.log.info(f"resuming at phase {state.phase} ({phases[min(state.phase, len(phases) - 1)].name}), "
+                         f"epoch {state.next_epoch}")
+        scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
+        with make_progress(ctx.console) as progress:
+            for index in range(state.phase, len(phases)):
+                phase = phases[index]
+                self._freeze_all_but(phase)
+                optimizer = phase.make_optimizer(phase.parameters)
+                for group in optimizer.param_groups:
+                    group.setdefault("base_lr", group["lr"])
+                if optimizer_state is not None:
+                    optimizer.load_state_dict(optimizer_state)
+                    optimizer_state = None
+                for epoch in range(state.next_epoch, phase.epochs):
+                    started = time.perf_counter()
+                    loss = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
+                    state.train_time_s += time.perf_counter() - started
+                    entry = {"phase": phase.name, "epoch": epoch, "loss": loss,
+                             "lr": optimizer.param_groups[0]["lr"]}
+                    if self._should_validate(epoch, phase):
+                        entry["val"] = self.evaluate("val").summary()
+                    state.history.append(entry)
+                    state.next_epoch = epoch + 1
+                    if state.next_epoch == phase.epochs:
+                        state.phase, state.next_epoch = index + 1, 0
+                    self._save(state, optimizer, phases)
+                    self._report(entry)
+                state.phase, state.next_epoch = index + 1, 0
+        return state
+
+    def _should_validate(self, epoch: int, phase: Phase) -> bool:
+        every = self.ctx.hparams["val_every"]
+        return epoch + 1 == phase.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    def _freeze_all_but(self, phase: Phase) -> None:
+        model = self.method.model()
+        wanted = {id(p) for p in phase.parameters}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Progress) -> float:
+        ctx = self.ctx
+        seed_everything(derived_seed(ctx.seed, index, epoch))
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
+        self.method.model().train()
+        total = phase.steps_per_epoch() if phase.steps_per_epoch else None
+        task = progress.add_task(f"{phase.name} {epoch + 1}/{phase.epochs}", total=total, info="")
+        losses = []
+        for batch in phase.batches(epoch):
+            with self.ctx.autocast():
+                loss = phase.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in {phase.name} epoch {epoch}; lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            progress.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
+        progress.remove_task(task)
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _report(self, entry: dict) -> None:
+        val = entry.get("val")
+        shown = f" val overall {val['overall']:.2f}" if val else ""
+        self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f} "
+                          f"lr {entry['lr']:.3g}{shown}")
+        if self.on_epoch_end:
+            self.on_epoch_end(entry)
+
+
+def checkpoint_exists(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "last.pt").exists()

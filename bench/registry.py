@@ -1,0 +1,60 @@
+"""Name → object registries for methods, datasets and backbones, with nearest-name suggestions."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+from bench.errors import BenchError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+        def decorate(obj: T) -> T:
+            self.add(name, obj, aliases)
+            return obj
+
+        return decorate
+
+    def add(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> None:
+        if name in self._entries or name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = obj
+        for alias in aliases:
+            if alias in self._entries or alias in self._aliases:
+                raise ValueError(f"{self.kind} alias {alias!r} registered twice")
+            self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        hint = nearest(name, list(self._entries) + list(self._aliases))
+        raise BenchError(f"unknown {self.kind} {name!r}: {hint} (see `bench list {self.kind}s`)")
+
+    def get(self, name: str) -> T:
+        return self._entries[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def aliases_of(self, name: str) -> list[str]:
+        return [alias for alias, target in self._aliases.items() if target == name]
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._entries.items())
+
+
+def nearest(name: str, vocabulary: list[str]) -> str:
+    close = difflib.get_close_matches(name, vocabulary, n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(vocabulary))}"
+
+

@@ -1,0 +1,229 @@
+"""One run: (method, dataset, backbone, hyperparameters, seed) → a run folder and one record in the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.logging import RichHandler
+
+import bench.datasets  # noqa: F401  (registers the datasets)
+import bench.methods  # noqa: F401  (registers the methods)
+from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
+from bench.datasets.base import DATASETS, load_dataset
+from bench.engine import Engine, count_parameters
+from bench.seeding import seed_everything
+from bench.errors import BenchError
+from bench.hparams import HParam, merge_declarations, resolve
+from bench.manifest import build_manifest
+from bench.methods.base import METHODS
+from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json
+
+RESULTS_ENV = "BENCH_RESULTS"
+DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
+
+
+def default_results_root() -> Path:
+    return Path(os.environ.get(RESULTS_ENV, "results")).expanduser().resolve()
+
+
+@dataclass
+class RunSpec:
+    method: str
+    dataset: str
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    data_root: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    out: str | None = None
+    device: str = "auto"
+    allow_download: bool = False
+    allow_random_init: bool = False
+    sweep: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    record: dict[str, Any]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return torch.device(name)
+
+
+def declared_options(method: str, dataset: str) -> dict[str, HParam]:
+    """The one declaration of every --set key of a (method, dataset) pair: common, method and dataset options."""
+    method_cls, dataset_spec = METHODS.get(method), DATASETS.get(dataset)
+    return merge_declarations(("common", COMMON_OPTIONS), (f"method {method_cls.name}", method_cls.hparams),
+                              (f"dataset {dataset_spec.name}", dataset_spec.options))
+
+
+def split_options(spec: RunSpec):
+    """Resolve --set values; return the method class, dataset spec, hyperparameters and dataset options."""
+    method_cls = METHODS.get(spec.method)
+    dataset_spec = DATASETS.get(spec.dataset)
+    values = resolve(declared_options(spec.method, spec.dataset), spec.overrides)
+    dataset_options = {k: values[k] for k in dataset_spec.options}
+    hparams = {k: v for k, v in values.items() if k not in dataset_spec.options}
+    return method_cls, dataset_spec, hparams, dataset_options
+
+
+def new_run_id(method: str, dataset: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{dataset}-{method}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _logger(run_id: str, console: Console) -> logging.Logger:
+    log = logging.getLogger(f"bench.run.{run_id}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        log.addHandler(RichHandler(console=console, show_path=False, show_level=False, markup=False))
+    return log
+
+
+def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None = None,
+            on_epoch_end: Callable[[dict], None] | None = None) -> RunResult:
+    """Run `spec` to completion. Passing the `run_dir` of an interrupted run resumes it."""
+    console = console or Console()
+    method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
+    device = pick_device(spec.device)
+    if run_dir is not None:
+        out_root = run_dir.parents[1]
+    else:
+        out_root = Path(spec.out).expanduser().resolve() if spec.out else default_results_root()
+    dataset = load_dataset(dataset_spec.name, spec.data_root, dataset_options)
+    run_id = run_dir.name if run_dir else new_run_id(method_cls.name, dataset_spec.name)
+    run_dir = run_dir or out_root / "runs" / run_id
+    log = _logger(run_id, console)
+    ctx = RunContext(dataset=dataset, hparams=hparams, device=device, seed=spec.seed, run_dir=run_dir,
+                     cache_dir=out_root / "cache", console=console, log=log,
+                     backbone_request=BackboneRequest(spec.backbone, spec.weights, spec.allow_download,
+                                                      spec.allow_random_init))
+    ctx.notes.extend(dataset.notes)
+    seed_everything(spec.seed)
+    ctx.backbone  # noqa: B018  (weights are resolved before any folder is written)
+
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    config = {"spec": dataclasses.asdict(spec), "method": method_cls.name, "dataset": dataset_spec.name,
+              "hparams": hparams, "dataset_options": dataset_options}
+    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / "status.json", {"state": "running", "pid": os.getpid()})
+    try:
+        record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root)
+    except BaseException as error:
+        atomic_write_json(run_dir / "status.json", {"state": "failed", "error": f"{type(error).__name__}: {error}"})
+        log.error(f"run failed: {type(error).__name__}: {error}")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return RunResult(run_id, run_dir, record)
+
+
+def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, out_root: Path) -> dict:
+    dataset, backbone = ctx.dataset, ctx.backbone
+    ctx.log.info(f"run {ctx.run_dir.name}: {method_cls.name} on {dataset.name} with {spec.backbone} "
+                 f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test, "
+                 f"{dataset.num_classes} classes) on {ctx.device}")
+    for note in dataset.notes:
+        ctx.log.info(f"dataset: {note}")
+    started = time.perf_counter()
+    method = method_cls(ctx)
+    method.setup()
+    engine = Engine(method, ctx, on_epoch_end)
+    state = engine.train()
+    val, test = engine.evaluate("val"), engine.evaluate("test")
+    wall = time.perf_counter() - started
+
+    atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(),
+                                                      "history": state.history})
+    _write_per_class(ctx, val, test)
+    manifest = build_manifest(
+        device=ctx.device, amp=str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
+        split_files=dataset.split_files,
+        split_fingerprints={s.name: s.fingerprint for s in (dataset.train, dataset.val, dataset.test)},
+        weights_info=dataclasses.asdict(backbone.weights_info),
+    )
+    atomic_write_json(ctx.run_dir / "manifest.json", manifest)
+    phases = method.phases()
+    record = {
+        "run_id": ctx.run_dir.name, "method": method_cls.name, "dataset": dataset.name,
+        "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
+        "hparams": config["hparams"], "dataset_options": config["dataset_options"],
+        "val": val.summary(), "test": test.summary(),
+        "trainable_params": count_parameters(phases),
+        "total_params": sum(p.numel() for p in method.model().parameters()),
+        "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
+        "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
+        "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
+        "num_classes": dataset.num_classes, "train_size": len(dataset.train),
+        "notes": ctx.notes, "run_dir": str(ctx.run_dir),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    ResultsStore(out_root).add(record, overwrite=True)
+    atomic_write_json(ctx.run_dir / "status.json", {"state": "complete"})
+    ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
+                 f"few {test.few:.2f}")
+    return record
+
+
+def _write_per_class(ctx: RunContext, val, test) -> None:
+    dataset = ctx.dataset
+    from bench.metrics import shot_groups
+
+    groups = shot_groups(dataset.train_counts, ctx.hparams["shot_convention"])
+    lines = ["class,name,train_count,group,val_acc,test_acc"]
+    for c in range(dataset.num_classes):
+        name = dataset.class_names[c].replace('"', "'")
+        lines.append(f'{c},"{name}",{dataset.train_counts[c]},{groups[c]},'
+                     f"{_fmt(val.per_class[c])},{_fmt(test.per_class[c])}")
+    atomic_write_text(ctx.run_dir / "per_class.csv", "\n".join(lines) + "\n")
+
+
+def _fmt(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.4f}"
+
+
+def resume(run: str | Path, console: Console | None = None, out: str | None = None) -> RunResult:
+    run_dir = find_run(run, out)
+    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
+    if status.get("state") == "complete":
+        raise BenchError(f"run {run_dir.name} is already complete; see `bench show {run_dir.name}`")
+    spec = RunSpec(**read_json(run_dir / "config.json")["spec"])
+    return execute(spec, console, run_dir=run_dir)
+
+
+def find_run(run: str | Path, out: str | None = None) -> Path:
+    candidate = Path(run).expanduser()
+    if (candidate / "config.json").exists():
+        return candidate.resolve()
+    root = Path(out).expanduser().resolve() if out else default_results_root()
+    by_id = root / "runs" / str(run)
+    if (by_id / "config.json").exists():
+        return by_id
+    matches = sorted((root / "runs").glob(f"{run}*")) if (root / "runs").is_dir() else []
+    if len(matches) == 1 and (matches[0] / "config.json").exists():
+        return matches[0]
+    raise BenchError(f"no run {run!r} under {root / 'runs'}; pass a run folder or an id from the store")

@@ -1,0 +1,274 @@
+"""Atomic file writes and the results store: one JSON record per run under `<root>/records/<run_id>.json`.
+
+One file per run (as DomainBed and CLIP_benchmark do) means concurrent writers, on one machine or over NFS,
+never touch the same file; each file appears whole or not at all, because it is written to a temporary file
+in the same folder, fsynced, then renamed (or hard-linked, when it must not replace an existing record).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; results are meant to be read by others
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), _FILE_MODE)
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return Path(temp_name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    path = Path(path)
+    temp = _write_temp(path, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_json_value(obj: Any) -> Any:
+    """A strict-JSON-ready copy: NaN and ±inf become None, numpy scalars and arrays become Python ones,
+    tuples become lists, paths become strings."""
+    if isinstance(obj, dict):
+        return {str(key): to_json_value(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_value(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json_value(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_json_value(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(to_json_value(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, dumps_json(obj))
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class ResultsStore:
+    """The records every report reads. `root` is a results root; records live in `root/records/`."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.folder = self.root / "records"
+
+    def path_for(self, run_id: str) -> Path:
+        if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or any(
+                bad in run_id for bad in ("/", "\\", "\0")):
+            raise BenchError(f"invalid run_id {run_id!r}: use a non-empty name without slashes or a leading "
+                             "dot")
+        return self.folder / f"{run_id}.json"
+
+    def add(self, record: dict, overwrite: bool = False) -> Path:
+        """Write one record; refuses to replace an existing one unless `overwrite`. Returns its path."""
+        if "run_id" not in record:
+            raise BenchError("a record needs a 'run_id' (its file name in the store)")
+        path = self.path_for(record["run_id"])
+        temp = _write_temp(path, dumps_json(record).encode("utf-8"))
+        try:
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                self._link_new(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(self.folder)
+        return path
+
+    @staticmethod
+    def _link_new(temp: Path, path: Path) -> None:
+        # link() fails if the target exists, atomically, so two writers of one run_id cannot both succeed.
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            raise BenchError(f"record {path.stem!r} already exists at {path}; "
+                             "pass overwrite=True to replace it") from None
+        except OSError:  # a filesystem without hard links: check, then rename (a small race remains)
+            if path.exists():
+                raise BenchError(f"record {path.stem!r} already exists at {path}; "
+                                 "pass overwrite=True to replace it") from None
+            os.replace(temp, path)
+
+    def _paths(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("*.json"))
+
+    def _load(self, path: Path) -> dict | None:
+        try:
+            record = read_json(path)
+        except FileNotFoundError:  # removed between listing and reading
+            return None
+        except (OSError, ValueError) as error:
+            warnings.warn(f"skipping unreadable record {path}: {error}", stacklevel=3)
+            return None
+        if not isinstance(record, dict):
+            warnings.warn(f"skipping record {path}: expected a JSON object, got {type(record).__name__}",
+                          stacklevel=3)
+            return None
+        return record
+
+    def get(self, run_id: str) -> dict | None:
+        """The record of `run_id`, or None if there is none (or it cannot be read, with a warning)."""
+        path = self.path_for(run_id)
+        return self._load(path) if path.exists() else None
+
+    def __contains__(self, run_id: str) -> bool:
+        return self.path_for(run_id).exists()
+
+    def __len__(self) -> int:
+        """The number of record files (unreadable ones included)."""
+        return len(self._paths())
+
+    def records(self, **filters: Any) -> list[dict]:
+        """Readable records, ordered by run_id, that match every filter.
+
+        A filter name may be dotted to reach into nested dicts (`**{"hparams.lr": 0.1}`); its value matches
+        by equality, by membership when it is a list, tuple or set, or by calling it when it is callable.
+        """
+        selected = []
+        for path in self._paths():
+            record = self._load(path)
+            if record is None:
+                continue
+            if all(_matches(_lookup(record, key), want) for key, want in filters.items()):
+                selected.append(record)
+        return selected
+
+    def frame(self, **filters: Any) -> pl.DataFrame:
+        """One row per record; nested dicts flattened to dotted columns ('test.overall', 'hparams.lr'),
+        keys missing from a record are null, lists are JSON strings. No records: an empty frame."""
+        return records_frame([flatten(record) for record in self.records(**filters)])
+
+
+_MISSING = object()
+
+
+def _lookup(record: dict, dotted: str) -> Any:
+    if dotted in record:
+        return record[dotted]
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _matches(value: Any, want: Any) -> bool:
+    if value is _MISSING:
+        return False
+    if callable(want):
+        return bool(want(value))
+    if isinstance(want, (list, tuple, set, frozenset)):
+        return value in want
+    return value == want
+
+
+def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → dotted keys; lists → JSON strings; scalars as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(to_json_value(value), ensure_ascii=False)
+        else:
+            flat[name] = value
+    return flat
+
+
+def records_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """A frame from flat rows whose keys and value types may differ: columns in first-seen order,
+    absent → null. A column mixing ints and floats is Float64; one mixing other types is String
+    (non-strings as JSON)."""
+    import polars as pl  # here, not at the top: writers (training runs, sweep workers) never need it
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return pl.DataFrame([_column(name, [row.get(name) for row in rows]) for name in columns])
+
+
+def _column(name: str, values: list[Any]) -> pl.Series:
+    import polars as pl
+
+    kinds = {type(value) for value in values if value is not None}
+    if kinds == {bool}:
+        return pl.Series(name, values, dtype=pl.Boolean)
+    if kinds == {int}:
+        try:
+            return pl.Series(name, values, dtype=pl.Int64)
+        except (OverflowError, TypeError, ValueError, pl.exceptions.PolarsError):
+            pass
+    elif kinds and kinds <= {int, float}:
+        floats = [None if value is None else float(value) for value in values]
+        return pl.Series(name, floats, dtype=pl.Float64)
+    elif kinds == {str}:
+        return pl.Series(name, values, dtype=pl.String)
+    elif not kinds:
+        return pl.Series(name, values, dtype=pl.Null)
+    texts = [value if value is None or isinstance(value, str) else json.dumps(to_json_value(value))
+             for value in values]
+    return pl.Series(name, texts, dtype=pl.String)

@@ -1,0 +1,2 @@
+"""Long-tailed datasets; importing this package registers every dataset."""
+from bench.datasets import digits  # noqa: F401

@@ -1,0 +1,73 @@
+"""A method is a recipe of training phases over a (mostly frozen) backbone, plus how it predicts.
+
+The engine owns everything around the recipe: seeding, the epoch loop, mixed precision, the learning-rate
+schedule, checkpoints and resume, evaluation and the run record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from bench.hparams import HParam
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
+
+
+@dataclass
+class Phase:
+    """One stage of training: which parameters learn, from which batches, under which loss."""
+
+    name: str
+    epochs: int
+    parameters: list[nn.Parameter]
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    batches: Callable[[int], Iterable[Any]]  # epoch → batches already on the device
+    loss: Callable[[Any], torch.Tensor]
+    warmup_epochs: int = 0
+    steps_per_epoch: Callable[[], int] | None = None  # for progress bars
+
+
+class Method:
+    """Subclasses set `name`, `description`, `hparams`; build the model in `setup`, list `phases`, `predict`."""
+
+    name: str = ""
+    description: str = ""
+    hparams: Mapping[str, HParam] = {}
+    needs_images: bool = True  # False: the method trains on cached features only
+
+    def __init__(self, ctx: "RunContext"):
+        self.ctx = ctx
+        self.hp = ctx.hparams
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def model(self) -> nn.Module:
+        """The module whose trainable parameters the checkpoints hold."""
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, C], labels [N]) on split 'train' | 'val' | 'test', in eval mode."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Method]], type[Method]]:
+    def decorate(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS.add(name, cls, aliases)
+        return cls
+
+    return decorate

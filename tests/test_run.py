@@ -1,0 +1,110 @@
+"""End to end: `bench run` on the embedded dataset, resume, feature cache, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bench import runner
+from bench.cli import app
+from bench.store import ResultsStore
+
+FAST = {"epochs": "2", "image_size": "16", "batch_size": "64", "val_every": "1"}
+
+
+def fast_spec(tmp_path, method="finetune", **overrides):
+    return runner.RunSpec(method=method, dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
+                          out=str(tmp_path), overrides={**FAST, **overrides})
+
+
+def test_finetune_run_writes_folder_and_record(tmp_path):
+    result = runner.execute(fast_spec(tmp_path))
+    for name in ("config.json", "metrics.json", "per_class.csv", "manifest.json", "log.txt", "status.json",
+                 "checkpoints/last.pt"):
+        assert (result.run_dir / name).exists(), name
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["pretrained"] is False
+    assert manifest["weights"]["source"] == "random"
+    assert manifest["packages"]["torch"]
+    frame = ResultsStore(tmp_path).frame()
+    assert frame.height == 1
+    record = result.record
+    assert record["pretrained"] is False
+    assert any("random" in note for note in record["notes"])
+    assert 0 <= record["test"]["overall"] <= 100
+    assert record["trainable_params"] == record["total_params"]
+    lines = (result.run_dir / "per_class.csv").read_text().splitlines()
+    assert len(lines) == 1 + 10
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
+    full = runner.execute(fast_spec(tmp_path / "a", epochs="3"))
+
+    def interrupt_after_first_epoch(entry):
+        if entry["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(fast_spec(tmp_path / "b", epochs="3"), on_epoch_end=interrupt_after_first_epoch)
+    run_dir = next((tmp_path / "b" / "runs").iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert not (run_dir / "metrics.json").exists()
+    resumed = runner.resume(run_dir)
+    assert resumed.run_dir == run_dir
+    assert resumed.record["test"] == full.record["test"]
+    assert resumed.record["val"] == full.record["val"]
+    assert len(ResultsStore(tmp_path / "b")) == 1
+
+
+def test_linear_probe_caches_features(tmp_path):
+    first = runner.execute(fast_spec(tmp_path, method="linear_probe", epochs="3"))
+    cached = list((tmp_path / "cache" / "features").glob("*.pt"))
+    assert len(cached) == 3  # train, val, test
+    second = runner.execute(fast_spec(tmp_path, method="linear_probe", epochs="3"))
+    assert "from cache" in (second.run_dir / "log.txt").read_text()
+    assert second.record["test"] == first.record["test"]
+    assert first.record["trainable_params"] == 64 * 10 + 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "finetun"], "did you mean finetune"),
+    (["--dataset", "imagenet_tl"], "did you mean imagenet_lt"),
+    (["--set", "lr=fast"], "expected float"),
+    (["--set", "learning_rate=0.1"], "unknown key"),
+    (["--set", "epochs"], "expected key=value"),
+    (["--dataset", "places_lt", "--data-root", "/nonexistent/places"], "does not exist"),
+    (["--backbone", "vit_tiny_patch16_224", "--weights", "/nonexistent/w.safetensors"], "w.safetensors"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2
+    output = result.output.strip()
+    assert message in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_split_file_names_the_file(tmp_path):
+    root = tmp_path / "ImageNet_LT"
+    root.mkdir()
+    result = CliRunner().invoke(app, ["run", "--dataset", "imagenet_lt", "--data-root", str(root),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "ImageNet_LT_train.txt" in result.output
+
+
+def test_show_prints_metrics(tmp_path):
+    result = runner.execute(fast_spec(tmp_path, epochs="1"))
+    shown = CliRunner().invoke(app, ["show", result.run_id, "--out", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "overall" in shown.output and "few" in shown.output
+
+
+def test_list_shows_every_registry():
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in ("linear_probe", "finetune", "imagenet_lt", "places_lt", "inat2018", "cifar10_lt", "digits_lt",
+                 "vit_micro"):
+        assert name in result.output
