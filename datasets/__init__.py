@@ -1,2 +1,3 @@
 """Long-tailed datasets; importing this package registers every dataset."""
-from bench.datasets import digits  # noqa: F401
+
+from bench.datasets import cifar, digits, folder, imagenet_lt, inat, places_lt  # noqa: F401
