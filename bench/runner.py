@@ -22,7 +22,7 @@ import bench.methods  # noqa: F401  (registers the methods)
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
 from bench.engine import Engine, count_parameters
-from bench.seeding import seed_everything
+from bench.seeding import derived_seed, seed_everything
 from bench.errors import BenchError
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest
@@ -151,6 +151,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         ctx.log.info(f"dataset: {note}")
     started = time.perf_counter()
     method = method_cls(ctx)
+    seed_everything(derived_seed(spec.seed, "setup"))  # new modules initialise alike whatever ran before
     method.setup()
     engine = Engine(method, ctx, on_epoch_end)
     state = engine.train()

@@ -18,8 +18,8 @@ class LinearProbe(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.features = {name: cached_features(ctx, getattr(ctx.dataset, name)) for name in ("train", "val", "test")}
         self.head = nn.Linear(ctx.backbone.feature_dim, ctx.dataset.num_classes).to(ctx.device)
+        self.features = {name: cached_features(ctx, getattr(ctx.dataset, name)) for name in ("train", "val", "test")}
         self.train_labels = torch.as_tensor(ctx.dataset.train.labels)
 
     def model(self) -> nn.Module:

@@ -108,3 +108,23 @@ def test_list_shows_every_registry():
     for name in ("linear_probe", "finetune", "imagenet_lt", "places_lt", "inat2018", "cifar10_lt", "digits_lt",
                  "vit_micro"):
         assert name in result.output
+
+
+def test_corrupt_image_mid_run_fails_cleanly(tmp_path):
+    from conftest import write_image
+
+    data = tmp_path / "data"
+    for cls in ("a", "b"):
+        for i in range(4):
+            write_image(data / f"train/{cls}/{i}.png", seed=i)
+        write_image(data / f"test/{cls}/0.png")
+    (data / "test/b/0.png").write_bytes(b"\x89PNG broken")
+    result = CliRunner().invoke(app, ["run", "--method", "linear_probe", "--dataset", "folder", "--data-root",
+                                      str(data), "--backbone", "vit_micro", "--random-init", "--set", "val_per_class=1",
+                                      "--set", "image_size=16", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "corrupt or unreadable image" in result.output and "test/b/0.png" in result.output
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert not (run_dir / "metrics.json").exists()
+    assert len(ResultsStore(tmp_path / "out")) == 0
