@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from bench.context import RunContext
 from bench.metrics import evaluate_logits
-from bench.progress import make_progress
+from bench.progress import Bars, progress_bars
 from bench.seeding import derived_seed, seed_everything
 from bench.store import atomic_write_bytes
 
@@ -94,7 +93,7 @@ class Engine:
             ctx.log.info(f"resuming at phase {state.phase} ({phases[min(state.phase, len(phases) - 1)].name}), "
                          f"epoch {state.next_epoch}")
         scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
-        with make_progress(ctx.console) as progress:
+        with progress_bars(ctx.console) as progress:
             for index in range(state.phase, len(phases)):
                 phase = phases[index]
                 self._freeze_all_but(phase)
@@ -131,14 +130,14 @@ class Engine:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
 
-    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Progress) -> float:
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars) -> float:
         ctx = self.ctx
         seed_everything(derived_seed(ctx.seed, index, epoch))
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
-        task = progress.add_task(f"{phase.name} {epoch + 1}/{phase.epochs}", total=total, info="")
+        bar = progress.bar(f"{phase.name} {epoch + 1}/{phase.epochs}", total)
         losses = []
         for batch in phase.batches(epoch):
             with self.ctx.autocast():
@@ -150,8 +149,8 @@ class Engine:
             scaler.step(optimizer)
             scaler.update()
             losses.append(loss.item())
-            progress.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
-        progress.remove_task(task)
+            bar.advance(f"loss {losses[-1]:.3f}")
+        bar.close()
         return float(np.mean(losses)) if losses else float("nan")
 
     def _report(self, entry: dict) -> None:

@@ -11,7 +11,7 @@ import torch
 from bench.context import RunContext
 from bench.data import describe_transform, eval_loader, eval_transform
 from bench.datasets.base import Split
-from bench.progress import make_progress
+from bench.progress import progress_bars
 from bench.store import atomic_write_bytes
 
 
@@ -32,13 +32,14 @@ def extract_features(ctx: RunContext, split: Split, transform, description: str)
     backbone = ctx.backbone.eval()
     loader = eval_loader(split, transform, ctx.hparams["eval_batch_size"], ctx.num_workers)
     chunks = []
-    with make_progress(ctx.console) as progress:
-        task = progress.add_task(description, total=len(loader), info="")
+    with progress_bars(ctx.console) as progress:
+        bar = progress.bar(description, len(loader))
         for images, _ in loader:
             images = images.to(ctx.device, non_blocking=True)
             with ctx.autocast():
                 chunks.append(backbone(images).float().cpu())
-            progress.advance(task)
+            bar.advance()
+        bar.close()
     return torch.cat(chunks) if chunks else torch.zeros(0, backbone.feature_dim)
 
 
