@@ -82,6 +82,10 @@ def metrics_table(record: dict) -> Table:
     for split in ("val", "test"):
         metrics = record[split]
         table.add_row(split, *(_cell(metrics.get(column)) for column in columns))
+    posthoc = record.get("posthoc")
+    if posthoc:
+        table.add_row(f"test, post-hoc LA τ={posthoc['tau']:.1f} (τ from val)",
+                      *(_cell(posthoc["test"].get(column)) for column in columns), style="dim")
     table.caption = (f"{record['trainable_params']:,} trainable parameters, trained {record['train_time_s']:.1f} s "
                      f"on {record['device']}; shot groups: {record['shot_convention']}")
     return table

@@ -58,13 +58,11 @@ def eval_loader(split: Split, transform, batch_size: int, num_workers: int) -> D
                       num_workers=num_workers, persistent_workers=False)
 
 
-def train_loader(split: Split, transform, batch_size: int, num_workers: int, epoch_seed: int,
+def train_loader(split: Split, transform, batch_size: int, num_workers: int, indices: np.ndarray,
                  drop_last: bool = False) -> DataLoader:
-    """Instance-balanced shuffled batches; the order depends only on `epoch_seed` (resume-exact)."""
-    generator = torch.Generator().manual_seed(epoch_seed)
-    return DataLoader(ImageDataset(split, transform), batch_size=batch_size, shuffle=True,
-                      generator=generator, num_workers=num_workers, drop_last=drop_last,
-                      worker_init_fn=_seed_worker)
+    """Batches of `split` in the order of `indices` (one epoch of a sampler, fixed by the epoch's seed)."""
+    return DataLoader(ImageDataset(split, transform), batch_size=batch_size, sampler=indices.tolist(),
+                      num_workers=num_workers, drop_last=drop_last, worker_init_fn=_seed_worker)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -61,9 +61,14 @@ class Engine:
         self.checkpoint_path = ctx.run_dir / "checkpoints" / "last.pt"
 
     def evaluate(self, split: str):
+        return self.evaluate_with_logits(split)[0]
+
+    def evaluate_with_logits(self, split: str):
+        """(metrics, logits [N, C], labels [N]) of the current model on `split`."""
         logits, labels = self.method.predict(split)
-        return evaluate_logits(labels.numpy(), logits.float().numpy(), self.ctx.dataset.train_counts,
-                               self.ctx.hparams["shot_convention"])
+        logits, labels = logits.float().numpy(), labels.numpy()
+        metrics = evaluate_logits(labels, logits, self.ctx.dataset.train_counts, self.ctx.hparams["shot_convention"])
+        return metrics, logits, labels
 
     def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer, phases: list[Phase]) -> None:
         buffer = io.BytesIO()
@@ -94,9 +99,13 @@ class Engine:
                          f"epoch {state.next_epoch}")
         scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
         with progress_bars(ctx.console) as progress:
+            if phases and state.phase >= len(phases) and phases[-1].on_start:
+                phases[-1].on_start()  # resumed after the last epoch: the final phase's state is needed to predict
             for index in range(state.phase, len(phases)):
                 phase = phases[index]
                 self._freeze_all_but(phase)
+                if phase.on_start:
+                    phase.on_start()
                 optimizer = phase.make_optimizer(phase.parameters)
                 for group in optimizer.param_groups:
                     group.setdefault("base_lr", group["lr"])

@@ -26,6 +26,7 @@ from bench.seeding import derived_seed, seed_everything
 from bench.errors import BenchError
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest
+from bench.posthoc import posthoc_report
 from bench.methods.base import METHODS
 from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json
 
@@ -155,10 +156,14 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     method.setup()
     engine = Engine(method, ctx, on_epoch_end)
     state = engine.train()
-    val, test = engine.evaluate("val"), engine.evaluate("test")
+    (val, val_logits, val_labels), (test, test_logits, test_labels) = (
+        engine.evaluate_with_logits("val"), engine.evaluate_with_logits("test"))
+    # Post-hoc logit adjustment (Menon et al. 2021) for any method: tau chosen on val, then applied to test.
+    posthoc = posthoc_report(val_logits, val_labels, test_logits, test_labels, dataset.train_counts,
+                             ctx.hparams["shot_convention"])
     wall = time.perf_counter() - started
 
-    atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(),
+    atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(), "posthoc": posthoc,
                                                       "history": state.history})
     _write_per_class(ctx, val, test)
     manifest = build_manifest(
@@ -173,7 +178,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "run_id": ctx.run_dir.name, "method": method_cls.name, "dataset": dataset.name,
         "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
-        "val": val.summary(), "test": test.summary(),
+        "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
         "trainable_params": count_parameters(phases),
         "total_params": sum(p.numel() for p in method.model().parameters()),
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),

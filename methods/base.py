@@ -31,6 +31,7 @@ class Phase:
     loss: Callable[[Any], torch.Tensor]
     warmup_epochs: int = 0
     steps_per_epoch: Callable[[], int] | None = None  # for progress bars
+    on_start: Callable[[], None] | None = None  # runs when the phase is entered, fresh or resumed
 
 
 class Method:

@@ -1,18 +1,21 @@
-"""Building blocks shared by methods: optimisers, image batches, and prediction over a split."""
+"""Building blocks shared by methods: optimisers, sampled image or feature batches, prediction over a split."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from bench.context import RunContext
 from bench.data import eval_loader, eval_transform, train_loader, train_transform
-from bench.seeding import derived_seed
 from bench.hparams import Choice, HParam, LogUniform
+from bench.methods.samplers import SAMPLERS, epoch_indices
+from bench.seeding import derived_seed
 
 OPTIMIZERS = ("sgd", "adamw")
+SAMPLER_NAMES = tuple(SAMPLERS)
 
 
 def optimizer_hparams(lr: float, weight_decay: float, optimizer: str, epochs: int, batch_size: int,
@@ -27,6 +30,10 @@ def optimizer_hparams(lr: float, weight_decay: float, optimizer: str, epochs: in
     }
 
 
+def sampler_hparams(default: str = "instance_balanced") -> dict[str, HParam]:
+    return {"sampler": HParam(default, help="training sampler: " + " | ".join(SAMPLER_NAMES), choices=SAMPLER_NAMES)}
+
+
 def optimizer_factory(hp: dict) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
     def make(parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
         if hp["optimizer"] == "sgd":
@@ -36,20 +43,41 @@ def optimizer_factory(hp: dict) -> Callable[[list[nn.Parameter]], torch.optim.Op
     return make
 
 
-def image_batches(ctx: RunContext, phase_name: str) -> tuple[Callable[[int], Iterator], Callable[[], int]]:
-    """Shuffled, augmented train batches on the device, reproducible per (seed, phase, epoch)."""
+def steps(num_samples: int, batch_size: int) -> Callable[[], int]:
+    return lambda: -(-num_samples // batch_size)
+
+
+def image_batches(ctx: RunContext, phase_name: str, sampler: str,
+                  batch_size: int | None = None) -> tuple[Callable[[int], Iterator], Callable]:
+    """Augmented train batches on the device, drawn by `sampler`, reproducible per (seed, phase, epoch)."""
     backbone = ctx.backbone
-    hflip = ctx.dataset.hflip_ok
-    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, ctx.hparams["augment"], hflip)
-    batch_size = ctx.hparams["batch_size"]
+    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, ctx.hparams["augment"],
+                                ctx.dataset.hflip_ok)
+    batch_size = batch_size or ctx.hparams["batch_size"]
     split = ctx.dataset.train
 
     def batches(epoch: int) -> Iterator:
-        loader = train_loader(split, transform, batch_size, ctx.num_workers, derived_seed(ctx.seed, phase_name, epoch))
-        for images, labels in loader:
+        indices = epoch_indices(sampler, split.labels, derived_seed(ctx.seed, phase_name, epoch))
+        for images, labels in train_loader(split, transform, batch_size, ctx.num_workers, indices):
             yield images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
 
-    return batches, lambda: -(-len(split) // batch_size)
+    return batches, steps(len(split), batch_size)
+
+
+def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Callable[[], torch.Tensor],
+                    labels: np.ndarray) -> tuple[Callable[[int], Iterator], Callable]:
+    """Batches of precomputed features; `features` is called on first use (after earlier phases ran)."""
+    batch_size = ctx.hparams["batch_size"]
+    targets = torch.as_tensor(labels)
+
+    def batches(epoch: int) -> Iterator:
+        table = features()
+        order = torch.as_tensor(epoch_indices(sampler, labels, derived_seed(ctx.seed, phase_name, epoch)))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield table[idx].to(ctx.device), targets[idx].to(ctx.device)
+
+    return batches, steps(len(labels), batch_size)
 
 
 @torch.no_grad()

@@ -1,0 +1,131 @@
+"""Decoupling representation and classifier (Kang et al., ICLR 2020): cRT and LWS.
+
+Phase 1 learns the representation: full fine-tuning with cross-entropy and instance-balanced batches
+(`repr_epochs=0` keeps the pretrained backbone as the representation). Phase 2 freezes it, computes its features
+once (evaluation transform), and trains on them with class-balanced sampling: cRT re-initialises and re-trains
+the linear classifier; LWS keeps the phase-1 classifier and learns one scale per class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.data import eval_transform
+from bench.features import cached_features, extract_features
+from bench.errors import BenchError
+from bench.hparams import HParam
+from bench.methods.base import Method, Phase, register_method
+from bench.methods.common import (feature_batches, image_batches, optimizer_factory, optimizer_hparams,
+                                  predict_images, sampler_hparams)
+from bench.methods.tuned import TunedClassifier
+
+SPLITS = ("train", "val", "test")
+
+
+def decoupling_hparams() -> dict[str, HParam]:
+    return {
+        **optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
+        **sampler_hparams("class_balanced"),
+        "repr_epochs": HParam(10, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone"),
+        "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)"),
+        "repr_batch_size": HParam(64, help="phase 1 batch size"),
+    }
+
+
+class ScaledClassifier(nn.Module):
+    """LWS: logits of a frozen linear classifier, each class's scaled by a learned f_c (initially 1)."""
+
+    def __init__(self, classifier: nn.Linear):
+        super().__init__()
+        self.classifier = classifier
+        self.scales = nn.Parameter(torch.ones(classifier.out_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features) * self.scales
+
+
+class Decoupled(Method):
+    def setup(self) -> None:
+        ctx = self.ctx
+        backbone = ctx.backbone
+        self.net = TunedClassifier(backbone, nn.Linear(backbone.feature_dim, ctx.dataset.num_classes), [])
+        self.classifier = self.second_classifier()
+        self.holder = nn.ModuleDict({"net": self.net, "classifier": self.classifier}).to(ctx.device)
+        self.features: dict[str, torch.Tensor] = {}
+
+    def second_classifier(self) -> nn.Module:
+        raise NotImplementedError
+
+    def model(self) -> nn.Module:
+        return self.holder
+
+    def _freeze_representation(self) -> None:
+        """Features of every split from the (now fixed) representation; the pretrained one's come from disk."""
+        ctx = self.ctx
+        if self.hp["repr_epochs"] == 0:
+            self.features = {s: cached_features(ctx, getattr(ctx.dataset, s)) for s in SPLITS}
+            return
+        backbone = ctx.backbone
+        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+        self.features = {s: extract_features(ctx, getattr(ctx.dataset, s), transform, f"features {s}")
+                         for s in SPLITS}
+
+    def phases(self) -> list[Phase]:
+        ctx, hp = self.ctx, self.hp
+        phases = []
+        if hp["repr_epochs"] > 0:
+            repr_hp = {**hp, "batch_size": hp["repr_batch_size"], "lr": hp["repr_lr"], "optimizer": "adamw",
+                       "weight_decay": 0.05}
+            batches, steps = image_batches(ctx, "representation", "instance_balanced", hp["repr_batch_size"])
+            phases.append(Phase(
+                name="representation", epochs=hp["repr_epochs"], parameters=list(self.net.parameters()),
+                make_optimizer=optimizer_factory(repr_hp), batches=batches,
+                loss=lambda batch: nn.functional.cross_entropy(self.net(batch[0]), batch[1]),
+                warmup_epochs=1, steps_per_epoch=steps,
+            ))
+        batches, steps = feature_batches(ctx, "classifier", hp["sampler"], lambda: self.features["train"],
+                                         ctx.dataset.train.labels)
+        phases.append(Phase(
+            name="classifier", epochs=hp["epochs"], parameters=self.classifier_parameters(),
+            make_optimizer=optimizer_factory(hp), batches=batches,
+            loss=lambda batch: nn.functional.cross_entropy(self.classifier(batch[0]), batch[1]),
+            warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps, on_start=self._freeze_representation,
+        ))
+        return phases
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters())
+
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.features:  # still learning the representation
+            return predict_images(self.ctx, self.net, split)
+        self.classifier.eval()
+        logits = self.classifier(self.features[split].to(self.ctx.device)).float().cpu()
+        return logits, torch.as_tensor(getattr(self.ctx.dataset, split).labels)
+
+
+@register_method("crt")
+class ClassifierRetraining(Decoupled):
+    description = "cRT: representation by fine-tuning (or pretrained), then a new linear classifier trained " \
+                  "with class-balanced sampling on the frozen features"
+    hparams = decoupling_hparams()
+
+    def second_classifier(self) -> nn.Module:
+        return nn.Linear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
+
+
+@register_method("lws")
+class LearnableWeightScaling(Decoupled):
+    description = "LWS: representation and classifier by fine-tuning, then per-class logit scales learned " \
+                  "with class-balanced sampling"
+    hparams = decoupling_hparams()
+
+    def second_classifier(self) -> nn.Module:
+        if self.hp["repr_epochs"] == 0:
+            raise BenchError("lws rescales a classifier learned in phase 1; set repr_epochs to 1 or more")
+        return ScaledClassifier(self.net.head)
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return [self.classifier.scales]

@@ -1,0 +1,138 @@
+"""One-phase recipes that tune part of the backbone together with a classifier head: full fine-tuning, VPT
+(shallow / deep prompts), AdaptFormer adapters, BitFit, and LIFT (AdaptFormer + logit-adjusted loss + cosine
+classifier initialised from class-name text embeddings)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.hparams import Choice, HParam
+from bench.methods.base import Method, Phase, register_method
+from bench.methods.common import image_batches, optimizer_factory, optimizer_hparams, predict_images, sampler_hparams
+from bench.methods.losses import loss_hparams, make_loss
+from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
+
+TUNINGS = ("full", "vpt_shallow", "vpt_deep", "adaptformer", "bitfit")
+HEADS = ("linear", "cosine")
+
+
+class TunedClassifier(nn.Module):
+    """features(images) → head; a cosine head's logits are scaled by `scale` (LIFT's convention)."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, extra: list[nn.Module], scale: float = 1.0):
+        super().__init__()
+        self.features, self.head, self.extra, self.scale = features, head, nn.ModuleList(extra), scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images)) * self.scale
+
+
+def head_hparams(head: str, head_init: str = "auto", cosine_scale: float = 30.0) -> dict[str, HParam]:
+    return {
+        "head": HParam(head, help="linear | cosine classifier", choices=HEADS),
+        "head_init": HParam(head_init, help="auto (text embeddings on CLIP, else random) | text | random",
+                            choices=("auto", "text", "random")),
+        "cosine_scale": HParam(cosine_scale, Choice((15.0, 20.0, 25.0, 30.0)), "logit scale of a cosine head"),
+        "templates": HParam("openai", help="class-name prompts for text init: openai (80) | single",
+                            choices=("openai", "single")),
+    }
+
+
+PROMPT_HPARAMS = {
+    "prompt_length": HParam(10, Choice((5, 10, 20, 50)), "VPT: prompt tokens per block (deep) or in total"),
+}
+ADAPTER_HPARAMS = {
+    "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r"),
+    "adapter_scale": HParam(0.1, help="AdaptFormer: scale s of the adapter branch"),
+    "adapter_learnable_scale": HParam(False, help="AdaptFormer: learn s"),
+}
+TUNING_HPARAMS = {"vpt_shallow": PROMPT_HPARAMS, "vpt_deep": PROMPT_HPARAMS, "adaptformer": ADAPTER_HPARAMS}
+
+
+def recipe_hparams(tuning: str, *, loss: str = "ce", head: str = "linear", sampler: str = "instance_balanced",
+                   **optimizer) -> dict[str, HParam]:
+    return {**optimizer_hparams(**optimizer), **loss_hparams(loss), **sampler_hparams(sampler),
+            **head_hparams(head), **TUNING_HPARAMS.get(tuning, {})}
+
+
+def build_head(method: Method, feature_dim: int) -> tuple[nn.Module, float]:
+    ctx, hp = method.ctx, method.hp
+    classes = ctx.dataset.num_classes
+    use_text = hp["head_init"] == "text" or (hp["head_init"] == "auto" and ctx.backbone.family == "open_clip")
+    if hp["head"] == "linear":
+        if use_text and hp["head_init"] == "text":
+            ctx.warn("head_init=text applies to cosine heads only; the linear head starts random")
+        return nn.Linear(feature_dim, classes), 1.0
+    init = None
+    if use_text:
+        from bench.text import class_text_embeddings
+
+        init = class_text_embeddings(ctx, hp["templates"]).cpu()
+        ctx.log.info(f"cosine head initialised from {len(init)} class-name text embeddings")
+    return CosineClassifier(feature_dim, classes, init_weight=init), hp["cosine_scale"]
+
+
+class TunedMethod(Method):
+    tuning = "full"
+
+    def setup(self) -> None:
+        ctx, hp = self.ctx, self.hp
+        backbone = ctx.backbone
+        extra: list[nn.Module] = []
+        if self.tuning.startswith("vpt"):
+            features = PromptedBackbone(backbone, length=hp["prompt_length"], deep=self.tuning == "vpt_deep")
+            trainable = features.prompt_parameters()
+        elif self.tuning == "adaptformer":
+            extra = add_adapters(backbone, bottleneck=hp["adapter_bottleneck"], scale=hp["adapter_scale"],
+                                 learnable_scale=hp["adapter_learnable_scale"])
+            features, trainable = backbone, [p for adapter in extra for p in adapter.parameters()]
+        elif self.tuning == "bitfit":
+            features, trainable = backbone, bitfit_parameters(backbone)
+        else:
+            features, trainable = backbone, list(backbone.parameters())
+        head, scale = build_head(self, backbone.feature_dim)
+        self.net = TunedClassifier(features, head, extra, scale).to(ctx.device)
+        self.trainable = trainable + list(head.parameters())
+        self.loss = make_loss(hp["loss"], ctx.dataset.train_counts, hp)
+
+    def model(self) -> nn.Module:
+        return self.net
+
+    def phases(self) -> list[Phase]:
+        batches, steps = image_batches(self.ctx, self.tuning, self.hp["sampler"])
+        return [Phase(
+            name=self.tuning, epochs=self.hp["epochs"], parameters=self.trainable,
+            make_optimizer=optimizer_factory(self.hp), batches=batches,
+            loss=lambda batch: self.loss(self.net(batch[0]), batch[1]),
+            warmup_epochs=self.hp["warmup_epochs"], steps_per_epoch=steps,
+        )]
+
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict_images(self.ctx, self.net, split)
+
+
+PEFT_OPTIMIZER = dict(lr=0.01, weight_decay=1e-4, optimizer="sgd", epochs=10, batch_size=128, warmup_epochs=1)
+FULL_OPTIMIZER = dict(lr=1e-4, weight_decay=0.05, optimizer="adamw", epochs=10, batch_size=64, warmup_epochs=1)
+
+
+def _tuned(name: str, tuning: str, description: str, **recipe) -> type[TunedMethod]:
+    cls = type(name, (TunedMethod,), {"tuning": tuning, "description": description,
+                                      "hparams": recipe_hparams(tuning, **recipe)})
+    return register_method(name)(cls)
+
+
+_tuned("finetune", "full", "full fine-tuning of backbone + linear head, cross-entropy", **FULL_OPTIMIZER)
+_tuned("la", "full", "full fine-tuning with the logit-adjusted loss (Menon et al. 2021)", loss="la",
+       **FULL_OPTIMIZER)
+_tuned("bs", "full", "full fine-tuning with the balanced softmax loss (Ren et al. 2020)", loss="bs",
+       **FULL_OPTIMIZER)
+_tuned("vpt_shallow", "vpt_shallow", "frozen ViT + prompt tokens at the input (VPT-shallow) + linear head",
+       **PEFT_OPTIMIZER)
+_tuned("vpt_deep", "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-deep) + linear head",
+       **PEFT_OPTIMIZER)
+_tuned("adaptformer", "adaptformer", "frozen ViT + parallel bottleneck adapters on every MLP + linear head",
+       **PEFT_OPTIMIZER)
+_tuned("bitfit", "bitfit", "frozen ViT except its biases (BitFit) + linear head", **PEFT_OPTIMIZER)
+_tuned("lift", "adaptformer", "LIFT: AdaptFormer + logit-adjusted loss + cosine head (text-initialised on CLIP)",
+       loss="la", head="cosine", **{**PEFT_OPTIMIZER, "weight_decay": 5e-4})
