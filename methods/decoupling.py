@@ -23,11 +23,11 @@ from bench.methods.tuned import TunedClassifier
 SPLITS = ("train", "val", "test")
 
 
-def decoupling_hparams() -> dict[str, HParam]:
+def decoupling_hparams(repr_epochs: int) -> dict[str, HParam]:
     return {
         **optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
         **sampler_hparams("class_balanced"),
-        "repr_epochs": HParam(10, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone"),
+        "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone"),
         "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)"),
         "repr_batch_size": HParam(64, help="phase 1 batch size"),
     }
@@ -108,9 +108,9 @@ class Decoupled(Method):
 
 @register_method("crt")
 class ClassifierRetraining(Decoupled):
-    description = "cRT: representation by fine-tuning (or pretrained), then a new linear classifier trained " \
-                  "with class-balanced sampling on the frozen features"
-    hparams = decoupling_hparams()
+    description = "cRT: a new linear classifier trained with class-balanced sampling on frozen features of the " \
+                  "pretrained backbone (repr_epochs > 0: of a fine-tuned one)"
+    hparams = decoupling_hparams(repr_epochs=0)
 
     def second_classifier(self) -> nn.Module:
         return nn.Linear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
@@ -120,7 +120,7 @@ class ClassifierRetraining(Decoupled):
 class LearnableWeightScaling(Decoupled):
     description = "LWS: representation and classifier by fine-tuning, then per-class logit scales learned " \
                   "with class-balanced sampling"
-    hparams = decoupling_hparams()
+    hparams = decoupling_hparams(repr_epochs=10)
 
     def second_classifier(self) -> nn.Module:
         if self.hp["repr_epochs"] == 0:
