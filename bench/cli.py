@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+import math
 
 import typer
 from rich.console import Console
@@ -30,18 +30,18 @@ def _fail(error: BenchError) -> None:
 def run(
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
     dataset: str = typer.Option(EMBEDDED_DATASET, "--dataset", "-d", help="dataset name (bench list datasets)"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
                                            f"default: {EMBEDDED_BACKBONE} on the embedded dataset, "
                                            "the in21k ViT-B/16 elsewhere"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
-    assignments: List[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
+    weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
+    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
+    assignments: list[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[str] = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
+    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
     random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
+    resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
@@ -92,13 +92,13 @@ def metrics_table(record: dict) -> Table:
 
 
 def _cell(value) -> str:
-    return "–" if value is None or value != value else f"{value:.2f}"
+    return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 @app.command("list")
 def list_(what: str = typer.Argument("all", help="methods | datasets | backbones | all")) -> None:
     """List registered methods, datasets and backbones."""
-    import bench.datasets  # noqa: F401
+    import bench.datasets
     import bench.methods  # noqa: F401
     from bench.backbones import BACKBONES
     from bench.datasets.base import DATASETS
@@ -126,7 +126,7 @@ def list_(what: str = typer.Argument("all", help="methods | datasets | backbones
 @app.command()
 def show(
     run_ref: str = typer.Argument(..., metavar="RUN", help="run folder or run id"),
-    out: Optional[str] = typer.Option(None, "--out", help="results root"),
+    out: str | None = typer.Option(None, "--out", help="results root"),
 ) -> None:
     """Show a run's configuration and metrics."""
     from bench.runner import find_run

@@ -3,11 +3,18 @@ through bars of at least `PLAIN_MIN_STEPS` steps, so short loops stay quiet."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 PLAIN_MIN_STEPS = 50
 
@@ -32,7 +39,7 @@ class Bar:
 
 
 @contextmanager
-def progress_bars(console: Console) -> Iterator["Bars"]:
+def progress_bars(console: Console) -> Iterator[Bars]:
     if console.is_terminal:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

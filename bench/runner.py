@@ -7,27 +7,28 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
 
-import bench.datasets  # noqa: F401  (registers the datasets)
+import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
 from bench.engine import Engine, count_parameters
-from bench.seeding import derived_seed, seed_everything
 from bench.errors import BenchError
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest
-from bench.posthoc import posthoc_report
 from bench.methods.base import METHODS
+from bench.posthoc import posthoc_report
+from bench.seeding import derived_seed, seed_everything
 from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json
 
 RESULTS_ENV = "BENCH_RESULTS"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,7 @@ class ImageSource(Protocol):
 
     def describe(self, index: int) -> str: ...
 
-    def take(self, indices: Sequence[int]) -> "ImageSource": ...
+    def take(self, indices: Sequence[int]) -> ImageSource: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class FileImages:
         except OSError as error:
             raise BenchError(f"corrupt or unreadable image {path}: {error}; replace or remove it") from None
 
-    def take(self, indices: Sequence[int]) -> "FileImages":
+    def take(self, indices: Sequence[int]) -> FileImages:
         return FileImages(self.root, tuple(self.relpaths[i] for i in indices))
 
 
@@ -76,7 +77,7 @@ class ArrayImages:
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.pixels[index]).convert("RGB")
 
-    def take(self, indices: Sequence[int]) -> "ArrayImages":
+    def take(self, indices: Sequence[int]) -> ArrayImages:
         idx = np.asarray(indices, dtype=np.int64)
         return ArrayImages(self.pixels[idx], self.tag, self.origin[idx])
 
@@ -96,7 +97,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "Split":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
         return Split(name or self.name, self.images.take(idx), self.labels[idx])
 

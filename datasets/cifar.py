@@ -6,15 +6,15 @@ Reads the CIFAR python pickles (without torchvision's md5 checks) or an ImageFol
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
-
 from bench.datasets.base import ArrayImages, FileImages, LongTailDataset, Split, register_dataset
 from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
+
 from bench.errors import BenchError
 from bench.hparams import Choice, HParam
 
@@ -85,8 +85,8 @@ def long_tail(name: str, train: Split, test: Split, class_names: list[str], imba
         name=name, class_names=[c.replace("_", " ") for c in class_names],
         train=train.subset(chosen, "train"), val=train.subset(val_idx, "val"), test=test,
         split_files=split_files,
-        notes=[f"{source}; imbalance factor {imbalance_factor:g}: {counts[0]}…{counts[-1]} images per class "
-               f"(standard seed-0 selection); {how}"],
+        notes=[(f"{source}; imbalance factor {imbalance_factor:g}: {counts[0]}…{counts[-1]} images per class "
+                f"(standard seed-0 selection); {how}")],
     )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
-
 from bench.datasets.base import ArrayImages, LongTailDataset, Split, register_dataset
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
+
 from bench.hparams import HParam
 
 
@@ -49,8 +49,7 @@ def build_digits(root: Path | None, options: Mapping) -> LongTailDataset:
         name="digits_lt", class_names=[str(d) for d in range(10)],
         train=split.subset(rest[train_local], "train"), val=split.subset(rest[val_local], "val"),
         test=split.subset(test_idx, "test"),
-        notes=[f"scikit-learn digits: {options['test_per_class']} test images per class held out first; "
-               f"train long-tailed with imbalance factor {options['imbalance_factor']} "
-               f"(counts {counts}); {how}"],
+        notes=[(f"scikit-learn digits: {options['test_per_class']} test images per class held out first; "
+                f"train long-tailed with imbalance factor {options['imbalance_factor']} (counts {counts}); {how}")],
         hflip_ok=False,
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
-
 from bench.datasets.base import FileImages, LongTailDataset, Split, register_dataset
 from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
+
 from bench.errors import BenchError
 from bench.hparams import HParam
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
-
 from bench.datasets.base import LongTailDataset, read_two_column_split, register_dataset, require_file
 from bench.datasets.files import as_listed, probed_split
+
 from bench.hparams import HParam
 
 SPLITS = ("train", "val", "test")

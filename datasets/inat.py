@@ -7,14 +7,20 @@ from train.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
-
-from bench.datasets.base import (FileImages, LongTailDataset, Split, read_two_column_split, register_dataset,
-                                 require_file)
+from bench.datasets.base import (
+    FileImages,
+    LongTailDataset,
+    Split,
+    read_two_column_split,
+    register_dataset,
+    require_file,
+)
 from bench.datasets.longtail import carve_val
+
 from bench.errors import BenchError
 from bench.hparams import HParam
 

@@ -6,8 +6,9 @@ schedule, checkpoints and resume, evaluation and the run record.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class Method:
     hparams: Mapping[str, HParam] = {}
     needs_images: bool = True  # False: the method trains on cached features only
 
-    def __init__(self, ctx: "RunContext"):
+    def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.hp = ctx.hparams
 

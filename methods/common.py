@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from bench.methods.samplers import SAMPLERS, epoch_indices
 from torch import nn
 
 from bench.context import RunContext
 from bench.data import eval_loader, eval_transform, train_loader, train_transform
 from bench.hparams import Choice, HParam, LogUniform
-from bench.methods.samplers import SAMPLERS, epoch_indices
 from bench.seeding import derived_seed
 
 OPTIMIZERS = ("sgd", "adamw")

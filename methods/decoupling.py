@@ -9,16 +9,22 @@ the linear classifier; LWS keeps the phase-1 classifier and learns one scale per
 from __future__ import annotations
 
 import torch
+from bench.methods.base import Method, Phase, register_method
+from bench.methods.common import (
+    feature_batches,
+    image_batches,
+    optimizer_factory,
+    optimizer_hparams,
+    predict_images,
+    sampler_hparams,
+)
+from bench.methods.tuned import TunedClassifier
 from torch import nn
 
 from bench.data import eval_transform
-from bench.features import cached_features, extract_features
 from bench.errors import BenchError
+from bench.features import cached_features, extract_features
 from bench.hparams import HParam
-from bench.methods.base import Method, Phase, register_method
-from bench.methods.common import (feature_batches, image_batches, optimizer_factory, optimizer_hparams,
-                                  predict_images, sampler_hparams)
-from bench.methods.tuned import TunedClassifier
 
 SPLITS = ("train", "val", "test")
 

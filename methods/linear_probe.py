@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from bench.features import cached_features
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import feature_batches, optimizer_factory, optimizer_hparams, sampler_hparams
 from bench.methods.losses import loss_hparams, make_loss
+from torch import nn
+
+from bench.features import cached_features
 
 
 class FeatureMethod(Method):

@@ -19,7 +19,7 @@ one, since the prior enters through its logarithm.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch

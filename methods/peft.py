@@ -14,7 +14,7 @@ mutation of a backbone is `requires_grad_(False)` (PromptedBackbone, `freeze=Tru
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -282,7 +282,7 @@ class CosineClassifier(nn.Module):
         self.weight.copy_(F.normalize(weight.to(self.weight), dim=1))
 
     @classmethod
-    def from_lpt_weight(cls, weight_dc: torch.Tensor, **kwargs) -> "CosineClassifier":
+    def from_lpt_weight(cls, weight_dc: torch.Tensor, **kwargs) -> CosineClassifier:
         """A classifier from LPT's [D, C] head weight (normalised per class)."""
         dim, classes = weight_dc.shape
         return cls(dim, classes, init_weight=weight_dc.t(), **kwargs)
@@ -314,5 +314,15 @@ def count_trainable(modules_or_params) -> int:
     return sum(p.numel() for p in seen.values())
 
 
-__all__ = ["PromptedBackbone", "Adapter", "add_adapters", "remove_adapters", "adapters_of",
-           "bitfit_parameters", "CosineClassifier", "count_trainable", "PROMPT_INIT_STD", "ADAPTER_INPUTS"]
+__all__ = [
+    "ADAPTER_INPUTS",
+    "PROMPT_INIT_STD",
+    "Adapter",
+    "CosineClassifier",
+    "PromptedBackbone",
+    "adapters_of",
+    "add_adapters",
+    "bitfit_parameters",
+    "count_trainable",
+    "remove_adapters",
+]

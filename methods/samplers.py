@@ -19,7 +19,7 @@ Classes with no training image are never drawn.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

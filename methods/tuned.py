@@ -5,13 +5,19 @@ classifier initialised from class-name text embeddings)."""
 from __future__ import annotations
 
 import torch
+from bench.methods.base import Method, Phase, register_method
+from bench.methods.common import (
+    image_batches,
+    optimizer_factory,
+    optimizer_hparams,
+    predict_images,
+    sampler_hparams,
+)
+from bench.methods.losses import loss_hparams, make_loss
+from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
 from torch import nn
 
 from bench.hparams import Choice, HParam
-from bench.methods.base import Method, Phase, register_method
-from bench.methods.common import image_batches, optimizer_factory, optimizer_hparams, predict_images, sampler_hparams
-from bench.methods.losses import loss_hparams, make_loss
-from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
 
 TUNINGS = ("full", "vpt_shallow", "vpt_deep", "adaptformer", "bitfit")
 HEADS = ("linear", "cosine")
@@ -112,8 +118,10 @@ class TunedMethod(Method):
         return predict_images(self.ctx, self.net, split)
 
 
-PEFT_OPTIMIZER = dict(lr=0.01, weight_decay=1e-4, optimizer="sgd", epochs=10, batch_size=128, warmup_epochs=1)
-FULL_OPTIMIZER = dict(lr=1e-4, weight_decay=0.05, optimizer="adamw", epochs=10, batch_size=64, warmup_epochs=1)
+PEFT_OPTIMIZER = {"lr": 0.01, "weight_decay": 1e-4, "optimizer": "sgd", "epochs": 10, "batch_size": 128,
+                  "warmup_epochs": 1}
+FULL_OPTIMIZER = {"lr": 1e-4, "weight_decay": 0.05, "optimizer": "adamw", "epochs": 10, "batch_size": 64,
+                  "warmup_epochs": 1}
 
 
 def _tuned(name: str, tuning: str, description: str, **recipe) -> type[TunedMethod]:

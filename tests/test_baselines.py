@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import torch
+from bench.datasets.base import load_dataset
 from rich.console import Console
 
 from bench.context import BackboneRequest, RunContext
-from bench.datasets.base import load_dataset
 from bench.runner import RunSpec, execute, split_options
 from bench.seeding import seed_everything
 from bench.text import class_text_embeddings, tokenizer_for

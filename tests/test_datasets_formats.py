@@ -7,9 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
+from bench.datasets.base import load_dataset
 from conftest import write_image, write_lines
 
-from bench.datasets.base import load_dataset
 from bench.errors import BenchError
 
 

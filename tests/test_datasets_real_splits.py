@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import shared_path
-
 from bench.datasets import imagenet_lt, inat, places_lt
 from bench.datasets.base import read_two_column_split
+from conftest import shared_path
+
 from bench.metrics import shot_groups
 
 

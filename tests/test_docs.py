@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bench.datasets  # noqa: F401
+import bench.datasets
 import bench.methods  # noqa: F401
 from bench.datasets.base import DATASETS
 from bench.methods.base import METHODS

@@ -7,12 +7,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench.methods.losses import (
+    LOSS_HPARAMS,
+    LOSSES,
+    balanced_softmax_loss,
+    class_balanced_loss,
+    class_balanced_weights,
+    cross_entropy,
+    focal_loss,
+    logit_adjusted_loss,
+    make_loss,
+)
 
 from bench.errors import BenchError
 from bench.hparams import resolve
-from bench.methods.losses import (LOSS_HPARAMS, LOSSES, balanced_softmax_loss, class_balanced_loss,
-                                  class_balanced_weights, cross_entropy, focal_loss, logit_adjusted_loss,
-                                  make_loss)
 
 LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 LABELS = [0, 2]

@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from bench.methods.peft import (
+    CosineClassifier,
+    PromptedBackbone,
+    adapters_of,
+    add_adapters,
+    bitfit_parameters,
+    count_trainable,
+    remove_adapters,
+)
 from torch import nn
 
 from bench.backbones import create_backbone
-from bench.methods.peft import (CosineClassifier, PromptedBackbone, add_adapters, adapters_of,
-                                bitfit_parameters, count_trainable, remove_adapters)
 
 FAMILIES = ["vit_micro", "clip_micro"]
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bench.methods.samplers import (
+    SAMPLERS,
+    class_aware,
+    class_balanced,
+    epoch_indices,
+    instance_balanced,
+    power_law,
+    square_root,
+)
 
 from bench.errors import BenchError
-from bench.methods.samplers import (SAMPLERS, class_aware, class_balanced, epoch_indices, instance_balanced,
-                                    power_law, square_root)
 
 COUNTS = np.array([400, 100, 25, 4])
 DRAWS = 200_000
@@ -73,7 +80,7 @@ def tail_dataset():
 
 
 def test_class_aware_batches_hold_64_classes_of_4():
-    counts, labels = tail_dataset()
+    _, labels = tail_dataset()
     epoch = class_aware(labels, None, np.random.default_rng(4), per_class=4)
     assert epoch.size == labels.size
     batch_labels = labels[epoch[: labels.size // 256 * 256]].reshape(-1, 64, 4)
@@ -90,7 +97,7 @@ def test_class_aware_batches_hold_64_classes_of_4():
 
 
 def test_class_aware_is_uniform_over_classes_and_cycles_within_each_class():
-    counts, labels = tail_dataset()
+    _, labels = tail_dataset()
     epoch = class_aware(labels, None, np.random.default_rng(5), per_class=4)
     per_class = np.bincount(labels[epoch], minlength=100)
     assert per_class.max() - per_class.min() <= 4  # each class drawn once per cycle, 4 images each time
