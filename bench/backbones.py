@@ -2,15 +2,20 @@
 
 The view exposes the real model's own pieces (patch embedding, blocks, final norm): prompt and adapter
 methods insert tokens or modules between blocks without re-implementing a ViT.
+
+Weights resolve in this order, and `weights_info` records which one was used:
+explicit file → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for
+url-only weights) → download, only with allow_download → random init, only with allow_random_init.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -19,6 +24,8 @@ from bench.errors import BenchError
 from bench.registry import Registry, nearest
 
 OPEN_CLIP_PREFIX = "open_clip:"
+WEIGHT_FIXES = ("pass --weights FILE, populate the Hugging Face cache (HF_HOME) on a connected machine, "
+                "or pass --allow-download")
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class WeightsInfo:
 class BackboneSpec:
     name: str
     family: str  # 'timm' | 'open_clip'
-    arch: str
+    arch: str  # timm name (with tag) or open_clip model name
     description: str
     tag: str | None = None  # open_clip pretrained tag
     micro: dict = field(default_factory=dict)  # config of a tiny random-init model; empty for real ones
@@ -61,7 +68,12 @@ _preset("clip_micro", "open_clip", "clip_micro", "tiny random-init CLIP (2 block
         image_size=32, patch_size=4, width=64, layers=2, embed_dim=32)
 
 
+def _suggest(name: str, vocabulary: list[str]) -> str:
+    return nearest(name, vocabulary) if vocabulary else "it has none"
+
+
 def parse_backbone(name: str) -> BackboneSpec:
+    """A preset, any timm ViT name (optionally `.tag`), or `open_clip:ARCH[@TAG]`."""
     if name in BACKBONES.names():
         return BACKBONES.get(name)
     if name.startswith(OPEN_CLIP_PREFIX):
@@ -70,48 +82,65 @@ def parse_backbone(name: str) -> BackboneSpec:
         arch, _, tag = name[len(OPEN_CLIP_PREFIX):].partition("@")
         if arch not in open_clip.list_models():
             raise BenchError(f"unknown open_clip model {arch!r}: {nearest(arch, open_clip.list_models())}")
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if tag and tag not in tags:
+            raise BenchError(f"open_clip model {arch} has no pretrained tag {tag!r}: {_suggest(tag, tags)}")
         return BackboneSpec(name, "open_clip", arch, "open_clip model", tag or None)
     import timm
 
-    if not timm.is_model(name):
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
         vocabulary = BACKBONES.names() + timm.list_models("vit_*")
         raise BenchError(f"unknown backbone {name!r}: {nearest(name, vocabulary)} (see `bench list backbones`)")
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        raise BenchError(f"timm model {arch} has no pretrained tag {tag!r}: "
+                         f"{_suggest(name, timm.list_pretrained(f'{arch}.*'))}")
     return BackboneSpec(name, "timm", name, "timm model")
 
 
 class TokenBackbone(nn.Module):
-    """embed(x) → tokens [B, 1+N, D]; run_block(i, tokens) for each block; pool(tokens) → [B, feature_dim].
+    """embed(x) → tokens [B, P+N, D] (P = num_prefix_tokens, 1 = CLS for plain ViTs); run_block(i, tokens) for
+    each block, batch-first; pool(tokens) → [B, feature_dim]; forward = pool ∘ blocks ∘ embed.
 
     Blocks accept any number of tokens, so prompts can be appended after the patch tokens and dropped again.
-    For open_clip, `clip_model` holds the whole CLIP model (text tower included) outside this module's
-    parameters, for methods that need class-name embeddings.
+    `model` is the real timm VisionTransformer or open_clip image tower; `blocks` is its own block list (a
+    view, not re-registered, so state_dict keys are the model's). For open_clip, `clip_model` holds the whole
+    CLIP model (text tower, logit_scale) outside this module's parameters, for class-name embeddings.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_info: WeightsInfo, image_size: int,
-                 mean, std, clip_model: nn.Module | None = None):
+    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_info: WeightsInfo, mean, std,
+                 clip_model: nn.Module | None = None):
         super().__init__()
         self.name, self.family, self.weights_info = spec.name, spec.family, weights_info
         self.model = model
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.__dict__["clip_model"] = clip_model  # not a submodule: its text tower is not the backbone's
         if spec.family == "timm":
-            self.blocks = model.blocks
-            self.embed_dim = self.feature_dim = model.embed_dim
+            self.embed_dim = model.embed_dim
+            self.feature_dim = getattr(model, "num_features", model.embed_dim)
+            self.image_size = int(model.patch_embed.img_size[0])
+            self.num_prefix_tokens = model.num_prefix_tokens
         else:
-            self.blocks = model.transformer.resblocks
             self.embed_dim = model.transformer.width
             self.feature_dim = model.proj.shape[1] if model.proj is not None else self.embed_dim
+            size = model.image_size
+            self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+            self.num_prefix_tokens = 1
         self.num_blocks = len(self.blocks)
+
+    @property
+    def blocks(self) -> nn.Module:
+        return self.model.blocks if self.family == "timm" else self.model.transformer.resblocks
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
         if self.family == "timm":
             return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-        return model._embeds(images)
+        return model._embeds(images)  # conv1, class token, positional embedding, patch dropout, ln_pre
 
     def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         block = self.blocks[index]
-        if self.family == "open_clip" and not self.model.transformer.batch_first:
+        if self.family == "open_clip" and not getattr(self.model.transformer, "batch_first", True):
             return block(tokens.transpose(0, 1)).transpose(0, 1)
         return block(tokens)
 
@@ -119,7 +148,7 @@ class TokenBackbone(nn.Module):
         model = self.model
         if self.family == "timm":
             return model.forward_head(model.norm(tokens), pre_logits=True)
-        pooled, _ = model._pool(tokens)
+        pooled, _ = model._pool(tokens)  # ln_post and CLS pooling, in the tower's own order
         return pooled @ model.proj if model.proj is not None else pooled
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -130,8 +159,9 @@ class TokenBackbone(nn.Module):
 
 
 @contextmanager
-def hub_offline(offline: bool) -> Iterator[None]:
-    """Force huggingface_hub offline for one call (it reads HF_HUB_OFFLINE only at import)."""
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """Force huggingface_hub offline for the enclosed calls. HF_HUB_OFFLINE in the environment is read only
+    when huggingface_hub is imported; the hub consults `constants.HF_HUB_OFFLINE` at each request."""
     from huggingface_hub import constants
 
     before = constants.HF_HUB_OFFLINE
@@ -142,12 +172,21 @@ def hub_offline(offline: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors of a .safetensors file or a plain state dict (never unpickling code), and the file's sha256."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BenchError(f"weights file not found: {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a plain state dict; torch.load runs with weights_only, never code."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -156,15 +195,29 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (any parse failure means the same thing to the user)
-        reason = str(error).splitlines()[0][:160]
-        raise BenchError(f"cannot read weights file {path}: {reason}; expected .safetensors or a tensor "
-                         "state dict") from None
+        raise BenchError(f"cannot read weights file {path}: {_first_line(error, 160)}; expected .safetensors "
+                         "or a tensor state dict (pickled code is never loaded)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(f"weights file {path} holds no tensor state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}, digest
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _check_fit(model: nn.Module, state: dict, spec: BackboneSpec, path: Path, assign: bool = False,
+               ignore_missing=lambda key: False) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as error:  # shape mismatches
+        reason = " ".join(str(error).split())[:240]
+        raise BenchError(f"weights file {path} does not fit {spec.name}: {reason}") from None
+    missing = [k for k in result.missing_keys if not ignore_missing(k)]
+    for problem, keys in (("missing", missing), ("unexpected", result.unexpected_keys)):
+        if keys:
+            shown = ", ".join(keys[:4]) + (", …" if len(keys) > 4 else "")
+            raise BenchError(f"weights file {path} does not fit {spec.name}: {len(keys)} {problem} keys "
+                             f"({shown}); pick the matching --backbone")
 
 
 def _create_timm(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
@@ -172,8 +225,7 @@ def _create_timm(spec: BackboneSpec, image_size: int | None, pretrained: bool) -
     from timm.models.vision_transformer import VisionTransformer
 
     if spec.micro:
-        config = dict(spec.micro, img_size=image_size or spec.micro["img_size"])
-        return VisionTransformer(num_classes=0, **config)
+        return VisionTransformer(num_classes=0, **dict(spec.micro, img_size=image_size or spec.micro["img_size"]))
     kwargs = {"img_size": image_size} if image_size else {}
     model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0, **kwargs)
     if not isinstance(model, VisionTransformer):
@@ -181,7 +233,7 @@ def _create_timm(spec: BackboneSpec, image_size: int | None, pretrained: bool) -
     return model
 
 
-def _create_open_clip(spec: BackboneSpec, image_size: int | None, pretrained: str | None) -> nn.Module:
+def _create_open_clip(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
     import open_clip
 
     if spec.micro:
@@ -192,78 +244,141 @@ def _create_open_clip(spec: BackboneSpec, image_size: int | None, pretrained: st
                                image_size=image_size or micro["image_size"], head_width=32)
         text = CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
         return CLIP(embed_dim=micro["embed_dim"], vision_cfg=vision, text_cfg=text)
+    tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else {}
     kwargs = {"force_image_size": image_size} if image_size else {}
-    return open_clip.create_model(spec.arch, pretrained=pretrained, **kwargs)
+    return open_clip.create_model(spec.arch, pretrained=spec.tag if pretrained else None,
+                                  force_quick_gelu=bool(tag_cfg.get("quick_gelu")), **kwargs)
 
 
-def _load_file_into(model: nn.Module, spec: BackboneSpec, path: str) -> str:
-    state, digest = read_state_dict(path)
+def _create(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
+    return (_create_timm if spec.family == "timm" else _create_open_clip)(spec, image_size, pretrained)
+
+
+def _load_file(spec: BackboneSpec, image_size: int | None, path: Path) -> nn.Module:
+    if spec.family == "timm" and path.suffix == ".npz":  # original big_vision / augreg release format
+        model = _create_timm(spec, image_size, False)
+        try:
+            model.load_pretrained(str(path))
+        except Exception as error:  # noqa: BLE001
+            raise BenchError(f"weights file {path} does not fit {spec.name}: {_first_line(error)}") from None
+        return model
+    state = read_state_dict(path)
     if spec.family == "timm":
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(state, model)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    else:
-        from open_clip.model import resize_pos_embed
+        with torch.device("meta"):  # every tensor comes from the file: skip the (slow) random init
+            model = _create_timm(spec, image_size, False)
+        state = checkpoint_filter_fn(state, model)  # resamples position embeddings to this image size
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # classifier: not the backbone's
+        shapes = model.state_dict()
+        state = {k: v.to(shapes[k].dtype) if k in shapes else v for k, v in state.items()}
+        _check_fit(model, state, spec, path, assign=True)
+        if not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+            return model
+        model = _create_timm(spec, image_size, False)  # non-persistent buffers need a real build
+        _check_fit(model, state, spec, path)
+        return model
+    from open_clip.model import resize_pos_embed
 
-        vision_only = not any(k.startswith("visual.") for k in state)
-        if vision_only:  # the text tower keeps its own initialisation
-            state = {f"visual.{k}": v for k, v in state.items()}
-        resize_pos_embed(state, model)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys
-               if spec.family == "timm" or not vision_only or k.startswith("visual.")]
-    if missing or result.unexpected_keys:
-        problem = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
-        raise BenchError(f"weights file {path} does not fit {spec.name}: {problem}; pick the matching --backbone")
-    return digest
+    model = _create_open_clip(spec, image_size, False)
+    vision_only = not any(k.startswith("visual.") for k in state)
+    if vision_only:  # an image-tower file: the text tower keeps its own initialisation
+        state = {f"visual.{k}": v for k, v in state.items()}
+    resize_pos_embed(state, model)
+    _check_fit(model, state, spec, path, ignore_missing=lambda k: vision_only and not k.startswith("visual."))
+    return model
+
+
+def _safe_alternatives(filename: str) -> list[str]:
+    """The safetensors names timm and open_clip try before a .bin on the hub."""
+    special = {"pytorch_model.bin": "model.safetensors", "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}
+    if filename in special:
+        return [special[filename]]
+    return [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+
+
+def library_weights(spec: BackboneSpec) -> tuple[str | None, str]:
+    """(local path of the weights timm / open_clip would load, or None; a description of what they look for)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if spec.family == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.arch)
+        hub_id, hub_file, url = (cfg.hf_hub_id, cfg.hf_hub_filename, cfg.url) if cfg else (None, None, None)
+        url_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    else:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+        hub_id, hub_file = os.path.split(cfg.get("hf_hub", "")) if cfg.get("hf_hub") else (None, None)
+        url, url_dir = cfg.get("url"), Path("~/.cache/clip").expanduser()
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        hub_file = hub_file or ("pytorch_model.bin" if spec.family == "timm" else "open_clip_pytorch_model.bin")
+        files = _safe_alternatives(hub_file) + [hub_file]
+        for file in files:
+            found = try_to_load_from_cache(repo, file, cache_dir=constants.HF_HUB_CACHE, revision=revision or None)
+            if isinstance(found, str):
+                return found, f"{repo}/{file}"
+        return None, f"{repo} ({' or '.join(files)}) in the Hugging Face cache {constants.HF_HUB_CACHE}"
+    if url:
+        target = url_dir / os.path.basename(url)
+        return (str(target) if target.is_file() else None), f"{target} (from {url})"
+    return None, f"pretrained weights for {spec.name} (the library registers none)"
+
+
+def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bool,
+                  allow_random_init: bool) -> tuple[nn.Module, WeightsInfo]:
+    cached, wanted = library_weights(spec)
+    if cached is None and not allow_download:
+        if allow_random_init:
+            with hub_offline():
+                return _create(spec, image_size, False), WeightsInfo(False, "random", f"random init ({wanted} absent)")
+        raise BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
+                         "(or --random-init to run without)")
+    with hub_offline(cached is not None):  # a cache hit never touches the network, even with allow_download
+        try:
+            model = _create(spec, image_size, True)
+        except BenchError:
+            raise
+        except Exception as error:  # noqa: BLE001  (timm / open_clip / the hub raise many kinds)
+            verb = "load cached" if cached else "download"
+            raise BenchError(f"could not {verb} weights for {spec.name} ({cached or wanted}): "
+                             f"{_first_line(error)}") from None
+    if cached:
+        return model, WeightsInfo(True, "hf_cache", cached)
+    return model, WeightsInfo(True, "download", library_weights(spec)[0] or wanted)
 
 
 def create_backbone(name: str, *, weights: str | None = None, allow_download: bool = False,
                     allow_random_init: bool = False, image_size: int | None = None) -> TokenBackbone:
+    """The token view of backbone `name` at `image_size` (None: native; smaller sizes resample position
+    embeddings). The network is used only with allow_download, random weights only with allow_random_init."""
     spec = parse_backbone(name)
-    create = _create_timm if spec.family == "timm" else _create_open_clip
     if weights:
-        model = create(spec, image_size, False if spec.family == "timm" else None)
-        digest = _load_file_into(model, spec, weights)
-        info = WeightsInfo(True, "file", str(Path(weights).expanduser().resolve()), digest)
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise BenchError(f"weights file not found: {path}")
+        model = _load_file(spec, image_size, path)
+        info = WeightsInfo(True, "file", str(path), file_sha256(path))
     elif spec.micro or (spec.family == "open_clip" and not spec.tag):
         if not allow_random_init:
-            raise BenchError(f"backbone {name} has no pretrained weights here: pass --weights FILE or allow "
-                             "random weights with --random-init")
-        model, info = create(spec, image_size, False if spec.family == "timm" else None), WeightsInfo(
-            False, "random", "random init")
+            what = "is a random-init test model" if spec.micro else "names no pretrained tag (open_clip:ARCH@TAG)"
+            raise BenchError(f"backbone {name} {what}: pass --weights FILE, or --random-init to run without")
+        with hub_offline():
+            model, info = _create(spec, image_size, False), WeightsInfo(False, "random", "random init")
     else:
-        model, info = _pretrained(spec, create, image_size, allow_download, allow_random_init)
+        model, info = _from_library(spec, image_size, allow_download, allow_random_init)
     if spec.family == "timm":
-        config = getattr(model, "pretrained_cfg", {})
-        view = TokenBackbone(spec, model, info, model.patch_embed.img_size[0], config.get("mean", (0.5,) * 3),
-                             config.get("std", (0.5,) * 3))
-    else:
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        config = getattr(model, "pretrained_cfg", None) or {}
+        return TokenBackbone(spec, model, info, config.get("mean", (0.5,) * 3), config.get("std", (0.5,) * 3))
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-        visual = model.visual
-        size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
-        view = TokenBackbone(spec, visual, info, size, getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
-                             getattr(visual, "image_std", None) or OPENAI_DATASET_STD, clip_model=model)
-    return view
-
-
-def _pretrained(spec: BackboneSpec, create, image_size, allow_download: bool, allow_random_init: bool):
-    tag = True if spec.family == "timm" else spec.tag
-    try:
-        with hub_offline(True):
-            return create(spec, image_size, tag), WeightsInfo(True, "hf_cache", spec.name)
-    except Exception as offline_error:  # noqa: BLE001  (timm/open_clip raise many kinds for a cache miss)
-        if allow_download:
-            try:
-                with hub_offline(False):
-                    return create(spec, image_size, tag), WeightsInfo(True, "download", spec.name)
-            except Exception as error:  # noqa: BLE001
-                raise BenchError(f"could not download weights for {spec.name}: {str(error).splitlines()[0][:200]}")
-        if allow_random_init:
-            return create(spec, image_size, False if spec.family == "timm" else None), WeightsInfo(
-                False, "random", "random init (no weights found)")
-        reason = str(offline_error).splitlines()[0][:120]
-        raise BenchError(f"no weights for {spec.name} offline ({reason}): pass --weights FILE, populate the "
-                         "Hugging Face cache (HF_HOME), or allow --allow-download; --random-init runs without")
+    visual = model.visual
+    if not isinstance(visual, open_clip.transformer.VisionTransformer) or getattr(visual, "attn_pool", None) is not None:
+        raise BenchError(f"backbone {name}: the token view needs a plain open_clip ViT image tower (CLS pooling), "
+                         f"not {type(visual).__name__}; pick a ViT-* model")
+    return TokenBackbone(spec, visual, info, getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
+                         getattr(visual, "image_std", None) or OPENAI_DATASET_STD, clip_model=model)

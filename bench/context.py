@@ -21,7 +21,8 @@ COMMON_OPTIONS: dict[str, HParam] = {
     "image_size": HParam(0, help="input resolution; 0 = the backbone's native size"),
     "augment": HParam("rrc_flip", Choice(AUGMENTATIONS), "train augmentation (flips are dropped where "
                       "the dataset forbids them)", choices=AUGMENTATIONS),
-    "eval_batch_size": HParam(256, help="batch size for evaluation and feature extraction"),
+    "eval_batch_size": HParam(-1, help="batch size for evaluation and feature extraction; -1 = 32 on CPU "
+                              "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
     "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU"),
     "amp": HParam("auto", help="mixed precision: auto (bf16 where supported) | bf16 | fp16 | off",
                   choices=("auto", "bf16", "fp16", "off")),
@@ -70,6 +71,13 @@ class RunContext:
         if requested >= 0:
             return requested
         return 8 if self.device.type == "cuda" else 0
+
+    @property
+    def eval_batch_size(self) -> int:
+        requested = self.hparams["eval_batch_size"]
+        if requested > 0:
+            return requested
+        return 256 if self.device.type == "cuda" else 32
 
     @property
     def amp_dtype(self) -> torch.dtype | None:

@@ -30,7 +30,7 @@ def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
 @torch.no_grad()
 def extract_features(ctx: RunContext, split: Split, transform, description: str) -> torch.Tensor:
     backbone = ctx.backbone.eval()
-    loader = eval_loader(split, transform, ctx.hparams["eval_batch_size"], ctx.num_workers)
+    loader = eval_loader(split, transform, ctx.eval_batch_size, ctx.num_workers)
     chunks = []
     with progress_bars(ctx.console) as progress:
         bar = progress.bar(description, len(loader))

@@ -85,7 +85,7 @@ def predict_images(ctx: RunContext, model: nn.Module, split_name: str) -> tuple[
     split = getattr(ctx.dataset, split_name)
     backbone = ctx.backbone
     loader = eval_loader(split, eval_transform(backbone.image_size, backbone.mean, backbone.std),
-                         ctx.hparams["eval_batch_size"], ctx.num_workers)
+                         ctx.eval_batch_size, ctx.num_workers)
     model.eval()
     logits = []
     for images, _ in loader:

@@ -55,8 +55,9 @@ def main() -> None:
     for method in args.methods.split(","):
         overrides = {"image_size": str(args.image_size), "imbalance_factor": str(args.imbalance_factor),
                      "augment": "crop_flip"}
-        if method != "linear_probe":
+        if method not in ("linear_probe", "crt"):  # cheap heads on cached features keep their defaults
             overrides["epochs"] = str(args.epochs)
+            overrides["warmup_epochs"] = "0"  # a 1-epoch run must not spend its only epoch warming up
         console.rule(f"{method}")
         spec = RunSpec(method=method, dataset="cifar10_lt", backbone="vit_tiny_patch16_224",
                        weights=str(args.weights), data_root=str(data), overrides=overrides, seed=args.seed,
