@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -334,7 +334,7 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
     if cached is None and not allow_download:
         if allow_random_init:
             with hub_offline():
-                return _create(spec, image_size, False), WeightsInfo(False, "random", f"random init ({wanted} absent)")
+                return _create(spec, image_size, False), WeightsInfo(False, "random", f"random init; missing {wanted}")
         raise BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
                          "(or --random-init to run without)")
     with hub_offline(cached is not None):  # a cache hit never touches the network, even with allow_download
@@ -377,8 +377,10 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     visual = model.visual
-    if not isinstance(visual, open_clip.transformer.VisionTransformer) or getattr(visual, "attn_pool", None) is not None:
-        raise BenchError(f"backbone {name}: the token view needs a plain open_clip ViT image tower (CLS pooling), "
-                         f"not {type(visual).__name__}; pick a ViT-* model")
+    plain = isinstance(visual, open_clip.transformer.VisionTransformer)
+    if not plain or getattr(visual, "attn_pool", None) is not None:
+        kind = "attention pooling" if plain else type(visual).__name__
+        raise BenchError(f"backbone {name}: the token view needs a plain open_clip ViT image tower, not {kind}; "
+                         "pick a ViT-* model")
     return TokenBackbone(spec, visual, info, getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
                          getattr(visual, "image_std", None) or OPENAI_DATASET_STD, clip_model=model)

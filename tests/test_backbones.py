@@ -7,7 +7,9 @@ import pickle
 import socket
 import time
 
+import open_clip  # noqa: F401  (imported at collection, so that no single test pays for it)
 import pytest
+import timm  # noqa: F401
 import torch
 from conftest import shared_path
 from safetensors.torch import save_file
@@ -123,6 +125,7 @@ def test_timm_weights_round_trip_through_safetensors_and_prefixed_state_dict(tmp
         assert info.pretrained and info.source == "file" and info.location == str(tmp_path / file)
         assert info.sha256 == hashlib.sha256((tmp_path / file).read_bytes()).hexdigest()
         assert_same_tensors(loaded.model, state)
+        assert all(p.requires_grad and not p.is_meta for p in loaded.parameters())
     smaller = create_backbone("vit_micro", weights=str(tmp_path / "w.safetensors"), image_size=16)
     assert smaller.model.pos_embed.shape == (1, 1 + 4 * 4, 64)  # resampled by timm's checkpoint filter
     assert torch.equal(smaller.model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
