@@ -128,3 +128,39 @@ def test_corrupt_image_mid_run_fails_cleanly(tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     assert not (run_dir / "metrics.json").exists()
     assert len(ResultsStore(tmp_path / "out")) == 0
+
+
+def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
+    """A real kill (SIGKILL, no clean-up) mid-training; `bench run --resume` finishes it identically."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {**FAST, "epochs": "12"}
+    args = ["--dataset", "digits_lt", "--backbone", "vit_micro", "--random-init",
+            *[f"--set={k}={v}" for k, v in settings.items()]]
+    command = [sys.executable, "-c", "from bench.cli import app; app()", "run", *args]
+    process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    checkpoint = None
+    while time.time() < deadline and process.poll() is None:
+        found = list((tmp_path / "killed").glob("runs/*/checkpoints/last.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint is not None, "the run never wrote a checkpoint"
+    run_dir = checkpoint.parents[1]
+    assert not (run_dir / "metrics.json").exists()
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    full = runner.execute(runner.RunSpec(method="finetune", dataset="digits_lt", backbone="vit_micro",
+                                         allow_random_init=True, out=str(tmp_path / "full"), overrides=settings))
+    record = ResultsStore(tmp_path / "killed").get(run_dir.name)
+    assert record["test"] == full.record["test"]
+    assert "resuming at phase" in (run_dir / "log.txt").read_text()
