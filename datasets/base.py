@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,16 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise BenchError(f"missing {what}: expected {path}")
     return path
+
+
+def bundled_file(package: str, relative: str) -> Path | None:
+    """A data file shipped inside an installed package, found without importing the package (importing
+    open_clip or scikit-learn takes seconds; their bundled class names and digits are plain files)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / relative
+    return path if path.is_file() else None
 
 
 def read_two_column_split(path: Path) -> tuple[list[str], np.ndarray]:

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench.datasets.base import ArrayImages, FileImages, LongTailDataset, Split, register_dataset
+from bench.datasets.base import (
+    ArrayImages,
+    FileImages,
+    LongTailDataset,
+    Split,
+    register_dataset,
+    require_file,
+)
 from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
@@ -34,41 +41,69 @@ CIFAR10 = CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in ra
 CIFAR100 = CifarLayout("cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names")
 
 
-def _unpickle(path: Path) -> dict:
+# What CIFAR's pickles need to rebuild numpy arrays; any other global is refused, so a tampered file cannot
+# run code.
+PICKLE_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def unpickle(path: Path) -> dict[str, object]:
+    """A CIFAR pickle as a dict with str keys. The originals come from Python 2's cPickle: latin1 turns their
+    str keys into str (and keeps numpy's buffers intact); files written from Python 3 may have bytes keys."""
     try:
         with open(path, "rb") as handle:
-            data = pickle.load(handle, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
+            data = CifarUnpickler(handle, encoding="latin1").load()
+        return {key.decode() if isinstance(key, bytes) else key: value for key, value in data.items()}
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
         raise BenchError(f"cannot read CIFAR pickle {path}: {error}") from None
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in data.items()}
+
+
+def entry(batch: dict[str, object], key: str, path: Path) -> object:
+    if key not in batch:
+        raise BenchError(f"CIFAR pickle {path} has no {key!r} (keys: {', '.join(map(str, batch))}); "
+                         "is this the other CIFAR's file?")
+    return batch[key]
 
 
 def pickle_dir(root: Path, layout: CifarLayout) -> Path | None:
+    """The root itself or its `cifar-10-batches-py` / `cifar-100-python` folder, whichever holds the pickles."""
     for candidate in (root / layout.folder, root):
         if (candidate / layout.test_file).is_file():
             return candidate
     return None
 
 
-def read_pickles(folder: Path, layout: CifarLayout):
-    def load(names):
-        batches = [_unpickle(folder / name) for name in names]
-        pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        labels = np.concatenate([np.asarray(b[layout.label_key], dtype=np.int64) for b in batches])
-        return pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+def read_pickles(folder: Path, layout: CifarLayout) -> tuple[Split, Split, list[str], list[Path]]:
+    """(train, test, class names, files read) from the python pickles, as in-memory HWC uint8 images."""
 
-    missing = [n for n in (*layout.train_files, layout.test_file, layout.meta_file) if not (folder / n).is_file()]
-    if missing:
-        raise BenchError(f"missing CIFAR file: expected {folder / missing[0]}")
-    names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(folder / layout.meta_file)[layout.names_key]]
-    (train_px, train_y), (test_px, test_y) = load(layout.train_files), load((layout.test_file,))
-    tag = folder.name
-    return (Split("train", ArrayImages(train_px, f"{tag}/train"), train_y),
-            Split("test", ArrayImages(test_px, f"{tag}/test"), test_y), names, [folder / n for n in (
-                *layout.train_files, layout.test_file)])
+    def read(split: str, names: tuple[str, ...]) -> Split:
+        pixels, labels = [], []
+        for path in (folder / name for name in names):
+            batch = unpickle(path)
+            data = np.asarray(entry(batch, "data", path), dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072:
+                raise BenchError(f"CIFAR pickle {path}: 'data' has shape {data.shape}; expected N×3072 (32×32 RGB)")
+            pixels.append(data)
+            labels.append(np.asarray(entry(batch, layout.label_key, path), dtype=np.int64))
+        images = np.concatenate(pixels).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return Split(split, ArrayImages(images, f"{folder.name}/{split}"), np.concatenate(labels))
+
+    files = [folder / name for name in (*layout.train_files, layout.test_file)]
+    for path in (*files, folder / layout.meta_file):
+        require_file(path, "CIFAR pickle")
+    meta = folder / layout.meta_file
+    names = [n.decode() if isinstance(n, bytes) else n for n in entry(unpickle(meta), layout.names_key, meta)]
+    return read("train", layout.train_files), read("test", (layout.test_file,)), names, files
 
 
-def read_folders(root: Path):
+def read_folders(root: Path) -> tuple[Split, Split, list[str], list[Path]]:
     train_paths, train_y, names = read_image_folder(root / "train")
     test_paths, test_y, _ = read_image_folder(root / "test", names)
     return (Split("train", FileImages(root, tuple(train_paths)), train_y),
@@ -77,31 +112,34 @@ def read_folders(root: Path):
 
 def long_tail(name: str, train: Split, test: Split, class_names: list[str], imbalance_factor: float,
               val_per_class: int, split_files: list[Path], source: str) -> LongTailDataset:
-    """Standard LDAM-DRW selection of the long-tailed train subset; val from the images it leaves unused."""
+    """Standard LDAM-DRW selection of the long-tailed train subset; val only from the images it leaves unused,
+    so train stays the published one (the head class, which keeps every image, gets no val images)."""
     counts = exponential_profile(int(np.bincount(train.labels).max()), len(class_names), imbalance_factor)
     chosen = select_long_tail(train.labels, counts, seed=0)
-    chosen, val_idx, how = carve_val(train.labels, chosen, val_per_class, seed=0)
+    chosen, val_idx, how = carve_val(train.labels, chosen, val_per_class, seed=0, borrow=False)
     return LongTailDataset(
         name=name, class_names=[c.replace("_", " ") for c in class_names],
         train=train.subset(chosen, "train"), val=train.subset(val_idx, "val"), test=test,
         split_files=split_files,
-        notes=[(f"{source}; imbalance factor {imbalance_factor:g}: {counts[0]}…{counts[-1]} images per class "
-                f"(standard seed-0 selection); {how}")],
+        notes=[source,
+               (f"train: imbalance factor {imbalance_factor:g}, {counts[0]}…{counts[-1]} images per class, "
+                f"{sum(counts)} in all (standard LDAM-DRW selection, numpy seed 0)"),
+               how, f"test: the balanced CIFAR test split ({len(test)} images)"],
     )
 
 
 def cifar_builder(name: str, layout: CifarLayout):
     def build(root: Path, options: Mapping) -> LongTailDataset:
         source = options["source"]
-        folder = pickle_dir(root, layout) if source in ("auto", "pickle") else None
+        folder = pickle_dir(root, layout) if source != "folder" else None
         if folder is not None:
             train, test, names, files = read_pickles(folder, layout)
-            origin = f"CIFAR pickles in {folder}"
+            origin = f"CIFAR python pickles in {folder}"
         elif source == "pickle":
             raise BenchError(f"no CIFAR pickles under {root}: expected {root / layout.folder / layout.test_file}")
-        elif (root / "train").is_dir():
+        elif source == "folder" or (root / "train").is_dir():
             train, test, names, files = read_folders(root)
-            origin = f"ImageFolder tree {root}/train, {root}/test"
+            origin = f"ImageFolder tree {root}/train, {root}/test (classes in sorted folder order)"
         else:
             raise BenchError(f"no CIFAR data under {root}: expected {root / layout.folder}/ (python pickles) "
                              "or train/<class>/ and test/<class>/ image folders")

@@ -6,10 +6,25 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from bench.datasets.base import ArrayImages, LongTailDataset, Split, register_dataset
+from bench.datasets.base import ArrayImages, LongTailDataset, Split, bundled_file, register_dataset
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
+from bench.errors import BenchError
 from bench.hparams import HParam
+
+
+def load_digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """(images [1797, 8, 8] with values 0..16, labels) exactly as `sklearn.datasets.load_digits()` gives them."""
+    table = bundled_file("sklearn", "datasets/data/digits.csv.gz")
+    if table is None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target.astype(np.int64)
+    # load_digits() reads this file; reading it directly skips `import sklearn` (seconds) and keeps the
+    # default dataset's build well under a second.
+    data = np.loadtxt(table, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
 def balanced_holdout(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -32,24 +47,29 @@ def balanced_holdout(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     },
 )
 def build_digits(root: Path | None, options: Mapping) -> LongTailDataset:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    test_idx = balanced_holdout(labels, int(options["test_per_class"]), seed=0)
+    images, labels = load_digits_table()
+    pixels = np.round(images * (255 / 16)).astype(np.uint8)
+    test_per_class, val_per_class = int(options["test_per_class"]), int(options["val_per_class"])
+    test_idx = balanced_holdout(labels, test_per_class, seed=0)
     rest = np.setdiff1d(np.arange(len(labels)), test_idx)
     rest_labels = labels[rest]
-    counts = exponential_profile(int(np.bincount(rest_labels).min()), 10, float(options["imbalance_factor"]))
+    # The head class is sized so that every class still has val_per_class images left over for val.
+    n_max = int(np.bincount(rest_labels).min()) - val_per_class
+    if n_max < 1:
+        raise BenchError(f"digits: test_per_class={test_per_class} and val_per_class={val_per_class} leave no "
+                         "training images for the smallest class; lower them")
+    factor = float(options["imbalance_factor"])
+    counts = exponential_profile(n_max, 10, factor)
     train_local = select_long_tail(rest_labels, counts, seed=0)
-    train_local, val_local, how = carve_val(rest_labels, train_local, int(options["val_per_class"]), seed=0)
-    images = ArrayImages(pixels, "sklearn-digits")
-    split = Split("all", images, labels)
+    train_local, val_local, how = carve_val(rest_labels, train_local, val_per_class, seed=0)
+    split = Split("all", ArrayImages(pixels, "sklearn-digits"), labels)
     return LongTailDataset(
         name="digits_lt", class_names=[str(d) for d in range(10)],
         train=split.subset(rest[train_local], "train"), val=split.subset(rest[val_local], "val"),
         test=split.subset(test_idx, "test"),
-        notes=[(f"scikit-learn digits: {options['test_per_class']} test images per class held out first; "
-                f"train long-tailed with imbalance factor {options['imbalance_factor']} (counts {counts}); {how}")],
+        notes=[(f"scikit-learn's digits (1797 8×8 images): {test_per_class} per class held out first as a "
+                "balanced test split (seed 0)"),
+               f"train: imbalance factor {factor:g}, {counts[0]}…{counts[-1]} images per class, {sum(counts)} in all",
+               how],
         hflip_ok=False,
     )

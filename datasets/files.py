@@ -1,4 +1,4 @@
-"""Image files on disk: ImageFolder trees and split lists whose layout is probed once per split."""
+"""Image files on disk: ImageFolder trees, and split lists whose on-disk layout is probed once per split."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from bench.errors import BenchError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
-PathRule = Callable[[str], str]
+PathRule = Callable[[str], str]  # a path as the split file lists it → where that image lies under the root
 
 
 def read_image_folder(folder: Path, classes: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """(paths relative to folder.parent, labels, class names) of `folder/<class>/<image>`, in sorted order."""
+    """(paths relative to folder.parent, labels, class names) of `folder/<class>/<image>`, in sorted order.
+    With `classes`, labels follow that list (a val/ or test/ tree labelled like train/)."""
     if not folder.is_dir():
         raise BenchError(f"missing image folder: expected {folder}/<class>/<image>")
     found = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
@@ -39,13 +40,14 @@ def read_image_folder(folder: Path, classes: Sequence[str] | None = None) -> tup
 
 
 def probed_split(name: str, root: Path, paths: list[str], labels: np.ndarray,
-                 rules: Sequence[tuple[str, PathRule]]) -> Split:
-    """Map every listed path with the first rule under which the split's first image exists on disk."""
-    for _, rule in rules:
+                 layouts: Sequence[tuple[str, PathRule]], hint: str = "") -> tuple[Split, str]:
+    """Map every listed path with the first layout under which the split's first image exists on disk.
+    Returns the split and the name of that layout; `hint` ends the error when no layout fits."""
+    for layout, rule in layouts:
         if (root / rule(paths[0])).is_file():
-            return Split(name, FileImages(root, tuple(rule(p) for p in paths)), labels)
-    tried = "; ".join(f"{label}: {root / rule(paths[0])}" for label, rule in rules)
-    raise BenchError(f"{name} images not found under {root} (tried {tried}); check --data-root")
+            return Split(name, FileImages(root, tuple(rule(p) for p in paths)), labels), layout
+    tried = "; ".join(f"{layout}: {root / rule(paths[0])}" for layout, rule in layouts)
+    raise BenchError(f"{name} images not found under {root} (tried {tried}){hint}; check --data-root")
 
 
 def as_listed(path: str) -> str:

@@ -32,18 +32,20 @@ def build_folder(root: Path | None, options: Mapping) -> LongTailDataset:
     train = Split("train", FileImages(root, tuple(train_paths)), train_y)
     factor = float(options["imbalance_factor"])
     chosen = np.arange(len(train))
-    notes = [f"ImageFolder tree {root}"]
+    notes = [f"ImageFolder tree {root} (classes in sorted folder order)"]
     if factor > 1:
         counts = exponential_profile(int(np.bincount(train_y).max()), len(names), factor)
         chosen = select_long_tail(train_y, counts, seed=0)
-        notes.append(f"long-tailed with imbalance factor {factor:g}: {counts[0]}…{counts[-1]} per class")
+        notes.append(f"train long-tailed with imbalance factor {factor:g}: {counts[0]}…{counts[-1]} images per "
+                     f"class, {sum(counts)} in all (LDAM-DRW selection, numpy seed 0)")
     if (root / "val").is_dir():
         val_paths, val_y, _ = read_image_folder(root / "val", names)
         val = Split("val", FileImages(root, tuple(val_paths)), val_y)
-        notes.append("val: the val/ folder")
+        notes.append("val: the val/ folder; never from test")
     else:
         chosen, val_idx, how = carve_val(train_y, chosen, int(options["val_per_class"]), seed=0)
         val = train.subset(val_idx, "val")
         notes.append(how)
+    notes.append("test: the test/ folder")
     return LongTailDataset(name="folder", class_names=names, train=train.subset(chosen, "train"), val=val,
                            test=Split("test", FileImages(root, tuple(test_paths)), test_y), notes=notes)

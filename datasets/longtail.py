@@ -31,35 +31,36 @@ def select_long_tail(labels: np.ndarray, counts: list[int], seed: int = 0) -> np
 
 
 def carve_val(
-    labels: np.ndarray, train_idx: np.ndarray, per_class: int, seed: int, min_train: int = 1
+    labels: np.ndarray, train_idx: np.ndarray, per_class: int, seed: int, min_train: int = 1, borrow: bool = True
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Pick up to `per_class` val images per class, first from images of the full train set that the
-    long-tailed train subset does not use, then (only where those run short) from the subset itself while
-    it keeps at least `min_train` images. Returns (train_idx, val_idx, a sentence saying how)."""
+    long-tailed train subset does not use, then (only where those run short, and if `borrow`) from the subset
+    itself while it keeps at least `min_train` images. Returns (train_idx, val_idx, a sentence saying how)."""
     rng = np.random.RandomState(seed + 1)
     used = np.zeros(len(labels), dtype=bool)
     used[train_idx] = True
-    keep_train, val, borrowed = [], [], 0
-    for cls in range(int(labels.max()) + 1 if len(labels) else 0):
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    keep_train, val, borrowed, short = [], [], 0, 0
+    for cls in range(num_classes):
         in_train = train_idx[labels[train_idx] == cls]
         unused = np.flatnonzero((labels == cls) & ~used)
         rng.shuffle(unused)
         take = list(unused[:per_class])
-        short = per_class - len(take)
-        spare = max(0, len(in_train) - min_train)
-        n_borrow = min(short, spare)
+        n_borrow = min(per_class - len(take), max(0, len(in_train) - min_train)) if borrow else 0
         if n_borrow:
             shuffled = in_train.copy()
             rng.shuffle(shuffled)
             take += list(shuffled[:n_borrow])
             in_train = np.setdiff1d(in_train, shuffled[:n_borrow])
             borrowed += n_borrow
+        short += len(take) < per_class
         keep_train.append(in_train)
         val.append(np.asarray(take, dtype=np.int64))
     how = (
         f"val: up to {per_class} images per class from training images the long-tailed subset leaves unused"
         + (f"; {borrowed} taken from the subset itself where none were left (those classes train on fewer)"
            if borrowed else "")
+        + (f"; {short} of {num_classes} classes have fewer than {per_class} val images" if short else "")
         + "; never from test"
     )
     return np.concatenate(keep_train), np.concatenate(val), how

@@ -29,3 +29,34 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def assert_splits_disjoint(dataset) -> None:
+    """No image is in two of train / val / test."""
+    seen = {split.name: {split.images.describe(i) for i in range(len(split))}
+            for split in (dataset.train, dataset.val, dataset.test)}
+    assert not seen["train"] & seen["val"]
+    assert not seen["val"] & seen["test"]
+    assert not seen["train"] & seen["test"]
+
+
+IMAGENET_WNIDS = ("n01440764", "n01443537")  # tench, goldfish: labels 0 and 1 in sorted-wnid order
+
+
+def make_imagenet_lt(root: Path, flat_list: bool = False, flat_disk: bool = False) -> Path:
+    """A 2-class ImageNet-LT copy: 3 train and 1 val image per class (val drawn from ImageNet train, as in the
+    real split), 1 test image per class from ILSVRC-2012 val. `flat_list`: the test split file lists
+    val/<file>; `flat_disk`: the images lie in a flat val/ folder rather than val/<wnid>/."""
+    lines = {"train": [], "val": [], "test": []}
+    for label, wnid in enumerate(IMAGENET_WNIDS):
+        for i in range(3):
+            write_image(root / f"train/{wnid}/{wnid}_{i}.JPEG", seed=i)
+            lines["train"].append(f"train/{wnid}/{wnid}_{i}.JPEG {label}")
+        write_image(root / f"train/{wnid}/{wnid}_v.JPEG")
+        lines["val"].append(f"train/{wnid}/{wnid}_v.JPEG {label}")
+        name = f"ILSVRC2012_val_0000000{label + 1}.JPEG"
+        write_image(root / (f"val/{name}" if flat_disk else f"val/{wnid}/{name}"))
+        lines["test"].append(f"{f'val/{name}' if flat_list else f'val/{wnid}/{name}'} {label}")
+    for split, content in lines.items():
+        write_lines(root / f"ImageNet_LT_{split}.txt", content)
+    return root
