@@ -131,6 +131,16 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     config = {"spec": dataclasses.asdict(spec), "method": method_cls.name, "dataset": dataset_spec.name,
               "hparams": hparams, "dataset_options": dataset_options}
     atomic_write_json(run_dir / "config.json", config)
+    manifest = build_manifest(
+        device=device, amp=str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
+        split_files=dataset.split_files,
+        split_fingerprints={s.name: s.fingerprint for s in (dataset.train, dataset.val, dataset.test)},
+        weights_info=dataclasses.asdict(ctx.backbone.weights_info))
+    if (run_dir / "manifest.json").exists():  # a resumed run keeps what it started on and adds what resumed it
+        started = read_json(run_dir / "manifest.json")
+        resumes = started.get("resumes", []) + [{k: manifest[k] for k in ("git", "device", "packages", "argv")}]
+        manifest = {**started, "resumes": resumes}
+    atomic_write_json(run_dir / "manifest.json", manifest)
     atomic_write_json(run_dir / "status.json", {"state": "running", "pid": os.getpid()})
     try:
         record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root)
@@ -167,13 +177,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(), "posthoc": posthoc,
                                                       "history": state.history})
     _write_per_class(ctx, val, test)
-    manifest = build_manifest(
-        device=ctx.device, amp=str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
-        split_files=dataset.split_files,
-        split_fingerprints={s.name: s.fingerprint for s in (dataset.train, dataset.val, dataset.test)},
-        weights_info=dataclasses.asdict(backbone.weights_info),
-    )
-    atomic_write_json(ctx.run_dir / "manifest.json", manifest)
+    manifest = read_json(ctx.run_dir / "manifest.json")
     phases = method.phases()
     record = {
         "run_id": ctx.run_dir.name, "method": method_cls.name, "dataset": dataset.name,

@@ -53,6 +53,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
     assert not (run_dir / "metrics.json").exists()
     resumed = runner.resume(run_dir)
     assert resumed.run_dir == run_dir
+    assert len(json.loads((run_dir / "manifest.json").read_text())["resumes"]) == 1
     assert resumed.record["test"] == full.record["test"]
     assert resumed.record["val"] == full.record["val"]
     assert len(ResultsStore(tmp_path / "b")) == 1
