@@ -45,7 +45,7 @@ class ZeroShotClip(Method):
     def setup(self) -> None:
         require_clip(self)
         ctx = self.ctx
-        scale = float(ctx.backbone.clip_model.logit_scale.exp())
+        scale = float(ctx.backbone.clip_model.logit_scale.detach().exp())
         self.classifier = TextClassifier(class_text_embeddings(ctx, self.hp["templates"]), scale).to(ctx.device)
         self.features = {s: cached_features(ctx, getattr(ctx.dataset, s)) for s in ("val", "test")}
 

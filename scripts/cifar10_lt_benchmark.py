@@ -22,6 +22,7 @@ from bench.runner import RunSpec, execute
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
 DEFAULT_METHODS = "linear_probe,finetune,la,bs,crt,vpt_deep,adaptformer"
+SHOWN = ("overall", "many", "medium", "few", "worst_class")
 
 
 def extracted(archive: Path, cache: Path) -> Path:
@@ -65,14 +66,21 @@ def main() -> None:
         records.append(execute(spec, console).record)
     table = Table(title=f"CIFAR-10-LT IF{args.imbalance_factor:g}, ViT-Tiny (ImageNet) at {args.image_size} px, "
                         f"seed {args.seed}: test accuracy (%)")
-    for column in ("method", "overall", "many", "medium", "few", "few (post-hoc LA)", "trainable", "train s"):
+    for column in ("method", *SHOWN, "post-hoc LA: overall / medium / few", "trainable", "train s"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for r in records:
-        t = r["test"]
-        table.add_row(r["method"], *(f"{t[k]:.2f}" for k in ("overall", "many", "medium", "few")),
-                      f"{r['posthoc']['test']['few']:.2f} (τ={r['posthoc']['tau']:.1f})",
+        posthoc = r["posthoc"]["test"]
+        table.add_row(r["method"], *(_pct(r["test"][k]) for k in SHOWN),
+                      " / ".join(_pct(posthoc[k]) for k in ("overall", "medium", "few"))
+                      + f" (τ={r['posthoc']['tau']:.1f})",
                       f"{r['trainable_params']:,}", f"{r['train_time_s']:.0f}")
     console.print(table)
+    console.print("– : empty shot group (CIFAR-10-LT IF100 has no class with fewer than 20 training images, so "
+                  "its tail is the medium group and the worst class)")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
