@@ -254,7 +254,8 @@ def _create(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.
     return (_create_timm if spec.family == "timm" else _create_open_clip)(spec, image_size, pretrained)
 
 
-def _load_file(spec: BackboneSpec, image_size: int | None, path: Path) -> nn.Module:
+def _load_file(spec: BackboneSpec, image_size: int | None, path: Path, ignore_prefixes: tuple[str, ...] = ()
+               ) -> nn.Module:
     if spec.family == "timm" and path.suffix == ".npz":  # original big_vision / augreg release format
         model = _create_timm(spec, image_size, False)
         try:
@@ -262,7 +263,7 @@ def _load_file(spec: BackboneSpec, image_size: int | None, path: Path) -> nn.Mod
         except Exception as error:  # noqa: BLE001
             raise BenchError(f"weights file {path} does not fit {spec.name}: {_first_line(error)}") from None
         return model
-    state = read_state_dict(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
     if spec.family == "timm":
         from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -352,15 +353,17 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
 
 
 def create_backbone(name: str, *, weights: str | None = None, allow_download: bool = False,
-                    allow_random_init: bool = False, image_size: int | None = None) -> TokenBackbone:
+                    allow_random_init: bool = False, image_size: int | None = None,
+                    ignore_prefixes: tuple[str, ...] = ()) -> TokenBackbone:
     """The token view of backbone `name` at `image_size` (None: native; smaller sizes resample position
-    embeddings). The network is used only with allow_download, random weights only with allow_random_init."""
+    embeddings). The network is used only with allow_download, random weights only with allow_random_init.
+    Keys of the weights file under `ignore_prefixes` are skipped (a method checkpoint holding the backbone)."""
     spec = parse_backbone(name)
     if weights:
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
             raise BenchError(f"weights file not found: {path}")
-        model = _load_file(spec, image_size, path)
+        model = _load_file(spec, image_size, path, ignore_prefixes)
         info = WeightsInfo(True, "file", str(path), file_sha256(path))
     elif spec.micro or (spec.family == "open_clip" and not spec.tag):
         if not allow_random_init:

@@ -27,6 +27,8 @@ COMMON_OPTIONS: dict[str, HParam] = {
     "amp": HParam("auto", help="mixed precision: auto (bf16 where supported) | bf16 | fp16 | off",
                   choices=("auto", "bf16", "fp16", "off")),
     "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)"),
+    "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (best overall "
+                              "top-1 on val among validated epochs) | last", choices=("best_val", "last")),
     "shot_convention": HParam("standard", help="many/medium/few thresholds",
                               choices=tuple(SHOT_CONVENTIONS)),
 }
@@ -38,6 +40,7 @@ class BackboneRequest:
     weights: str | None
     allow_download: bool
     allow_random_init: bool
+    ignore_prefixes: tuple[str, ...] = ()  # weights-file keys that belong to a method checkpoint, not the backbone
 
 
 @dataclass
@@ -60,7 +63,8 @@ class RunContext:
         request = self.backbone_request
         image_size = self.hparams["image_size"] or None
         backbone = create_backbone(request.name, weights=request.weights, allow_download=request.allow_download,
-                                   allow_random_init=request.allow_random_init, image_size=image_size)
+                                   allow_random_init=request.allow_random_init, image_size=image_size,
+                                   ignore_prefixes=request.ignore_prefixes)
         if not backbone.weights_info.pretrained:
             self.warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
         return backbone.to(self.device)

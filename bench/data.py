@@ -65,6 +65,12 @@ def train_loader(split: Split, transform, batch_size: int, num_workers: int, ind
                       num_workers=num_workers, drop_last=drop_last, worker_init_fn=_seed_worker)
 
 
+def batch_loader(split: Split, transform, batches: list[list[int]], num_workers: int) -> DataLoader:
+    """One loader batch per entry of `batches` (index lists, possibly of different sizes), in that order."""
+    return DataLoader(ImageDataset(split, transform), batch_sampler=batches, num_workers=num_workers,
+                      worker_init_fn=_seed_worker)
+
+
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

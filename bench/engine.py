@@ -26,11 +26,12 @@ EpochCallback = Callable[[dict], None]
 
 
 def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6) -> float:
-    """Per-epoch cosine schedule with linear warm-up from `warmup_start` (LPT's official schedule)."""
+    """Per-epoch learning rate as LPT's official schedule (timm CosineLRScheduler, t_initial = epochs,
+    warmup_t = warmup_epochs, no warm-up prefix): linear from `warmup_start` during warm-up, then
+    0.5 · base · (1 + cos(π · epoch / epochs))."""
     if epoch < warmup_epochs:
         return warmup_start + (base_lr - warmup_start) * epoch / warmup_epochs
-    span = max(1, epochs - warmup_epochs)
-    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+    return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
 def trainable_state(model: torch.nn.Module, phases: list[Phase]) -> dict[str, torch.Tensor]:
@@ -52,6 +53,8 @@ class TrainingState:
     next_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
+    best: dict | None = None  # {"phase", "epoch", "val"} of the best validated epoch of the current phase
+    selected: list[dict] = field(default_factory=list)  # per finished phase: the epoch whose weights were kept
 
 
 class Engine:
@@ -60,6 +63,7 @@ class Engine:
         self.ctx = ctx
         self.on_epoch_end = on_epoch_end
         self.checkpoint_path = ctx.run_dir / "checkpoints" / "last.pt"
+        self.best_path = ctx.run_dir / "checkpoints" / "best.pt"
 
     def evaluate(self, split: str):
         return self.evaluate_with_logits(split)[0]
@@ -75,7 +79,8 @@ class Engine:
         buffer = io.BytesIO()
         torch.save({
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
-            "train_time_s": state.train_time_s, "optimizer": optimizer.state_dict(),
+            "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
+            "optimizer": optimizer.state_dict(),
             "model": trainable_state(self.method.model(), phases),
         }, buffer)
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
@@ -88,7 +93,8 @@ class Engine:
         if missing:
             raise RuntimeError(f"checkpoint has parameters this model lacks: {sorted(missing)[:3]}")
         self.method.model().load_state_dict(blob["model"], strict=False)
-        state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"])
+        state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
+                              blob["best"], blob["selected"])
         return state, blob["optimizer"]
 
     def train(self) -> TrainingState:
@@ -121,14 +127,40 @@ class Engine:
                              "lr": optimizer.param_groups[0]["lr"]}
                     if self._should_validate(epoch, phase):
                         entry["val"] = self.evaluate("val").summary()
+                        self._track_best(state, index, epoch, entry["val"], phases)
                     state.history.append(entry)
                     state.next_epoch = epoch + 1
                     if state.next_epoch == phase.epochs:
+                        self._select(state, index, phase, phases)
                         state.phase, state.next_epoch = index + 1, 0
                     self._save(state, optimizer, phases)
                     self._report(entry)
                 state.phase, state.next_epoch = index + 1, 0
         return state
+
+    def _track_best(self, state: TrainingState, index: int, epoch: int, val: dict, phases: list[Phase]) -> None:
+        """Keep the weights of the phase's best epoch on val (overall top-1; the earliest wins ties)."""
+        if self.ctx.hparams["model_selection"] != "best_val" or val.get("overall") is None:
+            return
+        best = state.best if state.best and state.best["phase"] == index else None
+        if best is None or val["overall"] > best["val"]:
+            buffer = io.BytesIO()
+            torch.save(trainable_state(self.method.model(), phases), buffer)
+            atomic_write_bytes(self.best_path, buffer.getvalue())
+            state.best = {"phase": index, "epoch": epoch, "val": val["overall"]}
+
+    def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase]) -> None:
+        """At a phase's end, restore its best-on-val epoch (model_selection=best_val) or keep the last one."""
+        best = state.best if state.best and state.best["phase"] == index else None
+        last = phase.epochs - 1
+        if best is None or best["epoch"] == last:
+            state.selected.append({"phase": phase.name, "epoch": last, "val": best["val"] if best else None})
+            return
+        weights = torch.load(self.best_path, map_location=self.ctx.device, weights_only=True)
+        self.method.model().load_state_dict(weights, strict=False)
+        state.selected.append({"phase": phase.name, "epoch": best["epoch"], "val": best["val"]})
+        self.ctx.log.info(f"{phase.name}: kept epoch {best['epoch'] + 1} (best val overall {best['val']:.2f}) "
+                          f"instead of the last")
 
     def _should_validate(self, epoch: int, phase: Phase) -> bool:
         every = self.ctx.hparams["val_every"]

@@ -20,9 +20,10 @@ from rich.logging import RichHandler
 
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
+from bench.backbones import file_sha256
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
-from bench.engine import Engine, count_parameters
+from bench.engine import Engine, TrainingState, count_parameters
 from bench.errors import BenchError
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest
@@ -54,6 +55,7 @@ class RunSpec:
     allow_random_init: bool = False
     sweep: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    checkpoint: str | None = None  # evaluate this trained checkpoint (method format) instead of training
 
 
 @dataclass
@@ -112,14 +114,16 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
         out_root = run_dir.parents[1]
     else:
         out_root = Path(spec.out).expanduser().resolve() if spec.out else default_results_root()
+    checkpoint = _checkpoint_path(spec, method_cls)
     dataset = load_dataset(dataset_spec.name, spec.data_root, dataset_options)
     run_id = run_dir.name if run_dir else new_run_id(method_cls.name, dataset_spec.name)
     run_dir = run_dir or out_root / "runs" / run_id
     log = _logger(run_id, console)
     ctx = RunContext(dataset=dataset, hparams=hparams, device=device, seed=spec.seed, run_dir=run_dir,
                      cache_dir=out_root / "cache", console=console, log=log,
-                     backbone_request=BackboneRequest(spec.backbone, spec.weights, spec.allow_download,
-                                                      spec.allow_random_init))
+                     backbone_request=BackboneRequest(
+                         spec.backbone, spec.weights or (str(checkpoint) if checkpoint else None), spec.allow_download,
+                         spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()))
     ctx.notes.extend(dataset.notes)
     seed_everything(spec.seed)
     ctx.backbone  # noqa: B018  (weights are resolved before any folder is written)
@@ -166,7 +170,12 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     seed_everything(derived_seed(spec.seed, "setup"))  # new modules initialise alike whatever ran before
     method.setup()
     engine = Engine(method, ctx, on_epoch_end)
-    state = engine.train()
+    if spec.checkpoint:
+        method.import_checkpoint(Path(spec.checkpoint))
+        ctx.log.info(f"evaluating checkpoint {spec.checkpoint} (no training)")
+        state = TrainingState()
+    else:
+        state = engine.train()
     (val, val_logits, val_labels), (test, test_logits, test_labels) = (
         engine.evaluate_with_logits("val"), engine.evaluate_with_logits("test"))
     # Post-hoc logit adjustment (Menon et al. 2021) for any method: tau chosen on val, then applied to test.
@@ -175,7 +184,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     wall = time.perf_counter() - started
 
     atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(), "posthoc": posthoc,
-                                                      "history": state.history})
+                                                      "history": state.history, "selected": state.selected})
     _write_per_class(ctx, val, test)
     manifest = read_json(ctx.run_dir / "manifest.json")
     phases = method.phases()
@@ -184,7 +193,9 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
         "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
-        "trainable_params": count_parameters(phases),
+        "selected": state.selected, "trainable_params": count_parameters(phases),
+        "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint
+        else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
         "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
@@ -198,6 +209,18 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
                  f"few {test.few:.2f}")
     return record
+
+
+def _checkpoint_path(spec: RunSpec, method_cls) -> Path | None:
+    if not spec.checkpoint:
+        return None
+    if not hasattr(method_cls, "import_checkpoint"):
+        raise BenchError(f"method {method_cls.name} cannot import checkpoints; `bench eval` supports: "
+                         + ", ".join(n for n, cls in METHODS.items() if hasattr(cls, "import_checkpoint")))
+    path = Path(spec.checkpoint).expanduser().resolve()
+    if not path.is_file():
+        raise BenchError(f"checkpoint not found: {path}")
+    return path
 
 
 def _write_per_class(ctx: RunContext, val, test) -> None:

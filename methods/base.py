@@ -42,6 +42,7 @@ class Method:
     description: str = ""
     hparams: Mapping[str, HParam] = {}
     needs_images: bool = True  # False: the method trains on cached features only
+    checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

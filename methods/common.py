@@ -6,11 +6,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from bench.methods.samplers import SAMPLERS, epoch_indices
+from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
 from torch import nn
 
 from bench.context import RunContext
-from bench.data import eval_loader, eval_transform, train_loader, train_transform
+from bench.data import batch_loader, eval_loader, eval_transform, train_loader, train_transform
 from bench.hparams import Choice, HParam, LogUniform
 from bench.seeding import derived_seed
 
@@ -62,6 +62,43 @@ def image_batches(ctx: RunContext, phase_name: str, sampler: str,
             yield images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
 
     return batches, steps(len(split), batch_size)
+
+
+def dual_steps(num_samples: int, batch_size: int) -> int:
+    """LPT's iterations per epoch: N // batch + 1."""
+    return num_samples // batch_size + 1
+
+
+def dual_index_batches(labels: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator
+                       ) -> list[tuple[list[int], list[int]]]:
+    """One epoch of LPT's dual sampling: per step a class-aware batch (`per_class` images of each drawn class,
+    from the class-aware sampler) and a uniform batch (`batch_size` distinct random images, drawn afresh each
+    step as the official loop does)."""
+    steps_ = dual_steps(len(labels), batch_size)
+    balanced = class_aware(labels, steps_ * batch_size, rng, per_class).reshape(steps_, batch_size)
+    uniform_size = min(batch_size, len(labels))
+    return [(balanced[i].tolist(), rng.choice(len(labels), uniform_size, replace=False).tolist())
+            for i in range(steps_)]
+
+
+def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_class: int
+                       ) -> tuple[Callable[[int], Iterator], Callable]:
+    """Augmented (class-aware images, labels, uniform images, labels) per step on the device, reproducible per
+    (seed, phase, epoch)."""
+    backbone = ctx.backbone
+    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, ctx.hparams["augment"],
+                                ctx.dataset.hflip_ok)
+    split = ctx.dataset.train
+
+    def batches(epoch: int) -> Iterator:
+        rng = np.random.default_rng(derived_seed(ctx.seed, phase_name, epoch))
+        pairs = dual_index_batches(split.labels, batch_size, per_class, rng)
+        flat = [indices for pair in pairs for indices in pair]
+        loader = iter(batch_loader(split, transform, flat, ctx.num_workers))
+        for balanced, uniform in zip(loader, loader, strict=True):
+            yield tuple(t.to(ctx.device, non_blocking=True) for t in (*balanced, *uniform))
+
+    return batches, lambda: dual_steps(len(split), batch_size)
 
 
 def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Callable[[], torch.Tensor],

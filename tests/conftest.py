@@ -60,3 +60,28 @@ def make_imagenet_lt(root: Path, flat_list: bool = False, flat_disk: bool = Fals
     for split, content in lines.items():
         write_lines(root / f"ImageNet_LT_{split}.txt", content)
     return root
+
+
+# Label order of this fabricated Places-LT differs from categories_places365.txt order, like the real
+# split's labels 116–118: the folder in the split file decides the name.
+PLACES = [("desert-sand", "/d/desert/sand"), ("desert_road", "/d/desert_road"), ("apartment_building-outdoor",
+                                                                                 "/a/apartment_building/outdoor")]
+
+
+def make_places_lt(root, download_layout: bool):
+    official = sorted(category for _, category in PLACES)
+    write_lines(root / "categories_places365.txt", [f"{c} {i}" for i, c in enumerate(official)])
+    lines = {"train": [], "val": [], "test": []}
+    for label, (folder, category) in enumerate(PLACES):
+        for split, count in (("train", 3 - label), ("val", 1), ("test", 2)):
+            for i in range(count):
+                if split == "test":
+                    name = f"Places365_val_{label}{i:07d}.jpg"
+                    listed, on_disk = f"val/{folder}/{name}", f"val_256/{name}"
+                else:
+                    name = f"{split}{i:07d}.jpg"
+                    listed, on_disk = f"train/{folder}/{name}", f"data_256{category}/{name}"
+                write_image(root / (on_disk if download_layout else listed), seed=label)
+                lines[split].append(f"{listed} {label}")
+    for split, content in lines.items():
+        write_lines(root / f"Places_LT_{split}.txt", content)

@@ -10,7 +10,7 @@ import pytest
 from bench.datasets import digits
 from bench.datasets.base import load_dataset
 from bench.datasets.longtail import exponential_profile
-from conftest import assert_splits_disjoint, make_imagenet_lt, write_image, write_lines
+from conftest import assert_splits_disjoint, make_imagenet_lt, make_places_lt, write_image, write_lines
 
 from bench.errors import BenchError
 
@@ -48,31 +48,6 @@ def test_imagenet_lt_split_dir_option(tmp_path):
 
 
 # ---------------------------------------------------------------- Places-LT
-
-# Label order of this fabricated Places-LT differs from categories_places365.txt order, like the real
-# split's labels 116–118: the folder in the split file decides the name.
-PLACES = [("desert-sand", "/d/desert/sand"), ("desert_road", "/d/desert_road"), ("apartment_building-outdoor",
-                                                                                 "/a/apartment_building/outdoor")]
-
-
-def make_places_lt(root, download_layout: bool):
-    official = sorted(category for _, category in PLACES)
-    write_lines(root / "categories_places365.txt", [f"{c} {i}" for i, c in enumerate(official)])
-    lines = {"train": [], "val": [], "test": []}
-    for label, (folder, category) in enumerate(PLACES):
-        for split, count in (("train", 3 - label), ("val", 1), ("test", 2)):
-            for i in range(count):
-                if split == "test":
-                    name = f"Places365_val_{label}{i:07d}.jpg"
-                    listed, on_disk = f"val/{folder}/{name}", f"val_256/{name}"
-                else:
-                    name = f"{split}{i:07d}.jpg"
-                    listed, on_disk = f"train/{folder}/{name}", f"data_256{category}/{name}"
-                write_image(root / (on_disk if download_layout else listed), seed=label)
-                lines[split].append(f"{listed} {label}")
-    for split, content in lines.items():
-        write_lines(root / f"Places_LT_{split}.txt", content)
-
 
 @pytest.mark.parametrize("download_layout", [False, True], ids=["as-listed", "places365-download"])
 def test_places_lt_names_come_from_split_folders_not_category_order(tmp_path, download_layout):

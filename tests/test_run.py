@@ -140,7 +140,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     import time
 
     settings = {**FAST, "epochs": "12"}
-    args = ["--dataset", "digits_lt", "--backbone", "vit_micro", "--random-init",
+    args = ["--method", "finetune", "--dataset", "digits_lt", "--backbone", "vit_micro", "--random-init",
             *[f"--set={k}={v}" for k, v in settings.items()]]
     command = [sys.executable, "-c", "from bench.cli import app; app()", "run", *args]
     process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
