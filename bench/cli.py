@@ -20,15 +20,20 @@ DEFAULT_METHOD = "lpt"
 # A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with a larger learning rate; LPT gets
 # short phases without warm-up so the default run stays well under two minutes on 2 CPU cores.
 EMBEDDED_PRESET = {"image_size": "16", "augment": "none", "lr": "2e-3", "epochs": "40", "batch_size": "32"}
-EMBEDDED_METHOD_PRESETS = {
-    "lpt": {"lr": "0.05", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"},
-}
+_LPT_PRESET = {"lr": "0.05", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"}
+_LPTPP_PRESET = {**_LPT_PRESET, "phase1_epochs": "2", "phase2_epochs": "2", "adapter_epochs": "2",
+                 "scorer_epochs": "2", "vl_backbone": "clip_micro"}
+EMBEDDED_METHOD_PRESETS = {"lpt": _LPT_PRESET, **{name: _LPTPP_PRESET for name in (
+    "lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter", "lptpp_no_group_prompts", "lptpp_mean")}}
+EMBEDDED_BACKBONES = {"lptpp_vl": "clip_micro"}  # methods whose own tower must be a (tiny) CLIP
 
 
-def embedded_preset(method: str) -> dict[str, str]:
+def embedded_preset(method: str) -> tuple[str, dict[str, str]]:
+    """(backbone, --set preset) of `method` on the embedded dataset."""
     from bench.methods.base import METHODS
 
-    return {**EMBEDDED_PRESET, **EMBEDDED_METHOD_PRESETS.get(METHODS.canonical(method), {})}
+    name = METHODS.canonical(method)
+    return EMBEDDED_BACKBONES.get(name, EMBEDDED_BACKBONE), {**EMBEDDED_PRESET, **EMBEDDED_METHOD_PRESETS.get(name, {})}
 
 
 def _fail(error: BenchError) -> None:
@@ -41,8 +46,8 @@ def run(
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
     dataset: str = typer.Option(EMBEDDED_DATASET, "--dataset", "-d", help="dataset name (bench list datasets)"),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
-                                           f"default: {EMBEDDED_BACKBONE} on the embedded dataset, "
-                                           "the in21k ViT-B/16 elsewhere"),
+                                           f"default: {EMBEDDED_BACKBONE} on the embedded dataset, elsewhere "
+                                           "the method's own (CLIP ViT-B/16 for lptpp_vl) or the in21k ViT-B/16"),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
     assignments: list[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
@@ -65,13 +70,13 @@ def run(
             overrides = parse_assignments(assignments)
             if embedded:
                 declared = runner.declared_options(method, dataset)
-                preset = {k: v for k, v in embedded_preset(method).items() if k in declared and k not in overrides}
-                console.print(f"embedded default: {EMBEDDED_BACKBONE} (random init) on {EMBEDDED_DATASET}, preset "
+                backbone, preset = embedded_preset(method)
+                preset = {k: v for k, v in preset.items() if k in declared and k not in overrides}
+                console.print(f"embedded default: {backbone} (random init) on {EMBEDDED_DATASET}, preset "
                               + " ".join(f"{k}={v}" for k, v in preset.items()))
                 overrides = {**preset, **overrides}
             spec = runner.RunSpec(
-                method=method, dataset=dataset, backbone=backbone or (EMBEDDED_BACKBONE if embedded
-                                                                      else runner.DEFAULT_BACKBONE),
+                method=method, dataset=dataset, backbone=backbone,
                 weights=weights, data_root=data_root, overrides=overrides, seed=seed,
                 out=out, device=device, allow_download=allow_download, allow_random_init=random_init or embedded,
             )
@@ -99,7 +104,7 @@ def eval_(
     from bench.hparams import parse_assignments
 
     try:
-        spec = runner.RunSpec(method=method, dataset=dataset, backbone=backbone or runner.DEFAULT_BACKBONE,
+        spec = runner.RunSpec(method=method, dataset=dataset, backbone=backbone,
                               weights=weights, data_root=data_root, overrides=parse_assignments(assignments),
                               out=out, device=device, checkpoint=checkpoint, tags={"kind": "checkpoint_eval"})
         result = runner.execute(spec, console)

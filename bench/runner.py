@@ -44,7 +44,7 @@ def default_results_root() -> Path:
 class RunSpec:
     method: str
     dataset: str
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str | None = None  # None: the method's default backbone, else DEFAULT_BACKBONE
     weights: str | None = None
     data_root: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
@@ -109,6 +109,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     """Run `spec` to completion. Passing the `run_dir` of an interrupted run resumes it."""
     console = console or Console()
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
+    spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
     device = pick_device(spec.device)
     if run_dir is not None:
         out_root = run_dir.parents[1]
@@ -176,8 +177,10 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         state = TrainingState()
     else:
         state = engine.train()
-    (val, val_logits, val_labels), (test, test_logits, test_labels) = (
-        engine.evaluate_with_logits("val"), engine.evaluate_with_logits("test"))
+    val, val_logits, val_labels = engine.evaluate_with_logits("val")
+    test_started = time.perf_counter()
+    test, test_logits, test_labels = engine.evaluate_with_logits("test")
+    test_seconds = time.perf_counter() - test_started
     # Post-hoc logit adjustment (Menon et al. 2021) for any method: tau chosen on val, then applied to test.
     posthoc = posthoc_report(val_logits, val_labels, test_logits, test_labels, dataset.train_counts,
                              ctx.hparams["shot_convention"])
@@ -198,11 +201,13 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
+        "test_ms_per_image": round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
         "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),
         "notes": ctx.notes, "run_dir": str(ctx.run_dir),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **method.extra_record(),
     }
     ResultsStore(out_root).add(record, overwrite=True)
     atomic_write_json(ctx.run_dir / "status.json", {"state": "complete"})

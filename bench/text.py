@@ -31,9 +31,10 @@ def tokenizer_for(backbone):
 
 
 @torch.no_grad()
-def class_text_embeddings(ctx: RunContext, template_set: str = "openai") -> torch.Tensor:
-    """[C, D] unit-norm embeddings: each class's prompts encoded, normalised, averaged, normalised again."""
-    backbone = ctx.backbone
+def class_text_embeddings(ctx: RunContext, template_set: str = "openai", backbone=None) -> torch.Tensor:
+    """[C, D] unit-norm embeddings: each class's prompts encoded, normalised, averaged, normalised again, by
+    `backbone`'s text tower (default: the run's backbone). The text tower runs once; the result is cached."""
+    backbone = backbone or ctx.backbone
     if backbone.family != "open_clip":
         raise BenchError(f"text embeddings need an open_clip backbone, not {backbone.name}; "
                          "use --backbone open_clip:ARCH@TAG or --set head_init=random")

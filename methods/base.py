@@ -43,6 +43,7 @@ class Method:
     hparams: Mapping[str, HParam] = {}
     needs_images: bool = True  # False: the method trains on cached features only
     checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
+    default_backbone: str | None = None  # when --backbone is not given (None: the harness default)
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -57,6 +58,10 @@ class Method:
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
+
+    def extra_record(self) -> dict:
+        """Method-specific fields for the run record (e.g. per-expert costs)."""
+        return {}
 
     @torch.no_grad()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

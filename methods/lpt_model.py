@@ -12,14 +12,16 @@
   the main pass, so they run once and both passes branch from their output (depth + (depth − s) block
   evaluations instead of 2·depth); `shared_prefix=False` is the plain two-pass computation.
 
-`stage` selects the forward: "shared" (phase-1 model) or "group" (full LPT).
+`stage` selects the forward: "shared" (phase-1 model) or "group" (full LPT). LPT++ sets `query_adapters`: the
+adapters the query pass switches off, so the query stays the phase-1 feature once adapters train (the passes
+then no longer share a prefix, and the model runs the plain two passes).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bench.methods.peft import PROMPT_INIT_STD, CosineClassifier, PromptedBackbone
+from bench.methods.peft import PROMPT_INIT_STD, CosineClassifier, PromptedBackbone, adapters_disabled
 from torch import nn
 
 from bench.errors import BenchError
@@ -46,6 +48,7 @@ class LPTModel(nn.Module):
         self.top_k, self.shared_layers, self.depth = top_k, shared_layers, depth
         self.shared_prefix = shared_prefix
         self.stage = "shared"
+        self.query_adapters: list = []  # adapters switched off in the query pass (LPT++; a plain list)
 
     # -- parameter groups ---------------------------------------------------------------------------------
     @property
@@ -69,9 +72,15 @@ class LPTModel(nn.Module):
         feature, matching, _ = self.group_features(images)
         return self.head(feature), matching
 
+    @property
+    def prefix_shared(self) -> bool:
+        """Whether the query and main passes share their first blocks: asked for, and no adapter is active in
+        the main pass but off in the query pass (then the two prefixes differ)."""
+        return self.shared_prefix and not any(adapter.enabled for adapter in self.query_adapters)
+
     def query(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The phase-1 feature from tokens that have passed blocks [0, start) with shared prompts."""
-        with torch.no_grad():
+        with torch.no_grad(), adapters_disabled(self.query_adapters):
             rest = self.prompted.forward_tokens(tokens, start, self.depth, extra=self.prompted.deep_prompt)
             return self.prompted.pool(rest)
 
@@ -86,7 +95,8 @@ class LPTModel(nn.Module):
         """(feature [B, F], matching score, chosen pool indices) of the full LPT forward."""
         prompted, s = self.prompted, self.shared_layers
         tokens = prompted.embed(images)
-        if self.shared_prefix:
+        shared_prefix = self.prefix_shared
+        if shared_prefix:
             start = prompted.forward_tokens(tokens, 0, s, extra=prompted.deep_prompt)
             query = self.query(start, s)
         else:
@@ -102,5 +112,5 @@ class LPTModel(nn.Module):
             own = group[:, index - s]
             return torch.cat([shared.unsqueeze(0).expand(batch, -1, -1).to(own), own], dim=1)
 
-        final = prompted.forward_tokens(start, s if self.shared_prefix else 0, self.depth, extra=extra)
+        final = prompted.forward_tokens(start, s if shared_prefix else 0, self.depth, extra=extra)
         return prompted.pool(final), matching, chosen

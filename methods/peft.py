@@ -14,7 +14,8 @@ mutation of a backbone is `requires_grad_(False)` (PromptedBackbone, `freeze=Tru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,7 @@ class Adapter(nn.Module):
         else:
             self.register_buffer("scale", torch.tensor(float(scale)), persistent=True)
         self.input, self.block_index = input, block_index
+        self.enabled = True  # False: the hooks leave the block's output untouched
         self._residual: torch.Tensor | None = None
         self._handles: list = []
 
@@ -159,6 +161,9 @@ class Adapter(nn.Module):
         self._residual = inputs[0]
 
     def _mlp_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            self._residual = None
+            return output
         if self.input == "norm":
             h = inputs[0]
         else:
@@ -234,6 +239,20 @@ def remove_adapters(backbone: nn.Module) -> list[Adapter]:
 
 def adapters_of(backbone: nn.Module) -> list[Adapter]:
     return list(backbone.__dict__.get("_adapters") or [])
+
+
+@contextmanager
+def adapters_disabled(adapters: Iterable[Adapter]) -> Iterator[None]:
+    """Run the plain backbone inside the block: every adapter is switched off, then restored."""
+    adapters = list(adapters)
+    states = [adapter.enabled for adapter in adapters]
+    for adapter in adapters:
+        adapter.enabled = False
+    try:
+        yield
+    finally:
+        for adapter, state in zip(adapters, states, strict=True):
+            adapter.enabled = state
 
 
 # ---------------------------------------------------------------------------------------------- BitFit
@@ -320,6 +339,7 @@ __all__ = [
     "Adapter",
     "CosineClassifier",
     "PromptedBackbone",
+    "adapters_disabled",
     "adapters_of",
     "add_adapters",
     "bitfit_parameters",

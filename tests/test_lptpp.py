@@ -1,0 +1,186 @@
+"""LPT++: the MoE scorer and mixture, phase freezing, the VL head's text initialisation, parameter accounting
+for the ViT-B/16 pair, and every registered variant end to end on the embedded default."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+import torch.nn.functional as F
+from bench.methods.base import METHODS
+from bench.methods.lptpp import LPTPP_HPARAMS, Expert, MixtureOfExperts, Scorer, mixture
+from bench.methods.peft import count_trainable
+from typer.testing import CliRunner
+
+from bench import runner
+from bench.backbones import create_backbone
+from bench.cli import app
+from bench.store import ResultsStore
+
+VARIANTS = ("lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter", "lptpp_no_group_prompts", "lptpp_mean")
+HP = {name: declared.default for name, declared in LPTPP_HPARAMS.items()}
+TINY = {**HP, "prompt_length": 2, "pool_size": 4, "adapter_bottleneck": 8}
+
+
+def tiny_experts() -> list[Expert]:
+    torch.manual_seed(0)
+    visual = create_backbone("vit_micro", allow_random_init=True, image_size=16)
+    vl = create_backbone("clip_micro", allow_random_init=True, image_size=16)
+    stats = (visual.mean, visual.std)
+    return [Expert("visual", visual, 5, TINY, stats, True), Expert("vl", vl, 5, TINY, stats, True)]
+
+
+def test_scorer_weights_are_positive_sum_to_one_and_depend_on_the_input():
+    torch.manual_seed(0)
+    scorer = Scorer([8, 6], hidden=16, inputs="features+confidence")
+    torch.nn.init.normal_(scorer.net[-1].weight)  # as after training (it starts at zero: uniform weights)
+    features = [torch.randn(4, 8), torch.randn(4, 6)]
+    probabilities = [torch.softmax(torch.randn(4, 5), -1), torch.softmax(torch.randn(4, 5), -1)]
+    weights = scorer(features, probabilities)
+    assert weights.shape == (4, 2) and (weights > 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4))
+    assert not torch.allclose(weights[0], weights[1])
+
+
+def test_untrained_scorer_is_the_uniform_average():
+    scorer = Scorer([8, 6], hidden=16, inputs="features")
+    weights = scorer([torch.randn(3, 8), torch.randn(3, 6)], [torch.full((3, 5), 0.2)] * 2)
+    torch.testing.assert_close(weights, torch.full((3, 2), 0.5))
+
+
+def test_ensemble_output_is_the_weighted_mixture_of_expert_probabilities():
+    experts = tiny_experts()
+    scorer = Scorer([e.lpt.head.in_features for e in experts], 16, "features+confidence")
+    torch.nn.init.normal_(scorer.net[-1].weight)
+    model = MixtureOfExperts(experts, "scorer", 20.0, scorer).eval()
+    for expert in experts:
+        expert.lpt.stage = "group"
+        expert.set_adapters(True)
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        features, probabilities = model.expert_outputs(images)
+        weights = model.weights(features, probabilities)
+        by_loop = sum(weights[:, e:e + 1] * probabilities[e] for e in range(2))
+        torch.testing.assert_close(model(images).exp(), by_loop)
+        torch.testing.assert_close(mixture(weights, probabilities), by_loop)
+        own = torch.softmax(20.0 * experts[1].lpt(experts[1].renormalise(images)), -1)
+    torch.testing.assert_close(probabilities[1], own)
+
+
+def test_vl_expert_sees_images_in_its_own_normalisation():
+    experts = tiny_experts()
+    vl = experts[1]
+    raw = torch.rand(2, 3, 16, 16)
+    given = (raw - vl.mean_in) / vl.std_in
+    torch.testing.assert_close(vl.renormalise(given), (raw - vl.mean) / vl.std)
+
+
+# ----------------------------------------------------------------------------------------- phases
+
+FAST = ["--set", "image_size=16", "--set", "batch_size=64", "--set", "prompt_length=2", "--set", "pool_size=4",
+        "--set", "adapter_bottleneck=8", "--set", "scorer_hidden=16"]
+ONE_EPOCH = [item for key in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")
+             for item in ("--set", f"{key}=1")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant):
+    result = CliRunner().invoke(app, ["run", "--method", variant, "--out", str(tmp_path), *FAST, *ONE_EPOCH])
+    assert result.exit_code == 0, result.output
+    record = ResultsStore(tmp_path).records()[0]
+    assert record["method"] == variant and 0 <= record["test"]["overall"] <= 100
+    assert record["test_ms_per_image"] > 0
+    names = [expert["name"] for expert in record["experts"]]
+    assert names == {"lptpp_visual": ["visual"], "lptpp_vl": ["vl"]}.get(variant, ["visual", "vl"])
+    phases = [entry["phase"] for entry in record["selected"]]
+    assert ("lptpp_group" in phases) == (variant != "lptpp_no_group_prompts")
+    assert ("lptpp_adapters" in phases) == (variant != "lptpp_no_adapter")
+    assert ("lptpp_scorer" in phases) == (variant in ("lptpp", "lptpp_no_adapter", "lptpp_no_group_prompts"))
+    assert record["trainable_params"] == sum(e["trainable_params"] for e in record["experts"]) + \
+        record["scorer_params"]
+
+
+PHASE_PARAMETERS = {  # which checkpoint keys each phase may change
+    "lptpp_shared": ("lpt.prompted.prompts", "lpt.head.weight"),
+    "lptpp_group": ("lpt.pool", "lpt.keys", "lpt.head.weight"),
+    "lptpp_adapters": ("adapters.",),
+    "lptpp_scorer": ("scorer.",),
+}
+
+
+def test_each_phase_changes_only_its_own_modules(tmp_path):
+    snapshots = []
+
+    def snapshot(entry):
+        run_dir = next((tmp_path / "runs").iterdir())
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+        snapshots.append((entry["phase"], {k: v.clone() for k, v in state.items()}))
+
+    settings = {"image_size": "16", "batch_size": "64", "prompt_length": "2", "pool_size": "4", "lr": "0.5",
+                "adapter_bottleneck": "8", "scorer_hidden": "16", "vl_backbone": "clip_micro",
+                "warmup_epochs": "0", "model_selection": "last",
+                **{k: "2" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
+    spec = runner.RunSpec(method="lptpp", dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
+                          out=str(tmp_path), overrides=settings)
+    runner.execute(spec, on_epoch_end=snapshot)
+    assert [phase for phase, _ in snapshots] == [p for p in PHASE_PARAMETERS for _ in range(2)]
+    for (_, before), (phase, after) in pairwise(snapshots):
+        changed = {k for k in after if not torch.equal(before[k], after[k])}
+        allowed = {k for k in after if any(part in k for part in PHASE_PARAMETERS[phase])}
+        assert changed, f"{phase} changed nothing"
+        assert changed <= allowed, f"{phase} changed {sorted(changed - allowed)[:3]}"
+
+
+def test_vl_head_starts_as_the_normalised_text_embeddings(tmp_path):
+    heads = []
+
+    def first_epoch(entry):
+        run_dir = next((tmp_path / "runs").iterdir())
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+        heads.append(state["experts.0.lpt.head.weight"])
+
+    settings = {"image_size": "16", "batch_size": "64", "lr": "0", "warmup_epochs": "0",  # lr 0: head unchanged
+                **{k: "1" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
+    spec = runner.RunSpec(method="lptpp_vl", dataset="digits_lt", backbone="clip_micro", allow_random_init=True,
+                          out=str(tmp_path), overrides=settings)
+    runner.execute(spec, on_epoch_end=first_epoch)
+    text = torch.load(next((tmp_path / "cache" / "text").glob("*.pt")), weights_only=True)
+    assert text.shape == heads[0].shape == (10, 32)
+    torch.testing.assert_close(heads[0], F.normalize(text, dim=-1))
+    torch.testing.assert_close(heads[0].norm(dim=-1), torch.ones(10))
+
+
+# ----------------------------------------------------------------------------------------- accounting
+
+
+def test_parameter_accounting_for_the_vit_b16_pair():
+    """Exact trainable count of the default LPT++ on ViT-B/16 (in21k) + CLIP ViT-B/16 for C classes."""
+    classes = 1000
+    visual = create_backbone("vit_base_patch16_224.augreg_in21k", allow_random_init=True)
+    vl = create_backbone("open_clip:ViT-B-16-quickgelu@openai", allow_random_init=True)
+    stats = (visual.mean, visual.std)
+    experts = [Expert("visual", visual, classes, HP, stats, True), Expert("vl", vl, classes, HP, stats, True)]
+    scorer = Scorer([768, 512], HP["scorer_hidden"], HP["scorer_input"])
+    adapters = 12 * (768 * 64 + 64 + 64 * 768 + 768 + 1)  # down, up, learnable scale per block
+    expected = {
+        "visual": 92_160 + 921_600 + 20 * 768 + adapters + 768 * classes,
+        "vl": 92_160 + 921_600 + 20 * 512 + adapters + 512 * classes,  # CLIP's feature is the 512-d projection
+    }
+    for expert in experts:
+        count = count_trainable(expert)  # the backbone is frozen: prompts, keys, head, adapters
+        assert count == expected[expert.name]
+    assert sum(p.numel() for p in scorer.parameters()) == (768 + 512 + 4) * 256 + 256 + 256 * 2 + 2
+    backbones = sum(p.numel() for p in visual.parameters()) + sum(p.numel() for p in vl.parameters())
+    assert sum(p.numel() for p in visual.parameters()) == 85_798_656
+    total = sum(expected.values()) + sum(p.numel() for p in scorer.parameters())
+    without_heads = total - 1280 * classes
+    print(f"LPT++ ViT-B/16 pair, {classes} classes: {total:,} trainable ({100 * total / backbones:.2f} % of "
+          f"{backbones:,} backbone parameters); without the heads {without_heads:,} "
+          f"({100 * without_heads / backbones:.2f} %)")
+    assert 0.01 < without_heads / backbones < 0.04
+
+
+def test_variants_are_registered_with_descriptions():
+    for name in VARIANTS:
+        assert METHODS.get(name).description
