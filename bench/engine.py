@@ -150,17 +150,20 @@ class Engine:
             state.best = {"phase": index, "epoch": epoch, "val": val["overall"]}
 
     def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase]) -> None:
-        """At a phase's end, restore its best-on-val epoch (model_selection=best_val) or keep the last one."""
+        """At a phase's end, restore its best-on-val epoch (model_selection=best_val) or keep the last one, and
+        keep the phase's result as checkpoints/phase-<name>.pt."""
         best = state.best if state.best and state.best["phase"] == index else None
-        last = phase.epochs - 1
-        if best is None or best["epoch"] == last:
-            state.selected.append({"phase": phase.name, "epoch": last, "val": best["val"] if best else None})
-            return
-        weights = torch.load(self.best_path, map_location=self.ctx.device, weights_only=True)
-        self.method.model().load_state_dict(weights, strict=False)
-        state.selected.append({"phase": phase.name, "epoch": best["epoch"], "val": best["val"]})
-        self.ctx.log.info(f"{phase.name}: kept epoch {best['epoch'] + 1} (best val overall {best['val']:.2f}) "
-                          f"instead of the last")
+        epoch = phase.epochs - 1
+        if best is not None and best["epoch"] != epoch:
+            weights = torch.load(self.best_path, map_location=self.ctx.device, weights_only=True)
+            self.method.model().load_state_dict(weights, strict=False)
+            epoch = best["epoch"]
+            self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val overall {best['val']:.2f}) "
+                              "instead of the last")
+        state.selected.append({"phase": phase.name, "epoch": epoch, "val": best["val"] if best else None})
+        buffer = io.BytesIO()
+        torch.save(trainable_state(self.method.model(), phases), buffer)
+        atomic_write_bytes(self.checkpoint_path.parent / f"phase-{phase.name}.pt", buffer.getvalue())
 
     def _should_validate(self, epoch: int, phase: Phase) -> bool:
         every = self.ctx.hparams["val_every"]

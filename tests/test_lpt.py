@@ -22,10 +22,11 @@ from bench.data import eval_transform
 from bench.errors import BenchError
 
 
-def micro_lpt(classes: int = 5, **kwargs) -> LPTModel:
+def micro_lpt(classes: int = 5, tower: str = "vit_micro", **kwargs) -> LPTModel:
     torch.manual_seed(0)
-    backbone = create_backbone("vit_micro", allow_random_init=True, image_size=16)
-    return LPTModel(backbone, classes, prompt_length=3, pool_size=6, shared_layers=2, **kwargs)
+    backbone = create_backbone(tower, allow_random_init=True, image_size=16)
+    return LPTModel(backbone, classes, prompt_length=3, pool_size=6, shared_layers=backbone.num_blocks // 2,
+                    **kwargs)
 
 
 def freeze_for(model: LPTModel, stage: str) -> None:
@@ -61,8 +62,9 @@ def test_bad_structure_is_refused():
 # --------------------------------------------------------------------------------------- shared prefix
 
 
-def test_shared_prefix_equals_the_plain_two_pass_computation():
-    model = micro_lpt().eval()
+@pytest.mark.parametrize("tower", ["vit_micro", "clip_micro"], ids=["timm", "open_clip"])
+def test_shared_prefix_equals_the_plain_two_pass_computation(tower):
+    model = micro_lpt(tower=tower).eval()
     model.stage = "group"
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -302,7 +304,10 @@ def test_lpt_run_resumes_in_the_right_phase_and_epoch(tmp_path):
     with pytest.raises(Stop):
         runner.execute(spec(tmp_path / "cut"), on_epoch_end=stop_in_phase2)
     run_dir = next((tmp_path / "cut" / "runs").iterdir())
+    assert (run_dir / "checkpoints" / "phase-lpt_shared.pt").exists()
+    assert not (run_dir / "checkpoints" / "phase-lpt_group.pt").exists()
     resumed = runner.resume(run_dir).record
+    assert (run_dir / "checkpoints" / "phase-lpt_group.pt").exists()
     assert [h["phase"] for h in resumed["selected"]] == ["lpt_shared", "lpt_group"]
     assert resumed["test"] == whole["test"]
     assert resumed["trainable_params"] == whole["trainable_params"]
