@@ -84,6 +84,22 @@ def dual_loss(model: LPTModel, losses: dict, batch, match_weight: float) -> torc
     return loss
 
 
+def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Parameter], loss, on_start) -> Phase:
+    """A phase in LPT's recipe: dual-sampled batches carrying η_e, SGD at lr × batch/256, warm-up + cosine."""
+    hp = ctx.hparams
+    batches, steps = dual_image_batches(ctx, name, hp["batch_size"], hp["per_class"])
+
+    def with_eta(epoch: int):
+        eta = ib_weight(hp["ib_weight"], epoch, epochs)
+        for batch in batches(epoch):
+            yield (*batch, eta)
+
+    scaled = {**hp, "optimizer": "sgd", "lr": hp["lr"] * hp["batch_size"] / 256}
+    return Phase(name=name, epochs=epochs, parameters=parameters, make_optimizer=optimizer_factory(scaled),
+                 batches=with_eta, loss=loss, warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps,
+                 on_start=on_start)
+
+
 @register_method("lpt")
 class LPT(Method):
     description = "LPT: shared + group-specific prompts, A-GCL loss, dual sampling (two phases)"
@@ -102,22 +118,11 @@ class LPT(Method):
         return self.net
 
     def _phase(self, name: str, stage: str, epochs: int, match_weight: float) -> Phase:
-        hp = self.hp
-        batches, steps = dual_image_batches(self.ctx, name, hp["batch_size"], hp["per_class"])
-
-        def with_eta(epoch: int):
-            eta = ib_weight(hp["ib_weight"], epoch, epochs)
-            for batch in batches(epoch):
-                yield (*batch, eta)
-
         def enter() -> None:
             self.net.stage = stage
 
-        scaled = {**hp, "optimizer": "sgd", "lr": hp["lr"] * hp["batch_size"] / 256}
-        return Phase(name=name, epochs=epochs, parameters=self.net.stage_parameters(stage),
-                     make_optimizer=optimizer_factory(scaled), batches=with_eta,
-                     loss=lambda batch: dual_loss(self.net, self.losses, batch, match_weight),
-                     warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps, on_start=enter)
+        return dual_sampling_phase(self.ctx, name, epochs, self.net.stage_parameters(stage),
+                                   lambda batch: dual_loss(self.net, self.losses, batch, match_weight), enter)
 
     def phases(self) -> list[Phase]:
         hp = self.hp

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from bench.methods.agcl import lpt_losses
 from bench.methods.base import Method, Phase, register_method
-from bench.methods.common import dual_image_batches, optimizer_factory, predict_images
-from bench.methods.lpt import LPT_HPARAMS, dual_loss, ib_weight
+from bench.methods.common import predict_images
+from bench.methods.lpt import LPT_HPARAMS, dual_loss, dual_sampling_phase
 from bench.methods.lpt_model import LPTModel
 from bench.methods.peft import add_adapters
 from torch import nn
@@ -208,20 +208,6 @@ class LPTPlusPlus(Method):
         return self.net
 
     # -- phases ---------------------------------------------------------------------------------------------
-    def _phase(self, name: str, epochs: int, parameters: list[nn.Parameter], loss, enter) -> Phase:
-        hp = self.hp
-        batches, steps = dual_image_batches(self.ctx, name, hp["batch_size"], hp["per_class"])
-
-        def with_eta(epoch: int):
-            eta = ib_weight(hp["ib_weight"], epoch, epochs)
-            for batch in batches(epoch):
-                yield (*batch, eta)
-
-        scaled = {**hp, "optimizer": "sgd", "lr": hp["lr"] * hp["batch_size"] / 256}
-        return Phase(name=name, epochs=epochs, parameters=parameters, make_optimizer=optimizer_factory(scaled),
-                     batches=with_eta, loss=loss, warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps,
-                     on_start=enter)
-
     def _enter(self, stage: str, adapters: bool):
         def enter() -> None:
             for expert in self.net.experts:
@@ -254,18 +240,18 @@ class LPTPlusPlus(Method):
         hp, experts = self.hp, list(self.net.experts)
         heads = [p for e in experts for p in e.lpt.head.parameters()]
         group_stage = "group" if self.use_group_prompts else "shared"
-        phases = [self._phase("lptpp_shared", hp["phase1_epochs"], [e.lpt.shared_prompts for e in experts] + heads,
+        phases = [dual_sampling_phase(self.ctx, "lptpp_shared", hp["phase1_epochs"], [e.lpt.shared_prompts for e in experts] + heads,
                               self._experts_loss(0.0), self._enter("shared", False))]
         if self.use_group_prompts:
-            phases.append(self._phase("lptpp_group", hp["phase2_epochs"],
+            phases.append(dual_sampling_phase(self.ctx, "lptpp_group", hp["phase2_epochs"],
                                       [p for e in experts for p in (e.lpt.pool, e.lpt.keys)] + heads,
                                       self._experts_loss(hp["match_weight"]), self._enter("group", False)))
         if self.use_adapters:
-            phases.append(self._phase("lptpp_adapters", hp["adapter_epochs"],
+            phases.append(dual_sampling_phase(self.ctx, "lptpp_adapters", hp["adapter_epochs"],
                                       [p for e in experts for p in e.adapters.parameters()],
                                       self._experts_loss(0.0), self._enter(group_stage, True)))
         if self.net.scorer is not None:
-            phases.append(self._phase("lptpp_scorer", hp["scorer_epochs"], list(self.net.scorer.parameters()),
+            phases.append(dual_sampling_phase(self.ctx, "lptpp_scorer", hp["scorer_epochs"], list(self.net.scorer.parameters()),
                                       self._scorer_loss, self._enter(group_stage, self.use_adapters)))
         return phases
 
