@@ -237,22 +237,24 @@ class LPTPlusPlus(Method):
         return loss + eta * nll(images_ib, labels_ib) if eta > 0 else loss
 
     def phases(self) -> list[Phase]:
-        hp, experts = self.hp, list(self.net.experts)
+        hp, experts, ctx = self.hp, list(self.net.experts), self.ctx
         heads = [p for e in experts for p in e.lpt.head.parameters()]
         group_stage = "group" if self.use_group_prompts else "shared"
-        phases = [dual_sampling_phase(self.ctx, "lptpp_shared", hp["phase1_epochs"], [e.lpt.shared_prompts for e in experts] + heads,
-                              self._experts_loss(0.0), self._enter("shared", False))]
+        phases = [dual_sampling_phase(ctx, "lptpp_shared", hp["phase1_epochs"],
+                                      [e.lpt.shared_prompts for e in experts] + heads,
+                                      self._experts_loss(0.0), self._enter("shared", False))]
         if self.use_group_prompts:
-            phases.append(dual_sampling_phase(self.ctx, "lptpp_group", hp["phase2_epochs"],
-                                      [p for e in experts for p in (e.lpt.pool, e.lpt.keys)] + heads,
-                                      self._experts_loss(hp["match_weight"]), self._enter("group", False)))
+            phases.append(dual_sampling_phase(ctx, "lptpp_group", hp["phase2_epochs"],
+                                              [p for e in experts for p in (e.lpt.pool, e.lpt.keys)] + heads,
+                                              self._experts_loss(hp["match_weight"]), self._enter("group", False)))
         if self.use_adapters:
-            phases.append(dual_sampling_phase(self.ctx, "lptpp_adapters", hp["adapter_epochs"],
-                                      [p for e in experts for p in e.adapters.parameters()],
-                                      self._experts_loss(0.0), self._enter(group_stage, True)))
+            phases.append(dual_sampling_phase(ctx, "lptpp_adapters", hp["adapter_epochs"],
+                                              [p for e in experts for p in e.adapters.parameters()],
+                                              self._experts_loss(0.0), self._enter(group_stage, True)))
         if self.net.scorer is not None:
-            phases.append(dual_sampling_phase(self.ctx, "lptpp_scorer", hp["scorer_epochs"], list(self.net.scorer.parameters()),
-                                      self._scorer_loss, self._enter(group_stage, self.use_adapters)))
+            phases.append(dual_sampling_phase(ctx, "lptpp_scorer", hp["scorer_epochs"],
+                                              list(self.net.scorer.parameters()), self._scorer_loss,
+                                              self._enter(group_stage, self.use_adapters)))
         return phases
 
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
