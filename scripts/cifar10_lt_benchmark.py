@@ -13,6 +13,7 @@ CLIP unless --vl-weights is given: no CLIP weights exist offline here; the table
 from __future__ import annotations
 
 import argparse
+import sys
 import tarfile
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main() -> None:
     if not args.weights.is_file():
         raise SystemExit(f"missing {args.weights}: pass --weights PATH to vit_tiny_patch16_224.safetensors")
     data = extracted(args.archive, args.cache)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=170)  # a log keeps the table unwrapped
     records = []
     for method in args.methods.split(","):
         overrides = {"image_size": str(args.image_size), "imbalance_factor": str(args.imbalance_factor),
