@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from bench.context import RunContext
 from bench.metrics import evaluate_logits
 from bench.progress import Bars, progress_bars
 from bench.seeding import derived_seed, seed_everything
-from bench.store import atomic_write_bytes
+from bench.store import atomic_torch_save
 
 if TYPE_CHECKING:
     from bench.methods.base import Method, Phase
@@ -76,14 +75,12 @@ class Engine:
         return metrics, logits, labels
 
     def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer, phases: list[Phase]) -> None:
-        buffer = io.BytesIO()
-        torch.save({
+        atomic_torch_save(self.checkpoint_path, {
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
             "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
             "optimizer": optimizer.state_dict(),
             "model": trainable_state(self.method.model(), phases),
-        }, buffer)
-        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        })
 
     def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None]:
         if not self.checkpoint_path.exists():
@@ -144,9 +141,7 @@ class Engine:
             return
         best = state.best if state.best and state.best["phase"] == index else None
         if best is None or val["overall"] > best["val"]:
-            buffer = io.BytesIO()
-            torch.save(trainable_state(self.method.model(), phases), buffer)
-            atomic_write_bytes(self.best_path, buffer.getvalue())
+            atomic_torch_save(self.best_path, trainable_state(self.method.model(), phases))
             state.best = {"phase": index, "epoch": epoch, "val": val["overall"]}
 
     def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase]) -> None:
@@ -161,9 +156,8 @@ class Engine:
             self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val overall {best['val']:.2f}) "
                               "instead of the last")
         state.selected.append({"phase": phase.name, "epoch": epoch, "val": best["val"] if best else None})
-        buffer = io.BytesIO()
-        torch.save(trainable_state(self.method.model(), phases), buffer)
-        atomic_write_bytes(self.checkpoint_path.parent / f"phase-{phase.name}.pt", buffer.getvalue())
+        atomic_torch_save(self.checkpoint_path.parent / f"phase-{phase.name}.pt",
+                        trainable_state(self.method.model(), phases))
 
     def _should_validate(self, epoch: int, phase: Phase) -> bool:
         every = self.ctx.hparams["val_every"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import torch
@@ -12,7 +11,7 @@ from bench.context import RunContext
 from bench.data import describe_transform, eval_loader, eval_transform
 from bench.datasets.base import Split
 from bench.progress import progress_bars
-from bench.store import atomic_write_bytes
+from bench.store import atomic_torch_save
 
 
 def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
@@ -53,7 +52,5 @@ def cached_features(ctx: RunContext, split: Split) -> torch.Tensor:
         ctx.log.info(f"features of {split.name} from cache {path.name}")
         return torch.load(path, weights_only=True)
     features = extract_features(ctx, split, transform, f"features {split.name}")
-    buffer = io.BytesIO()
-    torch.save(features, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, features)
     return features

@@ -116,6 +116,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     else:
         out_root = Path(spec.out).expanduser().resolve() if spec.out else default_results_root()
     checkpoint = _checkpoint_path(spec, method_cls)
+    spec = dataclasses.replace(spec, checkpoint=str(checkpoint) if checkpoint else None)
     dataset = load_dataset(dataset_spec.name, spec.data_root, dataset_options)
     run_id = run_dir.name if run_dir else new_run_id(method_cls.name, dataset_spec.name)
     run_dir = run_dir or out_root / "runs" / run_id
@@ -123,7 +124,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     ctx = RunContext(dataset=dataset, hparams=hparams, device=device, seed=spec.seed, run_dir=run_dir,
                      cache_dir=out_root / "cache", console=console, log=log,
                      backbone_request=BackboneRequest(
-                         spec.backbone, spec.weights or (str(checkpoint) if checkpoint else None), spec.allow_download,
+                         spec.backbone, spec.weights or spec.checkpoint, spec.allow_download,
                          spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()))
     ctx.notes.extend(dataset.notes)
     seed_everything(spec.seed)

@@ -60,6 +60,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_torch_save(path: Path | str, payload: Any) -> None:
+    """torch.save `payload` to `path` atomically (checkpoints, cached features and text embeddings)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     temp = _write_temp(path, data)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import torch
 
 from bench.context import RunContext
 from bench.errors import BenchError
-from bench.store import atomic_write_bytes
+from bench.store import atomic_torch_save
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
 
@@ -54,7 +53,5 @@ def class_text_embeddings(ctx: RunContext, template_set: str = "openai", backbon
         encoded = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
         rows.append(torch.nn.functional.normalize(encoded.mean(0), dim=-1))
     embeddings = torch.stack(rows)
-    buffer = io.BytesIO()
-    torch.save(embeddings.cpu(), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, embeddings.cpu())
     return embeddings
