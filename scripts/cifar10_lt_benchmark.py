@@ -27,7 +27,13 @@ from bench.store import ResultsStore
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
 DEFAULT_METHODS = "linear_probe,finetune,la,bs,crt,vpt_deep,adaptformer"
 FEATURE_METHODS = ("linear_probe", "crt")
-EPOCH_KEYS = ("epochs", "phase1_epochs", "phase2_epochs")
+
+
+def is_epoch_count(key: str) -> bool:
+    """The epoch counts of a method's phases (`epochs`, `phase1_epochs`, `adapter_epochs`, ...), not warm-up."""
+    return key == "epochs" or (key.endswith("_epochs") and key != "warmup_epochs")
+
+
 BENCHMARK_TAG = "cifar10_lt_mini"
 SHOWN = ("overall", "many", "medium", "few", "worst_class")
 
@@ -69,7 +75,7 @@ def main() -> None:
                      "augment": "crop_flip"}
         if method not in FEATURE_METHODS:  # cheap heads on cached features keep their defaults
             declared = declared_options(method, "cifar10_lt")
-            overrides.update({key: str(args.epochs) for key in EPOCH_KEYS if key in declared})
+            overrides.update({key: str(args.epochs) for key in declared if is_epoch_count(key)})
             overrides["warmup_epochs"] = "0"  # a 1-epoch run must not spend its only epoch warming up
         backbone, weights = "vit_tiny_patch16_224", str(args.weights)
         if "vl_backbone" in declared_options(method, "cifar10_lt"):
@@ -112,8 +118,8 @@ def benchmark_records(args) -> list[dict]:
         same_setting = (record.get("tags", {}).get("benchmark") == BENCHMARK_TAG and record["seed"] == args.seed
                         and hp.get("image_size") == args.image_size
                         and options.get("imbalance_factor") == args.imbalance_factor)
-        same_epochs = record["method"] in FEATURE_METHODS or all(hp.get(k, args.epochs) == args.epochs
-                                                                 for k in EPOCH_KEYS)
+        same_epochs = record["method"] in FEATURE_METHODS or all(v == args.epochs for k, v in hp.items()
+                                                                 if is_epoch_count(k))
         if same_setting and same_epochs:
             latest[record["method"]] = record
     order = {name: i for i, name in enumerate(METHODS.names())}
