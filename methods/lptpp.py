@@ -194,10 +194,8 @@ class LPTPlusPlus(Method):
                                        allow_download=request.allow_download,
                                        allow_random_init=request.allow_random_init,
                                        image_size=ctx.backbone.image_size).to(ctx.device)
-            info = backbone.weights_info
-            if not info.pretrained:
+            if not backbone.weights_info.pretrained:
                 ctx.warn(f"VL expert {hp['vl_backbone']} is randomly initialised (pretrained: false)")
-            self.vl_weights_info = info
         if name == "vl" and backbone.family != "open_clip":
             raise BenchError(f"the VL expert needs a CLIP image tower (open_clip:ARCH@TAG), not {backbone.name}; "
                              f"pass {'--backbone' if len(self.experts) == 1 else '--set vl_backbone='}"
@@ -265,8 +263,7 @@ class LPTPlusPlus(Method):
         experts = []
         for expert in self.net.experts:
             lpt = expert.lpt
-            info = self.vl_weights_info if expert.name == "vl" and len(self.net.experts) > 1 else \
-                self.ctx.backbone.weights_info
+            info = lpt.prompted.backbone.weights_info
             trainable = sum(p.numel() for p in [lpt.shared_prompts, *lpt.head.parameters(),
                                                 *expert.adapters.parameters()])
             if self.use_group_prompts:

@@ -91,6 +91,7 @@ def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant
     record = ResultsStore(tmp_path).records()[0]
     assert record["method"] == variant and 0 <= record["test"]["overall"] <= 100
     assert record["test_ms_per_image"] > 0
+    assert all(expert["pretrained"] is False and expert["weights_source"] == "random" for expert in record["experts"])
     names = [expert["name"] for expert in record["experts"]]
     assert names == {"lptpp_visual": ["visual"], "lptpp_vl": ["vl"]}.get(variant, ["visual", "vl"])
     phases = [entry["phase"] for entry in record["selected"]]
