@@ -10,7 +10,6 @@ url-only weights) → download, only with allow_download → random init, only w
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
+from bench.manifest import file_sha256
 from bench.registry import Registry, nearest
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -175,14 +175,6 @@ def hub_offline(offline: bool = True) -> Iterator[None]:
 def _first_line(error: BaseException, limit: int = 200) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:limit]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -20,13 +20,12 @@ from rich.logging import RichHandler
 
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
-from bench.backbones import file_sha256
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
 from bench.engine import Engine, TrainingState, count_parameters
 from bench.errors import BenchError
 from bench.hparams import HParam, merge_declarations, resolve
-from bench.manifest import build_manifest
+from bench.manifest import build_manifest, file_sha256
 from bench.methods.base import METHODS
 from bench.posthoc import posthoc_report
 from bench.seeding import derived_seed, seed_everything
