@@ -1,4 +1,4 @@
-"""`bench`: run, list, show."""
+"""`bench`: run, eval, sweep, ablate, list, show."""
 
 from __future__ import annotations
 
@@ -14,26 +14,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, help="Long-tailed
 console = Console()
 err_console = Console(stderr=True)
 
-EMBEDDED_DATASET = "digits_lt"
-EMBEDDED_BACKBONE = "vit_micro"
 DEFAULT_METHOD = "lpt"
-# A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with a larger learning rate; LPT gets
-# short phases without warm-up so the default run stays well under two minutes on 2 CPU cores.
-EMBEDDED_PRESET = {"image_size": "16", "augment": "none", "lr": "2e-3", "epochs": "40", "batch_size": "32"}
-_LPT_PRESET = {"lr": "0.05", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"}
-_LPTPP_PRESET = {**_LPT_PRESET, "phase1_epochs": "2", "phase2_epochs": "2", "adapter_epochs": "2",
-                 "scorer_epochs": "2", "vl_backbone": "clip_micro"}
-EMBEDDED_METHOD_PRESETS = {"lpt": _LPT_PRESET, **{name: _LPTPP_PRESET for name in (
-    "lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter", "lptpp_no_group_prompts", "lptpp_mean")}}
-EMBEDDED_BACKBONES = {"lptpp_vl": "clip_micro"}  # methods whose own tower must be a (tiny) CLIP
-
-
-def embedded_preset(method: str) -> tuple[str, dict[str, str]]:
-    """(backbone, --set preset) of `method` on the embedded dataset."""
-    from bench.methods.base import METHODS
-
-    name = METHODS.canonical(method)
-    return EMBEDDED_BACKBONES.get(name, EMBEDDED_BACKBONE), {**EMBEDDED_PRESET, **EMBEDDED_METHOD_PRESETS.get(name, {})}
 
 
 def _fail(error: BenchError) -> None:
@@ -44,9 +25,9 @@ def _fail(error: BenchError) -> None:
 @app.command()
 def run(
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
-    dataset: str = typer.Option(EMBEDDED_DATASET, "--dataset", "-d", help="dataset name (bench list datasets)"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
-                                           f"default: {EMBEDDED_BACKBONE} on the embedded dataset, elsewhere "
+                                           "default: vit_micro on the embedded dataset, elsewhere "
                                            "the method's own (CLIP ViT-B/16 for lptpp_vl) or the in21k ViT-B/16"),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
@@ -60,18 +41,17 @@ def run(
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
+    from bench.embedded import EMBEDDED_DATASET, applicable_preset, is_embedded
     from bench.hparams import parse_assignments
 
     try:
         if resume:
             result = runner.resume(resume, console, out)
         else:
-            embedded = dataset in (EMBEDDED_DATASET, "default", "digits") and backbone is None
             overrides = parse_assignments(assignments)
+            embedded = is_embedded(dataset, backbone)
             if embedded:
-                declared = runner.declared_options(method, dataset)
-                backbone, preset = embedded_preset(method)
-                preset = {k: v for k, v in preset.items() if k in declared and k not in overrides}
+                backbone, preset = applicable_preset(method, dataset, overrides)
                 console.print(f"embedded default: {backbone} (random init) on {EMBEDDED_DATASET}, preset "
                               + " ".join(f"{k}={v}" for k, v in preset.items()))
                 overrides = {**preset, **overrides}
@@ -112,6 +92,116 @@ def eval_(
         _fail(error)
     console.print(metrics_table(result.record))
     console.print(f"run folder: {result.run_dir}")
+
+
+@app.command()
+def sweep(
+    method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
+    trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
+    metric: str = typer.Option("val_overall", "--metric", help="validation metric to maximise: val_overall | "
+                               "val_many | val_medium | val_few | val_worst_class | val_harmonic_mean | val_macro_f1"),
+    search: str = typer.Option("optuna", "--search", help="optuna (TPE) | random | grid"),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) | none"),
+    space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),
+    assignments: list[str] = typer.Option([], "--set", help="key=value pinned in every trial (repeatable)"),
+    executor: str = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)"),
+    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial",
+                                              help="CPUs (torch threads) per trial; default 1 on Ray, all locally"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial (fractions share a card)"),
+    address: str | None = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT"),
+    storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps); "
+                                       "shared storage on a cluster"),
+    name: str | None = typer.Option(None, "--name", help="sweep name (default <method>-<dataset>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="finish the interrupted sweep --name"),
+    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing trial"),
+    grace_period: int = typer.Option(1, "--grace-period", help="ASHA: epochs before a trial can be stopped"),
+    reduction_factor: int = typer.Option(3, "--reduction-factor", help="ASHA: η, rungs at grace·η^k epochs"),
+    search_seed: int = typer.Option(0, "--search-seed", help="seed of the search (random draws, TPE)"),
+    seed: int = typer.Option(0, "--seed", help="training seed of every trial"),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)"),
+    weights: str | None = typer.Option(None, "--weights", help="backbone weights file"),
+    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
+    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
+    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
+) -> None:
+    """Sweep a method's hyperparameters (Optuna/random/grid, ASHA) with Ray Tune or in-process; every trial is
+    an ordinary run tagged with the sweep's name."""
+    from bench.sweep_setup import Request, define_sweep, load_for_resume, sweep_summary
+
+    try:
+        if resume:
+            definition = load_for_resume(name, storage, out)
+        else:
+            request = Request(method, dataset, backbone, weights, data_root, assignments, seed, out, storage, name,
+                              executor, metric, max_failures, cpus_per_trial, gpus_per_trial, address, device,
+                              allow_download, random_init)
+            definition = define_sweep(request, trials, search, scheduler, space, search_seed, grace_period,
+                                      reduction_factor)
+        _execute_interruptibly(definition, "sweep", resume)
+        sweep_summary(definition, console)
+    except BenchError as error:
+        _fail(error)
+
+
+@app.command()
+def ablate(
+    method: str = typer.Option("lptpp", "--method", "-m", help="the full method"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
+    variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
+                                        "and all its registered variants)"),
+    seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
+    executor: str = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)"),
+    assignments: list[str] = typer.Option([], "--set", help="key=value for every run (repeatable)"),
+    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
+    address: str | None = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT"),
+    storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps)"),
+    name: str | None = typer.Option(None, "--name", help="ablation name (default ablate-<method>-<dataset>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="finish the interrupted ablation --name"),
+    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
+    seed: int = typer.Option(0, "--seed", help="first training seed"),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)"),
+    weights: str | None = typer.Option(None, "--weights", help="backbone weights file"),
+    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
+    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
+    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
+) -> None:
+    """Run a method and its registered ablation variants × seeds through the sweep executors."""
+    from bench.sweep_setup import Request, ablation_summary, define_ablation, load_for_resume
+
+    try:
+        if resume:
+            definition = load_for_resume(name, storage, out)
+        else:
+            request = Request(method, dataset, backbone, weights, data_root, assignments, seed, out, storage, name,
+                              executor, "val_overall", max_failures, cpus_per_trial, gpus_per_trial, address,
+                              device, allow_download, random_init)
+            chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+            definition = define_ablation(request, chosen, seeds)
+        _execute_interruptibly(definition, "ablate", resume)
+        ablation_summary(definition, console)
+    except BenchError as error:
+        _fail(error)
+
+
+def _execute_interruptibly(definition, command: str, resume: bool) -> None:
+    from bench.sweep_setup import execute_sweep
+
+    hint = f"finish it with: bench {command} --name {definition.name} --resume"
+    try:
+        execute_sweep(definition, console, resume)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; finished trials are recorded; {hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    recorded = len(definition.records())
+    if recorded < definition.num_trials:
+        console.print(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
+                      f"(interrupted or failed); {hint}", highlight=False, soft_wrap=True)
 
 
 def metrics_table(record: dict) -> Table:
@@ -190,3 +280,4 @@ def show(
     console.print(metrics_table(record))
     for note in record.get("notes", []):
         console.print(f"note: {note}")
+

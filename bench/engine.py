@@ -120,7 +120,7 @@ class Engine:
                     started = time.perf_counter()
                     loss = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
                     state.train_time_s += time.perf_counter() - started
-                    entry = {"phase": phase.name, "epoch": epoch, "loss": loss,
+                    entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
                              "lr": optimizer.param_groups[0]["lr"]}
                     if self._should_validate(epoch, phase):
                         entry["val"] = self.evaluate("val").summary()
@@ -135,6 +135,23 @@ class Engine:
                 state.phase, state.next_epoch = index + 1, 0
         return state
 
+    def stop_early(self) -> TrainingState:
+        """End training where the checkpoint left it (a trial a scheduler stopped): the phase in progress keeps
+        its best epoch on val so far (model_selection=best_val) or its latest one."""
+        phases = self.method.phases()
+        state, _ = self._load(phases)
+        if not state.history:
+            raise RuntimeError(f"{self.ctx.run_dir.name}: no finished epoch to stop at")
+        index = state.phase if state.next_epoch > 0 else state.phase - 1
+        phase = phases[index]
+        self._freeze_all_but(phase)
+        if phase.on_start:
+            phase.on_start()
+        last_epoch = state.history[-1]["epoch"]
+        if state.next_epoch > 0:  # stopped inside the phase: it has no selection yet
+            self._select(state, index, phase, phases, last_epoch)
+        return state
+
     def _track_best(self, state: TrainingState, index: int, epoch: int, val: dict, phases: list[Phase]) -> None:
         """Keep the weights of the phase's best epoch on val (overall top-1; the earliest wins ties)."""
         if self.ctx.hparams["model_selection"] != "best_val" or val.get("overall") is None:
@@ -144,11 +161,12 @@ class Engine:
             atomic_torch_save(self.best_path, trainable_state(self.method.model(), phases))
             state.best = {"phase": index, "epoch": epoch, "val": val["overall"]}
 
-    def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase]) -> None:
+    def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase],
+                last_epoch: int | None = None) -> None:
         """At a phase's end, restore its best-on-val epoch (model_selection=best_val) or keep the last one, and
         keep the phase's result as checkpoints/phase-<name>.pt."""
         best = state.best if state.best and state.best["phase"] == index else None
-        epoch = phase.epochs - 1
+        epoch = phase.epochs - 1 if last_epoch is None else last_epoch
         if best is not None and best["epoch"] != epoch:
             weights = torch.load(self.best_path, map_location=self.ctx.device, weights_only=True)
             self.method.model().load_state_dict(weights, strict=False)

@@ -136,8 +136,9 @@ def merge_declarations(*groups: tuple[str, Mapping[str, HParam]]) -> dict[str, H
     return merged
 
 
-def sample(declared: Mapping[str, HParam], trial_seed: int) -> dict[str, Any]:
-    """One random configuration; names without a space keep their default."""
+def sample(declared: Mapping[str, HParam], trial_seed: int | str) -> dict[str, Any]:
+    """One random configuration; names without a space keep their default. `trial_seed` is any label unique
+    to the trial (an int, or e.g. "<sweep seed>.<trial index>")."""
     values = {}
     for name, hp in declared.items():
         if hp.space is None:

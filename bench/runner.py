@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def split_options(spec: RunSpec):
 
 
 def new_run_id(method: str, dataset: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{dataset}-{method}-{stamp}-{secrets.token_hex(3)}"
 
 
@@ -104,8 +104,10 @@ def _logger(run_id: str, console: Console) -> logging.Logger:
 
 
 def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None = None,
-            on_epoch_end: Callable[[dict], None] | None = None) -> RunResult:
-    """Run `spec` to completion. Passing the `run_dir` of an interrupted run resumes it."""
+            on_epoch_end: Callable[[dict], None] | None = None, stopped_early: dict | None = None) -> RunResult:
+    """Run `spec` to completion. Passing the `run_dir` of an interrupted run resumes it (or starts a fresh run
+    in that folder). `stopped_early` (a scheduler's decision, e.g. {"reason": "asha", "epoch": 3}) ends the run
+    at its last checkpoint instead: it is evaluated as it stands and its record says so."""
     console = console or Console()
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
     spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
@@ -148,7 +150,11 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     atomic_write_json(run_dir / "manifest.json", manifest)
     atomic_write_json(run_dir / "status.json", {"state": "running", "pid": os.getpid()})
     try:
-        record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root)
+        record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root, stopped_early)
+    except SystemExit:  # how Ray Tune ends a trial its scheduler stopped
+        atomic_write_json(run_dir / "status.json", {"state": "stopped"})
+        log.info("run stopped by its process (a sweep scheduler's decision or an exit); resumable")
+        raise
     except BaseException as error:
         atomic_write_json(run_dir / "status.json", {"state": "failed", "error": f"{type(error).__name__}: {error}"})
         log.error(f"run failed: {type(error).__name__}: {error}")
@@ -159,7 +165,8 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     return RunResult(run_id, run_dir, record)
 
 
-def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, out_root: Path) -> dict:
+def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, out_root: Path,
+                      stopped_early: dict | None) -> dict:
     dataset, backbone = ctx.dataset, ctx.backbone
     ctx.log.info(f"run {ctx.run_dir.name}: {method_cls.name} on {dataset.name} with {spec.backbone} "
                  f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test, "
@@ -175,6 +182,9 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         method.import_checkpoint(Path(spec.checkpoint))
         ctx.log.info(f"evaluating checkpoint {spec.checkpoint} (no training)")
         state = TrainingState()
+    elif stopped_early:
+        state = engine.stop_early()
+        ctx.log.info(f"stopped early ({stopped_early}); evaluating the weights it stopped with")
     else:
         state = engine.train()
     val, val_logits, val_labels = engine.evaluate_with_logits("val")
@@ -196,7 +206,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
         "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
-        "selected": state.selected, "trainable_params": count_parameters(phases),
+        "selected": state.selected, "epochs_trained": len(state.history), "stopped_early": stopped_early, "trainable_params": count_parameters(phases),
         "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
@@ -206,7 +216,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),
         "notes": ctx.notes, "run_dir": str(ctx.run_dir),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **method.extra_record(),
     }
     ResultsStore(out_root).add(record, overwrite=True)

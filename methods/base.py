@@ -44,6 +44,7 @@ class Method:
     needs_images: bool = True  # False: the method trains on cached features only
     checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
     default_backbone: str | None = None  # when --backbone is not given (None: the harness default)
+    variant_of: str | None = None  # an ablation variant of this method (`bench ablate` runs them side by side)
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

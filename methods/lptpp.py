@@ -280,7 +280,8 @@ class LPTPlusPlus(Method):
 
 
 def _variant(name: str, description: str, **switches) -> None:
-    register_method(name)(type(name, (LPTPlusPlus,), {"description": description, **switches}))
+    register_method(name)(type(name, (LPTPlusPlus,), {"description": description, "variant_of": "lptpp",
+                                                      **switches}))
 
 
 register_method("lptpp")(LPTPlusPlus)

@@ -1,0 +1,130 @@
+"""A sweep (or an ablation): many trials over one dataset, each an ordinary run, saved as `sweep.json` in
+`<storage>/<name>/` so that `--resume` finishes it with the settings it started with.
+
+Trials are either a fixed list (random and grid search, ablations: known before the first trial runs, so
+both executors run the very same configurations) or drawn one by one by Optuna from the searched spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.hparams import Space
+from bench.search_space import from_entries, to_entries
+from bench.store import atomic_write_json, read_json
+from bench.trial import METRICS, Trial, TrialPlan, as_override
+
+SEARCHES = ("random", "grid", "optuna")
+SCHEDULERS = ("asha", "none")
+EXECUTORS = ("ray", "local")
+SWEEP_FILE = "sweep.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Sweep:
+    name: str
+    storage: str  # absolute; the sweep's folder is <storage>/<name>
+    plan: TrialPlan
+    base: Trial  # method, seed, backbone and fixed --set values of every trial; Optuna adds the searched ones
+    search: str = "random"  # random | grid | optuna | fixed (an ablation's list)
+    space: dict[str, Space] = field(default_factory=dict)
+    trials: list[Trial] | None = None  # the fixed list; None: Optuna draws `num_trials`
+    num_trials: int = 0
+    metric: str = "val_overall"
+    scheduler: str = "none"
+    grace_period: int = 1
+    reduction_factor: int = 3
+    seed: int = 0  # of the search (random draws, Optuna's sampler), not of the trials' training
+    executor: str = "ray"
+    max_failures: int = 2
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    embedded: bool = False  # on the embedded default (its presets apply, as in `bench run`)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.storage) / self.name
+
+    def make_trial(self, key: str, values: dict[str, Any]) -> Trial:
+        overrides = {**self.base.overrides, **{name: as_override(value) for name, value in values.items()}}
+        return dataclasses.replace(self.base, key=key, overrides=overrides, searched=tuple(sorted(self.space)))
+
+    def save(self) -> None:
+        data = dataclasses.asdict(self)
+        data["plan"].pop("epoch_hook")
+        data["space"] = to_entries(self.space)
+        data["base"] = self.base.as_dict()
+        data["trials"] = None if self.trials is None else [t.as_dict() for t in self.trials]
+        atomic_write_json(self.folder / SWEEP_FILE, data)
+
+    @classmethod
+    def load(cls, folder: Path) -> Sweep:
+        data = read_json(folder / SWEEP_FILE)
+        data["plan"] = TrialPlan(**data["plan"])
+        data["space"] = from_entries(data["space"])
+        data["base"] = Trial.from_dict(data["base"])
+        data["trials"] = None if data["trials"] is None else [Trial.from_dict(t) for t in data["trials"]]
+        return cls(**data)
+
+    def records(self) -> list[dict]:
+        from bench.store import ResultsStore
+
+        return ResultsStore(self.plan.out).records(sweep=self.name)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise BenchError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    return name
+
+
+def check_metric(metric: str) -> str:
+    if metric.startswith("test"):
+        raise BenchError(f"--metric {metric}: sweeps select on validation metrics only; use "
+                         + metric.replace("test", "val", 1))
+    if metric not in METRICS:
+        raise BenchError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+    return metric
+
+
+def metric_value(record: dict, metric: str) -> float:
+    value = record["val"].get(metric.removeprefix("val_"))
+    return float("nan") if value is None else float(value)
+
+
+def best_record(records: list[dict], metric: str) -> dict | None:
+    """The record with the best validation `metric`; trials a scheduler stopped count only when no trial ran to
+    the end. Ties go to the earlier trial."""
+    for candidates in ([r for r in records if not r.get("stopped_early")], records):
+        scored = [r for r in candidates if not math.isnan(metric_value(r, metric))]
+        if scored:
+            return max(sorted(scored, key=lambda r: r["tags"].get("trial", "")), key=lambda r: metric_value(r, metric))
+    return None
+
+
+def rerun_command(record: dict, sweep: Sweep, embedded_preset: dict[str, str]) -> str:
+    """The `bench run` command that repeats a trial (the embedded preset is re-applied by `bench run` itself)."""
+    plan = sweep.plan
+    parts = ["bench run", f"--method {record['method']}", f"--dataset {plan.dataset}"]
+    overrides = sweep.make_trial("", {name: record["hparams"][name] for name in sweep.space}).overrides
+    if not embedded_preset:
+        parts.append(f"--backbone {record['backbone']}")
+    for flag, value in (("--weights", plan.weights), ("--data-root", plan.data_root)):
+        if value:
+            parts.append(f"{flag} {value}")
+    for key, value in sorted(overrides.items()):
+        if embedded_preset.get(key) != value:
+            parts.append(f"--set {key}={value}")
+    parts.append(f"--seed {record['seed']}")
+    if plan.allow_random_init and not embedded_preset:
+        parts.append("--random-init")
+    return " ".join(parts)

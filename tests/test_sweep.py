@@ -1,0 +1,244 @@
+"""Sweeps and ablations: search spaces, both executors (in-process and a real local Ray), ASHA, retries and
+resume. Trials are linear probes over the tiny random ViT on the embedded digits (about a second each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench.errors import BenchError
+from bench.hparams import Choice, HParam, IntRange, LogUniform, Uniform
+from bench.search_space import apply_space_file, grid, random_configs, read_space_file
+from bench.store import ResultsStore
+from bench.sweep_setup import Request, define_ablation, define_sweep, execute_sweep, load_for_resume
+
+PINS = ["epochs=3", "loss=ce"]  # a short probe
+
+
+def request(tmp_path, executor="local", **changes) -> Request:
+    fields = {"method": "linear_probe", "dataset": "digits_lt", "assignments": list(PINS), "out": str(tmp_path),
+              "executor": executor, "cpus_per_trial": 1, **changes}
+    return Request(**fields)
+
+
+def sweep_of(tmp_path, trials=4, search="random", scheduler="none", **changes):
+    return define_sweep(request(tmp_path, **changes), trials, search, scheduler, None, search_seed=0,
+                        grace_period=1, reduction_factor=3)
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    from bench.executors import init_ray
+
+    init_ray(None)
+    yield ray
+    ray.shutdown()
+
+
+def fail_first_attempt(trial, entry, run_dir: Path) -> None:
+    """Fault injection: the first attempt of trial t001 crashes after its first epoch."""
+    marker = run_dir.parent.parent / f"crashed-{trial.key}"
+    if trial.key == "t001" and not marker.exists():
+        marker.touch()
+        raise RuntimeError("injected crash")
+
+
+# -- search spaces ---------------------------------------------------------------------------------------------
+
+DECLARED = {"lr": HParam(0.1, LogUniform(0.01, 1.0)), "depth": HParam(2, IntRange(1, 3)),
+            "act": HParam("relu", Choice(("relu", "gelu"))), "drop": HParam(0.0, Uniform(0.0, 0.5)),
+            "flag": HParam(False)}
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "lr: {log_uniform: [0.001, 0.1]}\ndepth: {choice: [1, 2]}\nact: default\nflag: true\n"),
+    (".toml", 'lr = {log_uniform = [0.001, 0.1]}\ndepth = {choice = [1, 2]}\nact = "default"\nflag = true\n'),
+])
+def test_space_file_changes_searches_and_pins(tmp_path, suffix, text):
+    path = tmp_path / f"space{suffix}"
+    path.write_text(text)
+    space = {name: hp.space for name, hp in DECLARED.items() if hp.space}
+    changed, pins = apply_space_file(space, read_space_file(path), DECLARED, "test")
+    assert changed["lr"] == LogUniform(0.001, 0.1)
+    assert changed["depth"] == Choice((1, 2))
+    assert "act" not in changed and changed["drop"] == Uniform(0.0, 0.5)
+    assert pins == {"flag": "true"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"lrr": {"uniform": [0, 1]}}, "unknown hyperparameter 'lrr'"),
+    ({"lr": {"normal": [0, 1]}}, "expected one of"),
+    ({"lr": {"log_uniform": [0, 1]}}, "log_uniform needs low > 0"),
+    ({"depth": "three"}, "expected int"),
+])
+def test_bad_space_file_entries_are_refused(content, message):
+    with pytest.raises(BenchError, match=message):
+        apply_space_file({}, content, DECLARED, "test")
+
+
+def test_grid_covers_discrete_spaces_and_refuses_continuous_ones():
+    assert grid({"depth": IntRange(1, 2), "act": Choice(("relu", "gelu"))}) == [
+        {"act": "relu", "depth": 1}, {"act": "relu", "depth": 2}, {"act": "gelu", "depth": 1},
+        {"act": "gelu", "depth": 2}]
+    with pytest.raises(BenchError, match="lr is continuous"):
+        grid({"lr": LogUniform(0.01, 1.0)})
+
+
+def test_random_draws_of_a_name_do_not_depend_on_the_others():
+    before = random_configs({"lr": LogUniform(0.01, 1.0)}, 3, seed=5)
+    after = random_configs({"lr": LogUniform(0.01, 1.0), "depth": IntRange(1, 3)}, 3, seed=5)
+    assert [c["lr"] for c in before] == [c["lr"] for c in after]
+    assert len({c["lr"] for c in before}) == 3
+
+
+def test_sweeps_refuse_test_metrics_and_unknown_keys(tmp_path):
+    with pytest.raises(BenchError, match="validation metrics only; use val_few"):
+        sweep_of(tmp_path, metric="test_few")
+    with pytest.raises(BenchError, match="--set lrate: unknown key"):
+        sweep_of(tmp_path, assignments=["lrate=0.1"])
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
+    sweep = define_sweep(request(tmp_path, method="lpt", assignments=[]), 2, "random", "none", None, 0, 1, 3)
+    assert sweep.space["shared_layers"] == IntRange(1, 3)  # the 4-block micro ViT cannot take 3..9
+    assert "lr" in sweep.space and "lr" not in sweep.base.overrides  # searched, not pinned by the preset
+    assert sweep.base.overrides["phase1_epochs"] == "6" and sweep.base.backbone == "vit_micro"
+
+
+# -- the in-process executor ------------------------------------------------------------------------------------
+
+def test_local_sweep_with_asha_records_every_trial_once(tmp_path):
+    sweep = sweep_of(tmp_path, trials=4, scheduler="asha")
+    execute_sweep(sweep, quiet())
+    records = ResultsStore(tmp_path).records(sweep=sweep.name)
+    assert sorted(r["tags"]["trial"] for r in records) == ["t000", "t001", "t002", "t003"]
+    assert "lr" in sweep.space and "epochs" not in sweep.space  # declared spaces, minus the pins
+    assert all(r["tags"]["kind"] == "sweep" and r["tags"]["searched"] == ",".join(sorted(sweep.space))
+               for r in records)
+    for record in records:  # the trial's sampled values are what the run used
+        trial = next(t for t in sweep.trials if t.key == record["tags"]["trial"])
+        assert record["hparams"]["lr"] == float(trial.overrides["lr"])
+    stopped = [r for r in records if r["stopped_early"]]
+    assert all(r["epochs_trained"] < 3 for r in stopped)
+    assert all(r["epochs_trained"] == 3 for r in records if not r["stopped_early"])
+
+
+def test_local_optuna_sweep_resumes_after_an_interrupt(tmp_path):
+    def interrupt_third_trial(trial, entry, run_dir):
+        if trial.key == "t002" and entry["step"] == 2 and not (tmp_path / "interrupted").exists():
+            (tmp_path / "interrupted").touch()
+            raise KeyboardInterrupt
+
+    sweep = sweep_of(tmp_path, trials=4, search="optuna")
+    sweep.plan.epoch_hook = interrupt_third_trial
+    with pytest.raises(KeyboardInterrupt):
+        execute_sweep(sweep, quiet())
+    assert len(ResultsStore(tmp_path).records(sweep=sweep.name)) == 2
+    resumed = load_for_resume(sweep.name, None, str(tmp_path))
+    execute_sweep(resumed, quiet(), resume=True)
+    records = ResultsStore(tmp_path).records(sweep=sweep.name)
+    assert sorted(r["tags"]["trial"] for r in records) == ["t000", "t001", "t002", "t003"]
+    interrupted = next(r for r in records if r["tags"]["trial"] == "t002")
+    manifest = json.loads((Path(interrupted["run_dir"]) / "manifest.json").read_text())
+    assert len(manifest["resumes"]) == 1  # continued from its checkpoint, not restarted
+
+
+def test_local_trial_crashing_once_is_retried(tmp_path):
+    sweep = sweep_of(tmp_path, trials=2)
+    sweep.plan.epoch_hook = fail_first_attempt
+    execute_sweep(sweep, quiet())
+    assert (tmp_path / "crashed-t001").exists()
+    assert len(ResultsStore(tmp_path).records(sweep=sweep.name)) == 2
+
+
+def test_ablation_runs_registered_variants_times_seeds(tmp_path):
+    from bench.sweep_setup import ablation_summary
+
+    with pytest.raises(BenchError, match="not a variant of lptpp"):
+        define_ablation(request(tmp_path, method="lptpp", assignments=[]), ["lpt"], 1)
+    one_epoch = [f"{phase}_epochs=1" for phase in ("phase1", "phase2", "adapter", "scorer")]
+    ablation = define_ablation(request(tmp_path, method="lptpp", assignments=["adapter_bottleneck=8", *one_epoch]),
+                               ["lptpp", "lptpp_mean"], seeds=2)
+    assert [t.key for t in ablation.trials] == ["lptpp-s0", "lptpp-s1", "lptpp_mean-s0", "lptpp_mean-s1"]
+    execute_sweep(ablation, quiet())
+    records = ResultsStore(tmp_path).records(sweep=ablation.name)
+    assert sorted((r["method"], r["seed"]) for r in records) == [
+        ("lptpp", 0), ("lptpp", 1), ("lptpp_mean", 0), ("lptpp_mean", 1)]
+    assert all(r["tags"]["kind"] == "ablation" and r["tags"]["base_method"] == "lptpp" for r in records)
+    console = Console(record=True, width=150)
+    ablation_summary(ablation, console)
+    assert "lptpp_mean" in console.export_text()
+
+
+# -- Ray ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ray_sweep_with_optuna_and_asha_records_four_trials(tmp_path, ray_session):
+    sweep = sweep_of(tmp_path, executor="ray", trials=4, search="optuna", scheduler="asha")
+    execute_sweep(sweep, quiet())
+    records = ResultsStore(tmp_path).records(sweep=sweep.name)
+    assert len(records) == 4
+    assert all(r["sweep"] == sweep.name and r["tags"]["sweep"] == sweep.name for r in records)
+    assert len({r["tags"]["trial"] for r in records}) == 4
+
+
+@pytest.mark.slow
+def test_ray_retries_a_trial_that_crashes_once(tmp_path, ray_session):
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    sweep = sweep_of(tmp_path, executor="ray", trials=2)
+    sweep.plan.epoch_hook = fail_first_attempt
+    execute_sweep(sweep, quiet())
+    assert (tmp_path / "crashed-t001").exists()
+    assert sorted(r["tags"]["trial"] for r in ResultsStore(tmp_path).records(sweep=sweep.name)) == ["t000", "t001"]
+
+
+@pytest.mark.slow
+def test_local_and_ray_executors_give_the_same_metrics(tmp_path, ray_session):
+    results = {}
+    for executor in ("local", "ray"):
+        sweep = sweep_of(tmp_path / executor, executor=executor, trials=1)
+        execute_sweep(sweep, quiet())
+        (record,) = ResultsStore(tmp_path / executor).records(sweep=sweep.name)
+        results[executor] = record
+    assert results["local"]["hparams"] == results["ray"]["hparams"]
+    assert results["local"]["val"] == results["ray"]["val"]
+    assert results["local"]["test"] == results["ray"]["test"]
+
+
+@pytest.mark.slow
+def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
+    pytest.importorskip("ray")
+    command = [sys.executable, "-c", "from bench.cli import app; app()", "sweep", "--method", "linear_probe",
+               "--trials", "4", "--search", "random", "--scheduler", "none", "--cpus-per-trial", "1",
+               "--set", "epochs=20", "--set", "loss=ce", "--out", str(tmp_path), "--name", "cut"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    records = tmp_path / "records"
+    deadline = time.monotonic() + 240
+    while not (records.is_dir() and any(records.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # Ctrl-C part-way: at least one trial recorded, not all
+    output, _ = process.communicate(timeout=120)
+    first = len(ResultsStore(tmp_path).records(sweep="cut"))
+    assert 1 <= first < 4, output
+    resumed = subprocess.run([*command[:3], "sweep", "--resume", "--name", "cut", "--out", str(tmp_path)],
+                             env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    records_after = ResultsStore(tmp_path).records(sweep="cut")
+    assert sorted(r["tags"]["trial"] for r in records_after) == ["t000", "t001", "t002", "t003"]
+    assert len(list((tmp_path / "records").glob("cut-*.json"))) == 4
+    assert "re-run it: bench run --method linear_probe" in resumed.stdout
