@@ -184,8 +184,9 @@ def _tune_config(sweep: Sweep):
 
         scheduler = ASHAScheduler(time_attr="epoch", max_t=ASHA_MAX_T, grace_period=sweep.grace_period,
                                   reduction_factor=sweep.reduction_factor)
+    # reuse_actors: a worker process runs trial after trial, so torch and the harness are imported once per worker
     return tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=search_alg, scheduler=scheduler,
-                           num_samples=1 if sweep.trials is not None else sweep.num_trials)
+                           num_samples=1 if sweep.trials is not None else sweep.num_trials, reuse_actors=True)
 
 
 def _run_config(sweep: Sweep, callback):
@@ -214,6 +215,10 @@ class _RayProgress:
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 if result.get(FINAL):
                     progress.finished(self._key(trial), result[sweep.metric], result.get("stopped_early", False))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                if not (trial.last_result or {}).get(FINAL):
+                    progress.stopped_by_scheduler(self._key(trial))
 
             def on_trial_recover(self, iteration, trials, trial, **info):
                 progress.retrying(self._key(trial), str(trial.error_file or "error"))

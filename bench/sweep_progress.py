@@ -61,6 +61,11 @@ class SweepProgress:
             self._note_best(key, value)
         self._event(f"trial {key}: {self.metric} {value:.2f}" + (" (stopped early)" if stopped else ""))
 
+    def stopped_by_scheduler(self, key: str) -> None:
+        """A Ray trial ASHA stopped: evaluated where it stopped once the other trials are done."""
+        self.running.discard(key)
+        self._event(f"trial {key}: stopped early by ASHA (evaluated at the end of the sweep)")
+
     def retrying(self, key: str, error: str) -> None:
         self.running.discard(key)
         self._event(f"trial {key} failed, retrying: {error}")
