@@ -201,6 +201,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     _write_per_class(ctx, val, test)
     manifest = read_json(ctx.run_dir / "manifest.json")
     phases = method.phases()
+    if method.predicts_from_features():
+        ctx.notes.append("test time per image not recorded: predictions come from precomputed features")
     record = {
         "run_id": ctx.run_dir.name, "method": method_cls.name, "dataset": dataset.name,
         "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
@@ -211,7 +213,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
-        "test_ms_per_image": round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
+        "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
+        else round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
         "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),

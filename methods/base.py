@@ -41,7 +41,6 @@ class Method:
     name: str = ""
     description: str = ""
     hparams: Mapping[str, HParam] = {}
-    needs_images: bool = True  # False: the method trains on cached features only
     checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
     default_backbone: str | None = None  # when --backbone is not given (None: the harness default)
     variant_of: str | None = None  # an ablation variant of this method (`bench ablate` runs them side by side)
@@ -59,6 +58,11 @@ class Method:
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
+
+    def predicts_from_features(self) -> bool:
+        """True when predictions come from features computed beforehand (the backbone's forward pass is not
+        part of the measured test time)."""
+        return False
 
     def extra_record(self) -> dict:
         """Method-specific fields for the run record (e.g. per-expert costs)."""

@@ -77,6 +77,9 @@ class Decoupled(Method):
         self.features = {s: extract_features(ctx, getattr(ctx.dataset, s), transform, f"features {s}")
                          for s in SPLITS}
 
+    def predicts_from_features(self) -> bool:
+        return bool(self.features)
+
     def phases(self) -> list[Phase]:
         ctx, hp = self.ctx, self.hp
         phases = []

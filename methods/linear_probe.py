@@ -36,6 +36,9 @@ class FeatureMethod(Method):
             warmup_epochs=self.hp["warmup_epochs"], steps_per_epoch=steps,
         )]
 
+    def predicts_from_features(self) -> bool:
+        return True
+
     @torch.no_grad()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         self.head.eval()
