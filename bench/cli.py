@@ -281,3 +281,48 @@ def show(
     for note in record.get("notes", []):
         console.print(f"note: {note}")
 
+
+@app.command()
+def report(
+    results: str | None = typer.Option(None, "--results", help="results root (default ./results or "
+                                                                "$BENCH_RESULTS)"),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)"),
+    formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
+                                                                     "(default md,html)"),
+    out: str | None = typer.Option(None, "--out", help="report folder (default <results>/report)"),
+    published: str = typer.Option("store", "--published", help="published reference rows for: store (the "
+                                                                "datasets with records) | all | none"),
+) -> None:
+    """Leaderboards, ablation tables, sweep summaries and plots, read from the results store's records only.
+
+    Exits with status 1, writing nothing, when the store (or the chosen dataset) has no records."""
+    from pathlib import Path
+
+    from bench import report as reports
+    from bench.store import ResultsStore
+
+    try:
+        chosen_formats = reports.parse_formats(formats or reports.DEFAULT_FORMATS)
+        reports.check_published(published)
+        if results is None:
+            from bench.runner import default_results_root
+
+            root = default_results_root()
+        else:
+            root = Path(results).expanduser().resolve()
+        try:
+            records = reports.load_records(ResultsStore(root), dataset)
+        except reports.NothingToReport as nothing:
+            err_console.print(str(nothing), highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(1) from None
+        source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
+        built = reports.build_report(records, reports.method_order(), str(source), published)
+        files, blocks = reports.render_report(built, chosen_formats, root)
+        folder = Path(out).expanduser().resolve() if out else root / "report"
+        written = reports.write_files(folder, files)
+    except BenchError as error:
+        _fail(error)
+    for table in reports.console_tables(blocks):
+        console.print(table)
+    names = ", ".join(str(path.relative_to(folder)) for path in written)
+    console.print(f"wrote {len(written)} files to {folder}: {names}", highlight=False, soft_wrap=True)

@@ -1,0 +1,109 @@
+"""`bench report`: leaderboards, ablation tables, sweep summaries and plots, read from the results store only.
+
+records → tables.build_report (configurations, best-on-val, mean ± std) → document.build_document (cell text)
+→ render_md / render_html / render_tex / render_csv; plots.make_plots draws the figures.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.report.document import Block, build_document
+from bench.report.plots import make_plots
+from bench.report.render_console import console_tables
+from bench.report.render_csv import render_csv
+from bench.report.render_html import render_html
+from bench.report.render_md import render_markdown
+from bench.report.render_tex import render_tex
+from bench.report.tables import Report, build_report
+from bench.store import ResultsStore, atomic_write_bytes
+
+FILES = {"md": "leaderboard.md", "html": "report.html", "tex": "leaderboard.tex", "csv": "leaderboard.csv"}
+DEFAULT_FORMATS = "md,html"
+PLOTTED_FORMATS = ("md", "html")  # the formats that show the plots (markdown links them, HTML embeds them)
+# published rows for: the datasets with records | every dataset that has some | none
+PUBLISHED_CHOICES = ("store", "all", "none")
+
+__all__ = ["DEFAULT_FORMATS", "FILES", "PUBLISHED_CHOICES", "NothingToReport", "Report", "build_report",
+           "check_published", "console_tables", "load_records", "method_order", "parse_formats",
+           "render_report", "write_files"]
+REQUIRED_FIELDS = ("run_id", "method", "dataset")
+
+
+class NothingToReport(BenchError):
+    """The store has no records (to report on): said plainly, and nothing is written."""
+
+
+def parse_formats(text: str) -> list[str]:
+    names = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in FILES]
+    if unknown or not names:
+        raise BenchError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from "
+                         f"{', '.join(FILES)} (comma-separated)")
+    return names
+
+
+def check_published(choice: str) -> str:
+    if choice not in PUBLISHED_CHOICES:
+        raise BenchError(f"--published {choice}: choose one of {', '.join(PUBLISHED_CHOICES)}")
+    return choice
+
+
+def load_records(store: ResultsStore, dataset: str | None = None) -> list[dict]:
+    """The store's records, of one dataset (a registered name or alias) when given; a record without a run id,
+    method or dataset is skipped with a warning."""
+    records = []
+    for record in store.records():
+        missing = [name for name in REQUIRED_FIELDS if not isinstance(record.get(name), str)]
+        if missing:
+            warnings.warn(f"skipping record {record.get('run_id', '?')}: no {', '.join(missing)}",
+                          stacklevel=2)
+        else:
+            records.append(record)
+    if not records:
+        raise NothingToReport(f"no records in {store.folder}: run `bench run` first")
+    if dataset is None:
+        return records
+    present = {record["dataset"] for record in records}
+    if dataset not in present:
+        import bench.datasets  # noqa: F401  (registers the datasets)
+        from bench.datasets.base import DATASETS
+
+        dataset = DATASETS.canonical(dataset)
+    selected = [record for record in records if record["dataset"] == dataset]
+    if not selected:
+        raise NothingToReport(f"no records of dataset {dataset} in {store.folder} (it has "
+                              f"{', '.join(sorted(present))})")
+    return selected
+
+
+def method_order() -> list[str]:
+    """Registered method names in registry order (the order of every table's rows)."""
+    import bench.methods  # noqa: F401  (registers the methods)
+    from bench.methods.base import METHODS
+
+    return METHODS.names()
+
+
+def render_report(report: Report, formats: Sequence[str],
+                  results_root: Path | None) -> tuple[dict[str, bytes], list[Block]]:
+    """({path relative to the report folder: content}, the document's blocks); nothing is written here."""
+    plots = make_plots(report, results_root) if set(formats) & set(PLOTTED_FORMATS) else None
+    blocks = build_document(report, plots)
+    renderers = {"md": lambda: render_markdown(blocks), "html": lambda: render_html(blocks),
+                 "tex": lambda: render_tex(blocks), "csv": lambda: render_csv(report)}
+    files = {FILES[name]: renderers[name]().encode("utf-8") for name in formats}
+    for plot in plots.images if plots else []:
+        files[plot.filename] = plot.png
+    return files, blocks
+
+
+def write_files(out: Path, files: dict[str, bytes]) -> list[Path]:
+    paths = []
+    for relative, content in files.items():
+        atomic_write_bytes(out / relative, content)
+        paths.append(out / relative)
+    return paths

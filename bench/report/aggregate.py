@@ -1,0 +1,94 @@
+"""Records → configurations (every setting but the seed) → mean ± std over seeds; the best-on-val choice."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+METRICS = ("overall", "many", "medium", "few")
+CONFIGURATION_FIELDS = ("method", "dataset", "backbone", "hparams", "dataset_options", "shot_convention",
+                        "pretrained")
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float | None  # sample standard deviation (ddof = 1); None for a single value
+    n: int
+
+
+def mean_std(values: Iterable[Any]) -> Stat | None:
+    """Mean ± sample std of the defined values (None and NaN are undefined and left out); None if none is."""
+    present = [float(value) for value in values if isinstance(value, (int, float)) and math.isfinite(value)]
+    if not present:
+        return None
+    std = statistics.stdev(present) if len(present) > 1 else None
+    return Stat(statistics.fmean(present), std, len(present))
+
+
+def configuration_key(record: dict) -> str:
+    return json.dumps({name: record.get(name) for name in CONFIGURATION_FIELDS}, sort_keys=True, default=str)
+
+
+def stopped_early(record: dict) -> bool:
+    return bool(record.get("stopped_early"))
+
+
+class Configuration:
+    """The runs of one configuration, one per seed (ordered by seed, then run id)."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = sorted(records, key=lambda record: (record.get("seed", 0), record["run_id"]))
+        first = self.records[0]
+        self.method: str = first["method"]
+        self.dataset: str = first["dataset"]
+        self.backbone: str | None = first.get("backbone")
+        # every tower pretrained: the backbone and, for mixtures (LPT++), each expert's own tower
+        self.pretrained: bool = first.get("pretrained", True) is not False and all(
+            expert.get("pretrained", True) is not False for expert in first.get("experts") or [])
+        self.shot_convention: str = first.get("shot_convention") or "standard"
+        self.image_size = (first.get("hparams") or {}).get("image_size")  # 0: the backbone's native size
+
+    @property
+    def seeds(self) -> int:
+        return len(self.records)
+
+    @property
+    def earliest(self) -> tuple[str, str]:
+        return min((record.get("finished_at") or "~", record["run_id"]) for record in self.records)
+
+    def metric(self, split: str, name: str) -> Stat | None:
+        return mean_std((record.get(split) or {}).get(name) for record in self.records)
+
+    def field(self, name: str) -> Stat | None:
+        return mean_std(record.get(name) for record in self.records)
+
+    def devices(self) -> list[str]:
+        return list(dict.fromkeys(record["device"] for record in self.records if record.get("device")))
+
+
+def group_configurations(records: Iterable[dict]) -> list[Configuration]:
+    """One Configuration per distinct configuration key, in order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(configuration_key(record), []).append(record)
+    return [Configuration(group) for group in groups.values()]
+
+
+def best_on_val(configurations: Sequence[Configuration], metric: str = "overall") -> Configuration:
+    """The configuration with the best mean val `metric` (never test); ties: more seeds, then earliest run."""
+    def rank(configuration: Configuration) -> tuple:
+        val = configuration.metric("val", metric)
+        return (val is None, -val.mean if val else 0.0, -configuration.seeds, configuration.earliest)
+
+    return min(configurations, key=rank)
+
+
+def method_order_key(method_order: Sequence[str]) -> Callable[[str], tuple]:
+    """Sort key: registered methods in registry order, then unknown ones alphabetically."""
+    position = {name: index for index, name in enumerate(method_order)}
+    return lambda method: (0, position[method], "") if method in position else (1, 0, method)

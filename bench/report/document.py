@@ -1,0 +1,160 @@
+"""The report as titled blocks of text, tables of cell strings and images: what every renderer lays out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.report import formatting as fmt
+from bench.report.aggregate import METRICS, Configuration, Stat
+from bench.report.plots import Plot, Plots, row_label
+from bench.report.tables import TOP_TRIALS, Ablation, DatasetReport, Report, Sweep, searched_values
+
+TITLE = "Long-tailed benchmark report"
+LPT_SHOTS_MARK = "‡"
+READING_GUIDE = (
+    "Measured rows are test top-1 accuracy (%) as mean ± std over seeds (sample std; a single seed shows no "
+    "±); n is the number of seeds. For each method the configuration (every setting but the seed) with the "
+    "best mean val overall accuracy is shown: chosen on validation only, among the method's configurations "
+    f"(column configs). {fmt.UNDEFINED} is undefined (an empty shot group), never 0. Published numbers are "
+    "listed apart and never take part in a choice.")
+RANDOM_INIT_NOTE = f"{fmt.RANDOM_INIT_MARK} a random-init tower (the backbone or an LPT++ expert's; not pretrained)."
+LPT_SHOTS_NOTE = (f"{LPT_SHOTS_MARK} official LPT shot groups (few ≤ 20 training images); the others use the "
+                  "standard ones (many > 100, medium 20–100, few < 20).")
+COST_NOTE = ("px: input resolution (native: the backbone's own); train time: mean training time per seed, on "
+             f"the device shown; ms/img: test inference time per image, data loading included ({fmt.UNDEFINED}: "
+             "predictions from precomputed features, so the backbone's pass was not timed).")
+PUBLISHED_NOTE = ("Reference numbers from the literature, not produced by this harness (other backbones, "
+                  "schedules or shot groups may apply).")
+FEW_TRIALS = 10  # below this many finished trials, importances are noise-prone
+NO_IMPORTANCE = ("Hyperparameter importance: not enough trials (it needs at least two finished trials with a "
+                 "varying searched hyperparameter).")
+
+
+@dataclass
+class Grid:
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]  # right-aligned columns
+
+
+@dataclass
+class Block:
+    title: str
+    level: int  # 1 report, 2 dataset, 3 a table or the plots
+    kind: str  # report | dataset | leaderboard | published | ablation | sweep | plots
+    dataset: str | None = None
+    paragraphs: list[str] = field(default_factory=list)
+    grid: Grid | None = None
+    notes: list[str] = field(default_factory=list)  # footnotes below the grid
+    images: list[Plot] = field(default_factory=list)
+
+
+def build_document(report: Report, plots: Plots | None = None) -> list[Block]:
+    plots = plots or Plots()
+    blocks = [Block(TITLE, 1, "report", paragraphs=[
+        f"{report.record_count} records read from {report.source}/records.", READING_GUIDE])]
+    for section in report.datasets:
+        blocks.append(Block(section.dataset, 2, "dataset", section.dataset))
+        blocks.extend(_dataset_blocks(section, plots))
+    return blocks
+
+
+def _dataset_blocks(section: DatasetReport, plots: Plots) -> list[Block]:
+    if section.leaderboard:
+        blocks = [leaderboard_block(section)]
+    else:
+        blocks = [Block("Leaderboard", 3, "leaderboard", section.dataset,
+                        paragraphs=["No measured runs of this dataset in the store."])]
+    if section.published:
+        blocks.append(published_block(section))
+    blocks += [ablation_block(section.dataset, ablation) for ablation in section.ablations]
+    blocks += [sweep_block(section.dataset, sweep) for sweep in section.sweeps]
+    images = [plot for plot in plots.images if plot.dataset == section.dataset]
+    if images or section.dataset in plots.notes:
+        blocks.append(Block("Plots", 3, "plots", section.dataset, notes=plots.notes.get(section.dataset, []),
+                            images=images))
+    return blocks
+
+
+def _metric_cells(configuration: Configuration) -> list[str]:
+    return [fmt.stat(configuration.metric("test", metric), configuration.seeds) for metric in METRICS]
+
+
+def _mean(value: Stat | None) -> float | None:
+    return None if value is None else value.mean
+
+
+def leaderboard_block(section: DatasetReport) -> Block:
+    rows = []
+    for row in section.leaderboard:
+        configuration = row.configuration
+        mark = LPT_SHOTS_MARK if configuration.shot_convention == "lpt" else ""
+        rows.append([row_label(row) + mark, configuration.backbone or fmt.UNDEFINED,
+                     fmt.image_size(configuration.image_size), *_metric_cells(configuration), str(configuration.seeds), str(row.candidates),
+                     fmt.parameters(_mean(configuration.field("trainable_params"))),
+                     fmt.duration(_mean(configuration.field("train_time_s"))),
+                     fmt.devices(configuration.devices()),
+                     fmt.milliseconds(_mean(configuration.field("test_ms_per_image")))])
+    configurations = [row.configuration for row in section.leaderboard]
+    notes = [RANDOM_INIT_NOTE] if any(not c.pretrained for c in configurations) else []
+    if any(c.shot_convention == "lpt" for c in configurations):
+        notes.append(LPT_SHOTS_NOTE)
+    if section.stopped_excluded:
+        notes.append(f"{section.stopped_excluded} sweep trial(s) stopped early are not ranked.")
+    notes.append(COST_NOTE)
+    header = ["method", "backbone", "px", *METRICS, "n", "configs", "trainable", "train time", "device", "ms/img"]
+    numeric = [False, False, *[True] * 9, False, True]
+    return Block("Leaderboard", 3, "leaderboard", section.dataset, grid=Grid(header, rows, numeric),
+                 notes=notes)
+
+
+def published_block(section: DatasetReport) -> Block:
+    rows = [[f"{result.method} (published)", result.overall,
+             *(value or fmt.UNDEFINED for value in (result.many, result.medium, result.few)), result.source]
+            for result in section.published]
+    return Block("Published (not measured here)", 3, "published", section.dataset,
+                 paragraphs=[PUBLISHED_NOTE],
+                 grid=Grid(["method", *METRICS, "source"], rows, [False, True, True, True, True, False]))
+
+
+def ablation_block(dataset: str, ablation: Ablation) -> Block:
+    rows = []
+    for row in ablation.rows:
+        delta = "reference" if row.variant == ablation.base_method else fmt.signed(row.delta_overall)
+        rows.append([fmt.method_label(row.variant, row.configuration.pretrained),
+                     *_metric_cells(row.configuration), str(row.configuration.seeds), delta])
+    notes = [f"Δ overall: the variant's test overall minus the full method's ({ablation.base_method})."]
+    if all(row.variant != ablation.base_method for row in ablation.rows):
+        notes.append(f"The full method {ablation.base_method} has no finished run in this ablation.")
+    if any(not row.configuration.pretrained for row in ablation.rows):
+        notes.append(RANDOM_INIT_NOTE)
+    return Block(f"Ablation: {ablation.name}", 3, "ablation", dataset,
+                 grid=Grid(["variant", *METRICS, "n", "Δ overall"], rows, [False] + [True] * 6), notes=notes)
+
+
+def sweep_block(dataset: str, sweep: Sweep) -> Block:
+    finished, searched = len(sweep.finished), ", ".join(sweep.searched) or "nothing"
+    summary = (f"{', '.join(sweep.methods)}: {finished + sweep.stopped} trials, {finished} finished, "
+               f"{sweep.stopped} stopped early by the scheduler. Searched: {searched}. The top {TOP_TRIALS} "
+               "finished trials by val overall:")
+    rows = []
+    for rank, record in enumerate(sweep.top, start=1):
+        values = searched_values(record, sweep.searched)
+        rows.append([str(rank), (record.get("tags") or {}).get("trial") or record["run_id"],
+                     *(fmt.setting(values[name]) for name in sweep.searched), str(record.get("seed", "")),
+                     fmt.accuracy((record.get("val") or {}).get("overall")),
+                     fmt.accuracy((record.get("test") or {}).get("overall"))])
+    header = ["rank", "trial", *sweep.searched, "seed", "val overall", "test overall"]
+    return Block(f"Sweep: {sweep.name}", 3, "sweep", dataset, paragraphs=[summary],
+                 grid=Grid(header, rows, [True, False] + [True] * (len(header) - 2)),
+                 notes=[importance_text(sweep)])
+
+
+def importance_text(sweep: Sweep) -> str:
+    if sweep.importance is None:
+        return NO_IMPORTANCE
+    ranked = ", ".join(f"{name} {value:.2f}" for name, value in sweep.importance.items())
+    caveat = (f" With fewer than {FEW_TRIALS} finished trials these are indicative at best."
+              if len(sweep.finished) < FEW_TRIALS else "")
+    return (f"Hyperparameter importance (fANOVA via optuna, seed 0, on val overall of the "
+            f"{len(sweep.finished)} finished trials): {ranked}.{caveat}")
