@@ -94,6 +94,18 @@ def eval_(
     console.print(f"run folder: {result.run_dir}")
 
 
+# Options `bench sweep` and `bench ablate` share.
+EXECUTOR = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)")
+ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
+TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)")
+TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
+TRIAL_DATA_ROOT = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)")
+RESULTS_OUT = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)")
+TRIAL_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
+ALLOW_DOWNLOAD = typer.Option(False, "--allow-download", help="let timm/open_clip download weights")
+RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initialised backbone")
+
+
 @app.command()
 def sweep(
     method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept"),
@@ -105,11 +117,11 @@ def sweep(
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) | none"),
     space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),
     assignments: list[str] = typer.Option([], "--set", help="key=value pinned in every trial (repeatable)"),
-    executor: str = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)"),
+    executor: str = EXECUTOR,
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial",
                                               help="CPUs (torch threads) per trial; default 1 on Ray, all locally"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial (fractions share a card)"),
-    address: str | None = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT"),
+    address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps); "
                                        "shared storage on a cluster"),
     name: str | None = typer.Option(None, "--name", help="sweep name (default <method>-<dataset>-<time>)"),
@@ -119,13 +131,13 @@ def sweep(
     reduction_factor: int = typer.Option(3, "--reduction-factor", help="ASHA: η, rungs at grace·η^k epochs"),
     search_seed: int = typer.Option(0, "--search-seed", help="seed of the search (random draws, TPE)"),
     seed: int = typer.Option(0, "--seed", help="training seed of every trial"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)"),
-    weights: str | None = typer.Option(None, "--weights", help="backbone weights file"),
-    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
-    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
-    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
+    backbone: str | None = TRIAL_BACKBONE,
+    weights: str | None = TRIAL_WEIGHTS,
+    data_root: str | None = TRIAL_DATA_ROOT,
+    out: str | None = RESULTS_OUT,
+    device: str = TRIAL_DEVICE,
+    allow_download: bool = ALLOW_DOWNLOAD,
+    random_init: bool = RANDOM_INIT,
 ) -> None:
     """Sweep a method's hyperparameters (Optuna/random/grid, ASHA) with Ray Tune or in-process; every trial is
     an ordinary run tagged with the sweep's name."""
@@ -153,23 +165,23 @@ def ablate(
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
                                         "and all its registered variants)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
-    executor: str = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)"),
+    executor: str = EXECUTOR,
     assignments: list[str] = typer.Option([], "--set", help="key=value for every run (repeatable)"),
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
-    address: str | None = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT"),
+    address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps)"),
     name: str | None = typer.Option(None, "--name", help="ablation name (default ablate-<method>-<dataset>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="finish the interrupted ablation --name"),
     max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
     seed: int = typer.Option(0, "--seed", help="first training seed"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)"),
-    weights: str | None = typer.Option(None, "--weights", help="backbone weights file"),
-    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
-    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
-    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
+    backbone: str | None = TRIAL_BACKBONE,
+    weights: str | None = TRIAL_WEIGHTS,
+    data_root: str | None = TRIAL_DATA_ROOT,
+    out: str | None = RESULTS_OUT,
+    device: str = TRIAL_DEVICE,
+    allow_download: bool = ALLOW_DOWNLOAD,
+    random_init: bool = RANDOM_INIT,
 ) -> None:
     """Run a method and its registered ablation variants × seeds through the sweep executors."""
     from bench.sweep_setup import Request, ablation_summary, define_ablation, load_for_resume
