@@ -91,7 +91,7 @@ def grid(space: Mapping[str, Space]) -> list[dict[str, Any]]:
     continuous = [name for name, s in space.items() if isinstance(s, (Uniform, LogUniform))]
     if continuous:
         raise BenchError(f"--search grid: {', '.join(continuous)} {'is' if len(continuous) == 1 else 'are'} "
-                         "continuous; give a {choice: [...]} for it in --space, pin it with --set, or use "
+                         "continuous; give {choice: [...]} lists in --space, pin with --set, or use "
                          "--search random|optuna")
     names = sorted(space)
     values = [_values(space[name]) for name in names]
