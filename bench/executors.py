@@ -215,6 +215,8 @@ class _RayProgress:
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 if result.get(FINAL):
                     progress.finished(self._key(trial), result[sweep.metric], result.get("stopped_early", False))
+                else:  # a reused worker starts its next trial without on_trial_start
+                    progress.started(self._key(trial))
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 if not (trial.last_result or {}).get(FINAL):
