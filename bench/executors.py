@@ -137,20 +137,33 @@ def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
                                tune_config=_tune_config(sweep), run_config=_run_config(sweep, callback))
         results = tuner.fit()
-        stopped = [r for r in results if r.error is None and not (r.metrics or {}).get(FINAL)]
-        if stopped:  # a trial ASHA stopped: evaluate it where its checkpoint left it, on the trials' resources
-            stop = ray.remote(num_cpus=sweep.plan.cpus_per_trial or 1, num_gpus=sweep.gpus_per_trial)(_stop_on_ray)
-            pending = []
-            for result in stopped:
-                trial = _trial_of(sweep, result.config, result.metrics["trial_id"])
-                decision = {"reason": "asha", "epoch": (result.metrics or {}).get("epoch")}
-                pending.append((trial, stop.remote(sweep, trial, decision)))
-            for trial, ref in pending:
-                final = ray.get(ref)
-                progress.finished(trial.key, final[sweep.metric], stopped=True)
+        _evaluate_stopped(sweep, progress, results)
     finally:
         if started:
             ray.shutdown()
+
+
+def _evaluate_stopped(sweep: Sweep, progress: SweepProgress, results) -> None:
+    """Evaluate the trials ASHA stopped where their checkpoints left them, as Ray tasks with the trials'
+    resources. After an interrupt (a trial neither finished nor stopped) this waits for --resume."""
+    import ray
+
+    from bench.ray_asha import read_stops
+    from bench.store import ResultsStore
+
+    stops = read_stops(sweep.folder)
+    cut_short = [r for r in results if r.error is None and not (r.metrics or {}).get(FINAL)
+                 and (r.metrics or {}).get("trial_id") not in stops]
+    if cut_short:
+        return
+    store = ResultsStore(sweep.plan.out)
+    todo = [(_trial_of(sweep, info["config"], trial_id), info) for trial_id, info in stops.items()]
+    todo = [(trial, info) for trial, info in todo if sweep.plan.run_id(trial) not in store]
+    stop = ray.remote(num_cpus=sweep.plan.cpus_per_trial or 1, num_gpus=sweep.gpus_per_trial)(_stop_on_ray)
+    pending = [(trial, stop.remote(sweep, trial, {"reason": "asha", "epoch": info["epoch"]})) for trial, info in todo]
+    for trial, ref in pending:
+        final = ray.get(ref)
+        progress.finished(trial.key, final[sweep.metric], stopped=True)
 
 
 def _trial_of(sweep: Sweep, config: dict, trial_id: str) -> Trial:
@@ -180,10 +193,10 @@ def _tune_config(sweep: Sweep):
                                   sampler=optuna.samplers.TPESampler(seed=sweep.seed))
     scheduler = None
     if sweep.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
+        from bench.ray_asha import RecordingASHA
 
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=ASHA_MAX_T, grace_period=sweep.grace_period,
-                                  reduction_factor=sweep.reduction_factor)
+        scheduler = RecordingASHA(str(sweep.folder), time_attr="epoch", max_t=ASHA_MAX_T,
+                                  grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
     # reuse_actors: a worker process runs trial after trial, so torch and the harness are imported once per worker
     return tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=search_alg, scheduler=scheduler,
                            num_samples=1 if sweep.trials is not None else sweep.num_trials, reuse_actors=True)

@@ -223,7 +223,7 @@ def test_local_and_ray_executors_give_the_same_metrics(tmp_path, ray_session):
 def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     pytest.importorskip("ray")
     command = [sys.executable, "-c", "from bench.cli import app; app()", "sweep", "--method", "linear_probe",
-               "--trials", "4", "--search", "random", "--scheduler", "none", "--cpus-per-trial", "1",
+               "--trials", "4", "--cpus-per-trial", "1",  # the defaults: Optuna + ASHA on Ray
                "--set", "epochs=20", "--set", "loss=ce", "--out", str(tmp_path), "--name", "cut"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -239,6 +239,8 @@ def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
                              env=env, capture_output=True, text=True, timeout=400, check=False)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     records_after = ResultsStore(tmp_path).records(sweep="cut")
-    assert sorted(r["tags"]["trial"] for r in records_after) == ["t000", "t001", "t002", "t003"]
+    assert len({r["tags"]["trial"] for r in records_after}) == 4
     assert len(list((tmp_path / "records").glob("cut-*.json"))) == 4
+    for record in records_after:  # ASHA's stops are evaluated; a trial the interrupt cut short ran to the end
+        assert record["epochs_trained"] == 20 or record["stopped_early"]["reason"] == "asha"
     assert "re-run it: bench run --method linear_probe" in resumed.stdout
