@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 
 from bench.asha import LocalASHA
@@ -121,6 +123,10 @@ def _stop_on_ray(sweep: Sweep, trial: Trial, decision: dict) -> dict:
     return stop_trial(sweep.plan, trial, decision)
 
 
+def _finish_on_ray(sweep: Sweep, trial: Trial) -> dict:
+    return run_trial(sweep.plan, trial, lambda metrics: None)
+
+
 def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
     import ray
     from ray import tune
@@ -136,34 +142,52 @@ def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
         else:
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
                                tune_config=_tune_config(sweep), run_config=_run_config(sweep, callback))
-        results = tuner.fit()
-        _evaluate_stopped(sweep, progress, results)
+        results, interrupted = _fit_noting_interrupt(tuner)
+        if not interrupted:  # after an interrupt, --resume completes the trials
+            _complete_trials(sweep, progress, results)
     finally:
         if started:
             ray.shutdown()
 
 
-def _evaluate_stopped(sweep: Sweep, progress: SweepProgress, results) -> None:
-    """Evaluate the trials ASHA stopped where their checkpoints left them, as Ray tasks with the trials'
-    resources. After an interrupt (a trial neither finished nor stopped) this waits for --resume."""
+def _fit_noting_interrupt(tuner) -> tuple[object, bool]:
+    """Run the Tuner; True when Ctrl-C ended it. Ray Tune replaces the SIGINT handler for the run (in the main
+    thread, unless TUNE_DISABLE_SIGINT_HANDLER) and puts the previous one back only when a SIGINT arrives."""
+    watched = (threading.current_thread() is threading.main_thread()
+               and os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
+    before = signal.getsignal(signal.SIGINT)
+    results = tuner.fit()
+    return results, watched and signal.getsignal(signal.SIGINT) is before
+
+
+def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
+    """Give every trial without a record one, as Ray tasks with the trials' resources: a trial ASHA stopped is
+    evaluated where its checkpoint left it; a trial an earlier interrupt cut short (Ray does not restart it)
+    continues from its checkpoint to the end."""
     import ray
 
     from bench.ray_asha import read_stops
     from bench.store import ResultsStore
 
-    stops = read_stops(sweep.folder)
-    cut_short = [r for r in results if r.error is None and not (r.metrics or {}).get(FINAL)
-                 and (r.metrics or {}).get("trial_id") not in stops]
-    if cut_short:
-        return
-    store = ResultsStore(sweep.plan.out)
-    todo = [(_trial_of(sweep, info["config"], trial_id), info) for trial_id, info in stops.items()]
-    todo = [(trial, info) for trial, info in todo if sweep.plan.run_id(trial) not in store]
-    stop = ray.remote(num_cpus=sweep.plan.cpus_per_trial or 1, num_gpus=sweep.gpus_per_trial)(_stop_on_ray)
-    pending = [(trial, stop.remote(sweep, trial, {"reason": "asha", "epoch": info["epoch"]})) for trial, info in todo]
+    stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.out)
+    resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
+    stop, finish = ray.remote(**resources)(_stop_on_ray), ray.remote(**resources)(_finish_on_ray)
+    pending = []
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error is not None or metrics.get(FINAL) or not result.config:
+            continue
+        trial_id = metrics["trial_id"]
+        trial = _trial_of(sweep, result.config, trial_id)
+        if sweep.plan.run_id(trial) in store:
+            continue
+        if trial_id in stops:
+            pending.append((trial, stop.remote(sweep, trial, {"reason": "asha", "epoch": stops[trial_id]["epoch"]})))
+        else:
+            pending.append((trial, finish.remote(sweep, trial)))
     for trial, ref in pending:
         final = ray.get(ref)
-        progress.finished(trial.key, final[sweep.metric], stopped=True)
+        progress.finished(trial.key, final[sweep.metric], final["stopped_early"])
 
 
 def _trial_of(sweep: Sweep, config: dict, trial_id: str) -> Trial:

@@ -239,7 +239,7 @@ def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
                              env=env, capture_output=True, text=True, timeout=400, check=False)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     records_after = ResultsStore(tmp_path).records(sweep="cut")
-    assert len({r["tags"]["trial"] for r in records_after}) == 4
+    assert len({r["tags"]["trial"] for r in records_after}) == 4, output + resumed.stdout
     assert len(list((tmp_path / "records").glob("cut-*.json"))) == 4
     for record in records_after:  # ASHA's stops are evaluated; a trial the interrupt cut short ran to the end
         assert record["epochs_trained"] == 20 or record["stopped_early"]["reason"] == "asha"
