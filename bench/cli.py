@@ -147,9 +147,12 @@ def sweep(
         if resume:
             definition = load_for_resume(name, storage, out)
         else:
-            request = Request(method, dataset, backbone, weights, data_root, assignments, seed, out, storage, name,
-                              executor, metric, max_failures, cpus_per_trial, gpus_per_trial, address, device,
-                              allow_download, random_init)
+            request = Request(
+                method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
+                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor,
+                metric=metric, max_failures=max_failures, cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial, address=address, device=device, allow_download=allow_download,
+                random_init=random_init)
             definition = define_sweep(request, trials, search, scheduler, space, search_seed, grace_period,
                                       reduction_factor)
         _execute_interruptibly(definition, "sweep", resume)
@@ -190,9 +193,11 @@ def ablate(
         if resume:
             definition = load_for_resume(name, storage, out)
         else:
-            request = Request(method, dataset, backbone, weights, data_root, assignments, seed, out, storage, name,
-                              executor, "val_overall", max_failures, cpus_per_trial, gpus_per_trial, address,
-                              device, allow_download, random_init)
+            request = Request(
+                method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
+                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor,
+                max_failures=max_failures, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                address=address, device=device, allow_download=allow_download, random_init=random_init)
             chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
             definition = define_ablation(request, chosen, seeds)
         _execute_interruptibly(definition, "ablate", resume)

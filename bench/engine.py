@@ -6,7 +6,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -217,7 +216,3 @@ class Engine:
                           f"lr {entry['lr']:.3g}{shown}")
         if self.on_epoch_end:
             self.on_epoch_end(entry)
-
-
-def checkpoint_exists(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.pt").exists()

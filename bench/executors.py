@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.asha import LocalASHA
 from bench.sweep import Sweep, metric_value
 from bench.sweep_progress import SweepProgress
-from bench.trial import FINAL, Trial, TrialStopped, run_trial
+from bench.trial import FINAL, Trial, TrialStopped, run_trial, stop_trial
 
 ASHA_MAX_T = 10_000  # trials end by themselves; ASHA only stops them early
 OBJECT_STORE_CAP = 512 * 1024**2  # trials pass small configs only; Ray's default (30 % of RAM) wastes memory
@@ -110,32 +110,21 @@ def init_ray(address: str | None) -> bool:
 def _ray_trainable(config: dict, sweep: Sweep) -> None:
     from ray import tune
 
-    if "trial" in config:
-        trial = Trial.from_dict(config["trial"])
-    else:
-        trial = sweep.make_trial(tune.get_context().get_trial_id(), config)
+    trial = sweep.trial_from_ray(config, tune.get_context().get_trial_id())
     tune.report(run_trial(sweep.plan, trial, tune.report))
-
-
-def _stop_on_ray(sweep: Sweep, trial: Trial, decision: dict) -> dict:
-    from bench.trial import stop_trial
-
-    return stop_trial(sweep.plan, trial, decision)
-
-
-def _finish_on_ray(sweep: Sweep, trial: Trial) -> dict:
-    return run_trial(sweep.plan, trial, lambda metrics: None)
 
 
 def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
     import ray
     from ray import tune
 
+    from bench.ray_hooks import ProgressCallback
+
     started = init_ray(sweep.address)
     try:
         trainable = tune.with_resources(tune.with_parameters(_ray_trainable, sweep=sweep),
                                         {"cpu": sweep.plan.cpus_per_trial or 1, "gpu": sweep.gpus_per_trial})
-        callback = _RayProgress(progress, sweep)
+        callback = ProgressCallback(progress, sweep)
         if resume and tune.Tuner.can_restore(str(sweep.folder)):
             tuner = tune.Tuner.restore(str(sweep.folder), trainable, resume_errored=True)
             tuner._local_tuner._run_config.callbacks = [callback]  # a restored run keeps no live callbacks
@@ -166,32 +155,29 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
     continues from its checkpoint to the end."""
     import ray
 
-    from bench.ray_asha import read_stops
+    from bench.ray_hooks import read_stops
     from bench.store import ResultsStore
 
     stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.out)
     resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
-    stop, finish = ray.remote(**resources)(_stop_on_ray), ray.remote(**resources)(_finish_on_ray)
+    stop, finish = ray.remote(**resources)(stop_trial), ray.remote(**resources)(run_trial)
     pending = []
     for result in results:
         metrics = result.metrics or {}
         if result.error is not None or metrics.get(FINAL) or not result.config:
             continue
         trial_id = metrics["trial_id"]
-        trial = _trial_of(sweep, result.config, trial_id)
+        trial = sweep.trial_from_ray(result.config, trial_id)
         if sweep.plan.run_id(trial) in store:
             continue
         if trial_id in stops:
-            pending.append((trial, stop.remote(sweep, trial, {"reason": "asha", "epoch": stops[trial_id]["epoch"]})))
-        else:
-            pending.append((trial, finish.remote(sweep, trial)))
+            decision = {"reason": "asha", "epoch": stops[trial_id]["epoch"]}
+            pending.append((trial, stop.remote(sweep.plan, trial, decision)))
+        else:  # no ASHA outside the Tuner: the trial runs to its end
+            pending.append((trial, finish.remote(sweep.plan, trial)))
     for trial, ref in pending:
         final = ray.get(ref)
         progress.finished(trial.key, final[sweep.metric], final["stopped_early"])
-
-
-def _trial_of(sweep: Sweep, config: dict, trial_id: str) -> Trial:
-    return Trial.from_dict(config["trial"]) if "trial" in config else sweep.make_trial(trial_id, config)
 
 
 def _param_space(sweep: Sweep) -> dict:
@@ -217,7 +203,7 @@ def _tune_config(sweep: Sweep):
                                   sampler=optuna.samplers.TPESampler(seed=sweep.seed))
     scheduler = None
     if sweep.scheduler == "asha":
-        from bench.ray_asha import RecordingASHA
+        from bench.ray_hooks import RecordingASHA
 
         scheduler = RecordingASHA(str(sweep.folder), time_attr="epoch", max_t=ASHA_MAX_T,
                                   grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
@@ -231,59 +217,6 @@ def _run_config(sweep: Sweep, callback):
 
     return tune.RunConfig(storage_path=str(Path(sweep.storage).resolve()), name=sweep.name, verbose=0,
                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures), callbacks=[callback])
-
-
-class _RayProgress:
-    """Ray Tune callback feeding SweepProgress (built lazily: Ray pickles callbacks with the experiment)."""
-
-    def __new__(cls, progress: SweepProgress, sweep: Sweep):
-        from ray.tune import Callback
-
-        class Adapter(Callback):
-            def __init__(self):
-                self.keys: dict[str, str] = {}
-
-            def _key(self, trial) -> str:
-                return trial.config["trial"]["key"] if "trial" in trial.config else trial.trial_id
-
-            def on_trial_start(self, iteration, trials, trial, **info):
-                progress.started(self._key(trial))
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if result.get(FINAL):
-                    progress.finished(self._key(trial), result[sweep.metric], result.get("stopped_early", False))
-                else:  # a reused worker starts its next trial without on_trial_start
-                    progress.started(self._key(trial))
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                if not (trial.last_result or {}).get(FINAL):
-                    progress.stopped_by_scheduler(self._key(trial))
-
-            def on_trial_recover(self, iteration, trials, trial, **info):
-                progress.retrying(self._key(trial), str(trial.error_file or "error"))
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                progress.failed_for_good(self._key(trial), _last_error(trial))
-
-            def __reduce__(self):  # not saved with the experiment; `run_ray` attaches a fresh one on resume
-                return (_placeholder_callback, ())
-
-        return Adapter()
-
-
-def _placeholder_callback():  # stands in for the live callback in the saved experiment state
-    from ray.tune import Callback
-
-    return Callback()
-
-
-def _last_error(trial) -> str:
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError:
-        return "error (no error file)"
-    return lines[-1] if lines else "error"
 
 
 def already_done(sweep: Sweep, progress: SweepProgress) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from bench.errors import BenchError
@@ -16,13 +15,6 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
-
-    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-        def decorate(obj: T) -> T:
-            self.add(name, obj, aliases)
-            return obj
-
-        return decorate
 
     def add(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> None:
         if name in self._entries or name in self._aliases:

@@ -19,7 +19,7 @@ from bench.errors import BenchError
 from bench.hparams import Space
 from bench.search_space import from_entries, to_entries
 from bench.store import atomic_write_json, read_json
-from bench.trial import METRICS, Trial, TrialPlan, as_override
+from bench.trial import METRICS, Trial, TrialPlan, as_override, val_metrics
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "none")
@@ -57,6 +57,10 @@ class Sweep:
     def make_trial(self, key: str, values: dict[str, Any]) -> Trial:
         overrides = {**self.base.overrides, **{name: as_override(value) for name, value in values.items()}}
         return dataclasses.replace(self.base, key=key, overrides=overrides, searched=tuple(sorted(self.space)))
+
+    def trial_from_ray(self, config: dict, trial_id: str) -> Trial:
+        """The trial a Ray Tune config stands for: a fixed trial, or Optuna's values (keyed by Ray's trial id)."""
+        return Trial.from_dict(config["trial"]) if "trial" in config else self.make_trial(trial_id, config)
 
     def save(self) -> None:
         data = dataclasses.asdict(self)
@@ -97,8 +101,7 @@ def check_metric(metric: str) -> str:
 
 
 def metric_value(record: dict, metric: str) -> float:
-    value = record["val"].get(metric.removeprefix("val_"))
-    return float("nan") if value is None else float(value)
+    return val_metrics(record["val"])[metric]
 
 
 def best_record(records: list[dict], metric: str) -> dict | None:

@@ -64,15 +64,21 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
+def _results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path, Path]:
+    """(results root, where sweep folders go): --out or the default, --storage or <results>/sweeps."""
+    from bench.runner import default_results_root
+
+    results = Path(_absolute(out)) if out else default_results_root()
+    return results, Path(_absolute(storage)) if storage else results / "sweeps"
+
+
 def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, TrialPlan]:
     from bench.datasets.base import DATASETS
-    from bench.runner import default_results_root
 
     if request.executor not in EXECUTORS:
         raise BenchError(f"--executor {request.executor}: choose one of {', '.join(EXECUTORS)}")
     check_metric(request.metric)
-    out = Path(_absolute(request.out)) if request.out else default_results_root()
-    storage = Path(_absolute(request.storage)) if request.storage else out / "sweeps"
+    out, storage = _results_and_sweeps_roots(request.out, request.storage)
     name = check_name(request.name or default_name)
     if (storage / name).exists():
         raise BenchError(f"sweep {name!r} already exists in {storage}; add --resume to finish it, or choose "
@@ -167,12 +173,11 @@ def define_ablation(request: Request, variants: list[str] | None, seeds: int) ->
 
 
 def load_for_resume(name: str | None, storage: str | None, out: str | None) -> Sweep:
-    from bench.runner import default_results_root
     from bench.sweep import SWEEP_FILE
 
     if not name:
         raise BenchError("--resume needs the sweep's --name (see the folders under <results>/sweeps)")
-    root = Path(_absolute(storage)) if storage else (Path(_absolute(out)) if out else default_results_root()) / "sweeps"
+    _, root = _results_and_sweeps_roots(out, storage)
     folder = root / name
     if not (folder / SWEEP_FILE).exists():
         raise BenchError(f"no sweep {name!r} in {root} (no {SWEEP_FILE}); check --name and --storage")

@@ -76,9 +76,9 @@ def val_metrics(summary: dict) -> dict[str, float]:
     return {f"val_{name}": float("nan") if summary.get(name) is None else float(summary[name]) for name in REPORTED}
 
 
-def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None]) -> dict:
-    """Train (or resume, or just read back) the trial's run; report each validated epoch; return its final
-    validation metrics with {FINAL: True, "run_id": ...}."""
+def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume, or just read back) the trial's run; report each validated epoch (to a scheduler, which
+    may raise TrialStopped); return its final validation metrics with {FINAL: True, "run_id": ...}."""
     import torch
 
     from bench import runner
@@ -95,18 +95,18 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None]) -> 
         def on_epoch_end(entry: dict) -> None:
             if plan.epoch_hook:
                 plan.epoch_hook(trial, entry, run_dir)
-            if "val" in entry:
+            if report and "val" in entry:
                 report({**val_metrics(entry["val"]), "epoch": entry["step"], "run_id": run_id})
 
         try:
             record = runner.execute(spec, Console(quiet=True), run_dir, on_epoch_end).record
         except TrialStopped as stop:
-            record = runner.execute(spec, Console(quiet=True), run_dir, stopped_early=stop.decision).record
+            return stop_trial(plan, trial, stop.decision)
     return final_metrics(record)
 
 
 def stop_trial(plan: TrialPlan, trial: Trial, decision: dict) -> dict:
-    """Evaluate a trial a scheduler stopped in another process, where its checkpoint left it."""
+    """Evaluate a trial a scheduler stopped where its checkpoint left it (once: a recorded one is read back)."""
     from bench import runner
     from bench.store import ResultsStore
 

@@ -26,8 +26,6 @@ from torch import nn
 
 from bench.errors import BenchError
 
-STAGES = ("shared", "group")
-
 
 class LPTModel(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, prompt_length: int = 10, pool_size: int = 20,

@@ -19,7 +19,6 @@ from torch import nn
 
 from bench.hparams import Choice, HParam
 
-TUNINGS = ("full", "vpt_shallow", "vpt_deep", "adaptformer", "bitfit")
 HEADS = ("linear", "cosine")
 
 
