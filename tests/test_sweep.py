@@ -133,6 +133,7 @@ def test_local_sweep_with_asha_records_every_trial_once(tmp_path):
         trial = next(t for t in sweep.trials if t.key == record["tags"]["trial"])
         assert record["hparams"]["lr"] == float(trial.overrides["lr"])
     stopped = [r for r in records if r["stopped_early"]]
+    assert stopped, "ASHA stopped no trial: the stopped path went untested"
     assert all(r["epochs_trained"] < 3 for r in stopped)
     assert all(r["epochs_trained"] == 3 for r in records if not r["stopped_early"])
 
