@@ -144,6 +144,7 @@ def define_sweep(request: Request, trials: int, search: str, scheduler: str, spa
 
 def define_ablation(request: Request, variants: list[str] | None, seeds: int) -> Sweep:
     from bench.methods.base import METHODS
+    from bench.runner import declared_options
 
     if seeds < 1:
         raise BenchError(f"--seeds {seeds}: need at least 1")
@@ -157,6 +158,8 @@ def define_ablation(request: Request, variants: list[str] | None, seeds: int) ->
     storage, name, plan = _common(request, "ablation", f"ablate-{method}-{request.dataset}-{_stamp()}")
     plan.tags = {"base_method": method}
     pins = parse_assignments(request.assignments)
+    for variant in chosen:  # refuses unknown keys and ill-typed values before anything starts
+        resolve(declared_options(variant, plan.dataset), pins)
     trials = []
     for variant in chosen:
         backbone, overrides = request.backbone, dict(pins)

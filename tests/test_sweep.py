@@ -109,6 +109,8 @@ def test_sweeps_refuse_test_metrics_and_unknown_keys(tmp_path):
         sweep_of(tmp_path, metric="test_few")
     with pytest.raises(BenchError, match="--set lrate: unknown key"):
         sweep_of(tmp_path, assignments=["lrate=0.1"])
+    with pytest.raises(BenchError, match="--set lrate: unknown key"):
+        define_ablation(request(tmp_path, method="lptpp", assignments=["lrate=0.1"]), None, 1)
     assert not (tmp_path / "sweeps").exists()
 
 
