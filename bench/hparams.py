@@ -60,11 +60,39 @@ class Choice(Space):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The values a number may take: low ≤ x ≤ high (strict where `open`); None is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{low}, {high}"
+
+
+NON_NEGATIVE = Bounds(0)  # epochs, weight decay, loss weights
+POSITIVE = Bounds(0, low_open=True)  # learning rates, logit scales
+AT_LEAST_ONE = Bounds(1)  # batch sizes, widths, counts
+FRACTION = Bounds(0, 1, high_open=True)  # dropout, label smoothing
+AUTO_OR_NON_NEGATIVE = Bounds(-1)  # -1 = chosen by the harness
+
+
+@dataclass(frozen=True)
 class HParam:
     default: Any
     space: Space | None = None
     help: str = ""
     choices: tuple | None = field(default=None)
+    bounds: Bounds | None = None  # for numbers; every float must also be finite
 
     @property
     def kind(self) -> type:
@@ -99,7 +127,18 @@ def parse_value(name: str, text: str, declared: HParam) -> Any:
         ) from None
     if declared.choices is not None and value not in declared.choices:
         raise BenchError(f"--set {name}={text}: must be one of {', '.join(map(str, declared.choices))}")
+    check_value(name, value, declared, f"--set {name}={text}")
     return value
+
+
+def check_value(name: str, value: Any, declared: HParam, where: str) -> None:
+    """A number must be finite and inside the declared bounds; `where` names the setting in the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{where}: must be a finite number")
+    if declared.bounds is not None and not declared.bounds.admits(value):
+        raise BenchError(f"{where}: {name} must lie in {declared.bounds}")
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, str]:

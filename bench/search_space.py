@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam, IntRange, LogUniform, Space, Uniform, parse_value, sample
+from bench.hparams import (
+    Choice,
+    HParam,
+    IntRange,
+    LogUniform,
+    Space,
+    Uniform,
+    check_value,
+    parse_value,
+    sample,
+)
 from bench.registry import nearest
 
 SPACE_KINDS = {"uniform": Uniform, "log_uniform": LogUniform, "int": IntRange, "choice": Choice}
@@ -79,6 +89,8 @@ def _parse_space(name: str, entry: dict, declared: HParam, source: str) -> Space
                             for v in values))
     if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] > values[1]:
         raise BenchError(f"{source}: {name}: {kind} needs [low, high] with low <= high")
+    for value in values:  # a range inside the declared bounds samples only valid values
+        check_value(name, value, declared, f"{source}: {name}: {kind} {values}")
     if kind == "int":
         return IntRange(int(values[0]), int(values[1]))
     if kind == "log_uniform" and values[0] <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ class LongTailDataset:
     test: Split
     split_files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how val was formed, anything assumed
+    warnings: list[str] = field(default_factory=list)  # what a user should know before trusting the numbers
     hflip_ok: bool = True  # False where a horizontal flip changes the class (digits)
 
     @property
@@ -133,6 +135,8 @@ class LongTailDataset:
         return np.bincount(self.train.labels, minlength=self.num_classes)
 
     def check_labels(self) -> None:
+        """Labels in range in every split; every class has a training image (an error naming the classes);
+        a class without val or test images is a warning kept in `warnings` (and so in the run's record)."""
         for split in (self.train, self.val, self.test):
             bad = np.flatnonzero((split.labels < 0) | (split.labels >= self.num_classes))
             if len(bad):
@@ -141,6 +145,22 @@ class LongTailDataset:
                     f"{self.name} {split.name}: label {split.labels[i]} of {split.images.describe(i)} is "
                     f"outside 0..{self.num_classes - 1}; fix the split file or the class list"
                 )
+        untrained = np.flatnonzero(self.train_counts == 0)
+        if len(untrained):
+            raise BenchError(f"{self.name}: {self._classes(untrained)} {'has' if len(untrained) == 1 else 'have'} "
+                             "no training image; every class needs one (check the train split or the class list)")
+        for split in (self.val, self.test):
+            absent = np.flatnonzero(np.bincount(split.labels, minlength=self.num_classes) == 0)
+            if len(absent):
+                self.warnings.append(f"{self.name} {split.name}: {self._classes(absent)} "
+                                     f"{'has' if len(absent) == 1 else 'have'} no {split.name} image; "
+                                     f"{'its' if len(absent) == 1 else 'their'} {split.name} accuracy is undefined "
+                                     "and left out of the averages")
+
+    def _classes(self, indices: np.ndarray, shown: int = 5) -> str:
+        named = ", ".join(f"{int(c)} ({self.class_names[c]!r})" for c in indices[:shown])
+        more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+        return f"class{'es' if len(indices) > 1 else ''} {named}{more}"
 
 
 Builder = Callable[[Path | None, Mapping[str, object]], LongTailDataset]
@@ -207,7 +227,8 @@ def bundled_file(package: str, relative: str) -> Path | None:
 
 
 def read_two_column_split(path: Path) -> tuple[list[str], np.ndarray]:
-    """`<relative path> <int label>` per line, as ImageNet-LT, Places-LT and iNat txt splits use."""
+    """`<relative path> <int label>` per line, as ImageNet-LT, Places-LT and iNat txt splits use. A path that
+    is absolute or climbs out of the data root, and a negative label, are refused with the file and line."""
     paths, labels = [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -216,11 +237,24 @@ def read_two_column_split(path: Path) -> tuple[list[str], np.ndarray]:
                 continue
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise BenchError(f"{path}:{number}: malformed split line {line.strip()!r}; expected '<path> <label>'")
+            if escapes_root(parts[0]):
+                raise BenchError(f"{path}:{number}: path escapes the data root: {parts[0]!r} (split files list "
+                                 "paths relative to the data root)")
+            if int(parts[1]) < 0:
+                raise BenchError(f"{path}:{number}: negative label {parts[1]} for {parts[0]!r}; labels are class "
+                                 "indices 0, 1, …")
             paths.append(parts[0])
             labels.append(int(parts[1]))
     if not paths:
         raise BenchError(f"{path}: split file is empty")
     return paths, np.asarray(labels, dtype=np.int64)
+
+
+def escapes_root(relative: str) -> bool:
+    """True for an absolute path, or one whose `..` parts climb above the folder it is relative to."""
+    if relative.startswith(("/", "\\")) or "\0" in relative:
+        return True
+    return posixpath.normpath(relative.replace("\\", "/")).split("/")[0] == ".."
 
 
 def load_dataset(name: str, data_root: str | Path | None, options: Mapping[str, object]) -> LongTailDataset:

@@ -23,7 +23,7 @@ from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam
+from bench.hparams import AT_LEAST_ONE, Choice, HParam
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,10 @@ def cifar_builder(name: str, layout: CifarLayout):
 
 
 CIFAR_OPTIONS = {
-    "imbalance_factor": HParam(100.0, Choice((10.0, 50.0, 100.0)), "largest / smallest training class"),
-    "val_per_class": HParam(20, help="val images per class, from train images the long tail leaves unused"),
+    "imbalance_factor": HParam(100.0, Choice((10.0, 50.0, 100.0)), "largest / smallest training class",
+                               bounds=AT_LEAST_ONE),
+    "val_per_class": HParam(20, help="val images per class, from train images the long tail leaves unused",
+                            bounds=AT_LEAST_ONE),
     "source": HParam("auto", help="pickle | folder | auto", choices=("auto", "pickle", "folder")),
 }
 

@@ -10,7 +10,7 @@ from bench.datasets.base import ArrayImages, LongTailDataset, Split, bundled_fil
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
 from bench.errors import BenchError
-from bench.hparams import HParam
+from bench.hparams import AT_LEAST_ONE, HParam
 
 
 def load_digits_table() -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +41,10 @@ def balanced_holdout(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     "digits_lt", aliases=("default", "digits"),
     description="embedded default: scikit-learn's 8×8 digits, long-tailed (IF 20), balanced test; no download",
     options={
-        "imbalance_factor": HParam(20.0, help="largest / smallest training class"),
-        "test_per_class": HParam(50, help="balanced held-out test images per class"),
-        "val_per_class": HParam(10, help="val images per class, from training images the long tail leaves unused"),
+        "imbalance_factor": HParam(20.0, help="largest / smallest training class", bounds=AT_LEAST_ONE),
+        "test_per_class": HParam(50, help="balanced held-out test images per class", bounds=AT_LEAST_ONE),
+        "val_per_class": HParam(10, help="val images per class, from training images the long tail leaves unused",
+                                bounds=AT_LEAST_ONE),
     },
 )
 def build_digits(root: Path | None, options: Mapping) -> LongTailDataset:

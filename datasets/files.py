@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,14 +41,54 @@ def read_image_folder(folder: Path, classes: Sequence[str] | None = None) -> tup
 
 
 def probed_split(name: str, root: Path, paths: list[str], labels: np.ndarray,
-                 layouts: Sequence[tuple[str, PathRule]], hint: str = "") -> tuple[Split, str]:
+                 layouts: Sequence[tuple[str, PathRule]], hint: str = "", source: Path | None = None
+                 ) -> tuple[Split, str]:
     """Map every listed path with the first layout under which the split's first image exists on disk.
-    Returns the split and the name of that layout; `hint` ends the error when no layout fits."""
+    Returns the split and the name of that layout; `hint` ends the error when no layout fits. Every mapped
+    path must stay inside `root` once symlinks are resolved (`source`, the split file, is named if not)."""
     for layout, rule in layouts:
         if (root / rule(paths[0])).is_file():
-            return Split(name, FileImages(root, tuple(rule(p) for p in paths)), labels), layout
+            mapped = [rule(p) for p in paths]
+            outside = first_outside(root, mapped)
+            if outside is not None:
+                line = line_of(source, paths[outside]) if source else None
+                where = f"{source}:{line}" if line else str(source or name)
+                raise BenchError(f"{where}: path escapes the data root: {paths[outside]!r} resolves to "
+                                 f"{os.path.realpath(root / mapped[outside])}, outside {root}; point --data-root "
+                                 "at the folder that really holds the images")
+            return Split(name, FileImages(root, tuple(mapped)), labels), layout
     tried = "; ".join(f"{layout}: {root / rule(paths[0])}" for layout, rule in layouts)
     raise BenchError(f"{name} images not found under {root} (tried {tried}){hint}; check --data-root")
+
+
+def first_outside(root: Path, relpaths: Sequence[str]) -> int | None:
+    """Index of the first path that resolves (through symlinked folders or files) outside `root`, else None.
+    Each folder is resolved once; a file costs one lstat unless it is a link."""
+    real_root = os.path.realpath(root)
+    inside = real_root.rstrip(os.sep) + os.sep
+    folders: dict[str, str] = {}
+    for index, relative in enumerate(relpaths):
+        folder, _, file_name = relative.rpartition("/")
+        if folder not in folders:
+            folders[folder] = os.path.realpath(os.path.join(real_root, folder)) + os.sep
+        resolved = folders[folder] + file_name
+        if os.path.islink(resolved):
+            resolved = os.path.realpath(resolved)
+        if not resolved.startswith(inside):
+            return index
+    return None
+
+
+def line_of(source: Path, listed: str) -> int | None:
+    """The line of `source` that lists `listed` (read again only to word an error)."""
+    try:
+        with open(source, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.split()[:1] == [listed]:
+                    return number
+    except OSError:
+        pass
+    return None
 
 
 def as_listed(path: str) -> str:

@@ -11,15 +11,17 @@ from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
 from bench.errors import BenchError
-from bench.hparams import HParam
+from bench.hparams import AT_LEAST_ONE, HParam
 
 
 @register_dataset(
     "folder",
     description="any ImageFolder tree: train/<class>/, optional val/<class>/, test/<class>/ (needs --data-root)",
     options={
-        "imbalance_factor": HParam(1.0, help="1 keeps the tree as it is; > 1 applies the exponential profile"),
-        "val_per_class": HParam(20, help="val images per class carved from train when there is no val/ folder"),
+        "imbalance_factor": HParam(1.0, help="1 keeps the tree as it is; > 1 applies the exponential profile",
+                                   bounds=AT_LEAST_ONE),
+        "val_per_class": HParam(20, help="val images per class carved from train when there is no val/ folder",
+                                bounds=AT_LEAST_ONE),
     },
 )
 def build_folder(root: Path | None, options: Mapping) -> LongTailDataset:

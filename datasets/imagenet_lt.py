@@ -70,7 +70,8 @@ def build_imagenet_lt(root: Path, options: Mapping) -> LongTailDataset:
     for split in SPLITS:
         paths, labels = parse_split(split_dir, split)
         candidates, hint = layouts(paths[0])
-        splits[split], layout = probed_split(split, root, paths, labels, candidates, hint)
+        splits[split], layout = probed_split(split, root, paths, labels, candidates, hint,
+                                             split_file(split_dir, split))
         if layout != "as listed":
             notes.append(f"{split} images read from a {layout} folder (the split file lists val/<wnid>/ paths)")
     return LongTailDataset(

@@ -11,12 +11,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from bench.datasets.base import LongTailDataset, read_two_column_split, register_dataset, require_file
+from bench.datasets.base import (
+    LongTailDataset,
+    escapes_root,
+    read_two_column_split,
+    register_dataset,
+    require_file,
+)
 from bench.datasets.files import as_listed, probed_split
 from bench.datasets.longtail import carve_val
 
 from bench.errors import BenchError
-from bench.hparams import HParam
+from bench.hparams import AT_LEAST_ONE, HParam
 
 CATEGORY_FILES = ("categories.json", "iNaturalist18_categories.json")
 MIN_TRAIN = 2  # a class never drops below 2 training images for val's sake (iNat's rarest classes have 2)
@@ -31,6 +37,12 @@ def read_coco_split(path: Path) -> tuple[list[str], np.ndarray, dict[int, str]]:
         names = {int(c["id"]): c["name"] for c in data.get("categories", [])}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BenchError(f"{path}: not a COCO-style iNaturalist file ({type(error).__name__}: {error})") from None
+    escaping = next((name for name in files.values() if escapes_root(name)), None)
+    if escaping is not None:
+        raise BenchError(f"{path}: path escapes the data root: {escaping!r} (file names are relative to the data "
+                         "root)")
+    if any(category < 0 for _, category in pairs):
+        raise BenchError(f"{path}: negative category_id {min(c for _, c in pairs)}; ids are class indices 0, 1, …")
     pairs.sort()  # file order, whatever order the annotations come in
     return [p for p, _ in pairs], np.asarray([c for _, c in pairs], dtype=np.int64), names
 
@@ -83,7 +95,8 @@ def category_names(path: Path) -> list[str]:
                          choices=("auto", "json", "txt")),
         "categories_file": HParam("categories.json", help="list of categories with real names, position = id "
                                   "(iNaturalist18_categories.json is also looked for)"),
-        "val_per_class": HParam(1, help=f"val images per class held out from train (classes keep ≥ {MIN_TRAIN})"),
+        "val_per_class": HParam(1, help=f"val images per class held out from train (classes keep ≥ {MIN_TRAIN})",
+                                bounds=AT_LEAST_ONE),
     },
 )
 def build_inat(root: Path, options: Mapping) -> LongTailDataset:
@@ -108,8 +121,8 @@ def build_inat(root: Path, options: Mapping) -> LongTailDataset:
                  + (f", so {short} of {len(names)} classes have fewer than {per_class} val images" if short else "")
                  + "; never from test")
     layout = [("as listed", as_listed)]
-    train, _ = probed_split("train", root, train_paths, train_labels, layout)
-    test, _ = probed_split("test", root, test_paths, test_labels, layout)
+    train, _ = probed_split("train", root, train_paths, train_labels, layout, source=files[0])
+    test, _ = probed_split("test", root, test_paths, test_labels, layout, source=files[1])
     return LongTailDataset(
         name="inat2018", class_names=names, train=train.subset(np.sort(keep), "train"),
         val=train.subset(np.sort(val_idx), "val"), test=test, split_files=files, notes=notes,

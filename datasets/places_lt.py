@@ -87,7 +87,7 @@ def build_places_lt(root: Path, options: Mapping) -> LongTailDataset:
     folders = folder_names(*parsed["train"], split_file(split_dir, "train"))
     splits, notes = {}, []
     for split in SPLITS:
-        splits[split], layout = probed_split(split, root, *parsed[split], LAYOUTS)
+        splits[split], layout = probed_split(split, root, *parsed[split], LAYOUTS, source=split_file(split_dir, split))
         if layout != "as listed":
             notes.append(f"{split} images read from the {layout} layout")
     return LongTailDataset(

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.features import cached_features
-from bench.hparams import HParam
+from bench.hparams import POSITIVE, HParam
 from bench.text import class_text_embeddings
 
 TEMPLATES = {"templates": HParam("openai", help="class-name prompts: openai (80 templates) | single",
@@ -76,7 +76,7 @@ class ClipProbe(FeatureMethod):
                   "CLIP image features"
     hparams = {**optimizer_hparams(lr=1e-3, weight_decay=1e-4, optimizer="adamw", epochs=30, batch_size=256),
                **loss_hparams("ce"), **sampler_hparams(), **TEMPLATES,
-               "cosine_scale": HParam(30.0, help="logit scale of the cosine classifier")}
+               "cosine_scale": HParam(30.0, help="logit scale of the cosine classifier", bounds=POSITIVE)}
 
     def build_head(self) -> nn.Module:
         require_clip(self)

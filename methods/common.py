@@ -11,7 +11,7 @@ from torch import nn
 
 from bench.context import RunContext
 from bench.data import batch_loader, eval_loader, eval_transform, train_loader, train_transform
-from bench.hparams import Choice, HParam, LogUniform
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform
 from bench.seeding import derived_seed
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -21,12 +21,14 @@ SAMPLER_NAMES = tuple(SAMPLERS)
 def optimizer_hparams(lr: float, weight_decay: float, optimizer: str, epochs: int, batch_size: int,
                       warmup_epochs: int = 0) -> dict[str, HParam]:
     return {
-        "epochs": HParam(epochs, help="training epochs"),
-        "batch_size": HParam(batch_size, Choice((32, 64, 128, 256)), "training batch size"),
-        "lr": HParam(lr, LogUniform(lr / 10, lr * 10), "peak learning rate"),
-        "weight_decay": HParam(weight_decay, LogUniform(weight_decay / 10, weight_decay * 10), "weight decay"),
+        "epochs": HParam(epochs, help="training epochs", bounds=NON_NEGATIVE),
+        "batch_size": HParam(batch_size, Choice((32, 64, 128, 256)), "training batch size", bounds=AT_LEAST_ONE),
+        "lr": HParam(lr, LogUniform(lr / 10, lr * 10), "peak learning rate", bounds=POSITIVE),
+        "weight_decay": HParam(weight_decay, LogUniform(weight_decay / 10, weight_decay * 10), "weight decay",
+                               bounds=NON_NEGATIVE),
         "optimizer": HParam(optimizer, help="sgd (momentum 0.9) | adamw", choices=OPTIMIZERS),
-        "warmup_epochs": HParam(warmup_epochs, help="linear warm-up epochs before the cosine decay"),
+        "warmup_epochs": HParam(warmup_epochs, help="linear warm-up epochs before the cosine decay",
+                                bounds=NON_NEGATIVE),
     }
 
 

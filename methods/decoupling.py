@@ -24,7 +24,7 @@ from torch import nn
 from bench.data import eval_transform
 from bench.errors import BenchError
 from bench.features import cached_features, extract_features
-from bench.hparams import HParam
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
 
 SPLITS = ("train", "val", "test")
 
@@ -33,9 +33,10 @@ def decoupling_hparams(repr_epochs: int) -> dict[str, HParam]:
     return {
         **optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
         **sampler_hparams("class_balanced"),
-        "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone"),
-        "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)"),
-        "repr_batch_size": HParam(64, help="phase 1 batch size"),
+        "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone",
+                              bounds=NON_NEGATIVE),
+        "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)", bounds=POSITIVE),
+        "repr_batch_size": HParam(64, help="phase 1 batch size", bounds=AT_LEAST_ONE),
     }
 
 

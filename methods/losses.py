@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam, Uniform
+from bench.hparams import FRACTION, NON_NEGATIVE, Choice, HParam, Uniform
 from bench.registry import nearest
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,9 +35,11 @@ LOSSES = ("ce", "la", "bs", "cb", "focal", "cb_focal")
 
 LOSS_HPARAMS: dict[str, HParam] = {
     "loss": HParam("ce", Choice(LOSSES), "training loss: " + " | ".join(LOSSES), choices=LOSSES),
-    "la_tau": HParam(1.0, Uniform(0.5, 2.0), "logit-adjusted loss: tau (scale of log prior)"),
-    "cb_beta": HParam(0.9999, Choice((0.99, 0.999, 0.9999)), "class-balanced loss: effective-number beta"),
-    "focal_gamma": HParam(2.0, Choice((0.5, 1.0, 2.0)), "focal loss: focusing exponent gamma"),
+    "la_tau": HParam(1.0, Uniform(0.5, 2.0), "logit-adjusted loss: tau (scale of log prior)", bounds=NON_NEGATIVE),
+    "cb_beta": HParam(0.9999, Choice((0.99, 0.999, 0.9999)), "class-balanced loss: effective-number beta",
+                      bounds=FRACTION),
+    "focal_gamma": HParam(2.0, Choice((0.5, 1.0, 2.0)), "focal loss: focusing exponent gamma",
+                          bounds=NON_NEGATIVE),
 }
 
 

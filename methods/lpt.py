@@ -24,33 +24,63 @@ from torch import nn
 
 from bench.backbones import read_state_dict
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam, IntRange, LogUniform, Uniform
+from bench.hparams import (
+    AT_LEAST_ONE,
+    AUTO_OR_NON_NEGATIVE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Choice,
+    HParam,
+    IntRange,
+    LogUniform,
+    Uniform,
+)
 
 LPT_HPARAMS: dict[str, HParam] = {
-    "prompt_length": HParam(10, Choice((5, 10, 20)), "prompt tokens per block (shared and per pool entry)"),
-    "pool_size": HParam(20, Choice((10, 20, 40)), "group-specific prompt pool entries m"),
-    "top_k": HParam(2, Choice((1, 2, 4)), "pool entries chosen per image (their prompts are averaged)"),
+    "prompt_length": HParam(10, Choice((5, 10, 20)), "prompt tokens per block (shared and per pool entry)",
+                            bounds=AT_LEAST_ONE),
+    "pool_size": HParam(20, Choice((10, 20, 40)), "group-specific prompt pool entries m",
+                        bounds=AT_LEAST_ONE),
+    "top_k": HParam(2, Choice((1, 2, 4)), "pool entries chosen per image (their prompts are averaged)",
+                    bounds=AT_LEAST_ONE),
     "shared_layers": HParam(-1, IntRange(3, 9), "leading blocks with shared prompts only, the rest also get "
-                            "group prompts; -1 = half the blocks (6 of ViT-B/16's 12, as official)"),
-    "phase1_epochs": HParam(90, help="phase 1 epochs (not published; 90 assumed, as phase 2)"),
-    "phase2_epochs": HParam(90, help="phase 2 epochs (official default 90)"),
-    "batch_size": HParam(256, Choice((64, 128, 256)), "images per batch, for each of the two sampled batches"),
-    "lr": HParam(0.02, LogUniform(0.002, 0.2), "SGD learning rate per 256 images (scaled by batch_size/256)"),
-    "weight_decay": HParam(0.01, LogUniform(1e-4, 0.1), "weight decay"),
-    "warmup_epochs": HParam(1, help="linear warm-up epochs from 1e-6, per phase"),
-    "per_class": HParam(4, Choice((2, 4, 8)), "class-aware batch: images per drawn class"),
+                            "group prompts; -1 = half the blocks (6 of ViT-B/16's 12, as official)",
+                            bounds=AUTO_OR_NON_NEGATIVE),
+    "phase1_epochs": HParam(90, help="phase 1 epochs (not published; 90 assumed, as phase 2)",
+                            bounds=NON_NEGATIVE),
+    "phase2_epochs": HParam(90, help="phase 2 epochs (official default 90)",
+                            bounds=NON_NEGATIVE),
+    "batch_size": HParam(256, Choice((64, 128, 256)), "images per batch, for each of the two sampled batches",
+                         bounds=AT_LEAST_ONE),
+    "lr": HParam(0.02, LogUniform(0.002, 0.2), "SGD learning rate per 256 images (scaled by batch_size/256)",
+                 bounds=POSITIVE),
+    "weight_decay": HParam(0.01, LogUniform(1e-4, 0.1), "weight decay",
+                           bounds=NON_NEGATIVE),
+    "warmup_epochs": HParam(1, help="linear warm-up epochs from 1e-6, per phase",
+                            bounds=NON_NEGATIVE),
+    "per_class": HParam(4, Choice((2, 4, 8)), "class-aware batch: images per drawn class",
+                        bounds=AT_LEAST_ONE),
     "ib_weight": HParam(0.5, Uniform(0.0, 1.0), "η0: weight of the uniform batch, decaying as η0·(E−e)/E "
-                        "(0 disables dual sampling)"),
-    "match_weight": HParam(0.5, help="weight of the query-key matching term in phase 2"),
-    "agcl_cloud": HParam(0.5, Uniform(0.0, 1.0), "A-GCL λ: Gaussian-cloud magnitude (0 switches the noise off)"),
-    "agcl_margin": HParam(0.1, help="A-GCL target cosine margin m"),
-    "agcl_scale": HParam(20.0, help="A-GCL logit scale s"),
-    "agcl_smoothing": HParam(0.1, help="A-GCL label smoothing"),
-    "head_dropout": HParam(0.1, help="dropout on the feature before the cosine head during training"),
+                        "(0 disables dual sampling)",
+                        bounds=NON_NEGATIVE),
+    "match_weight": HParam(0.5, help="weight of the query-key matching term in phase 2",
+                           bounds=NON_NEGATIVE),
+    "agcl_cloud": HParam(0.5, Uniform(0.0, 1.0), "A-GCL λ: Gaussian-cloud magnitude (0 switches the noise off)",
+                         bounds=NON_NEGATIVE),
+    "agcl_margin": HParam(0.1, help="A-GCL target cosine margin m",
+                          bounds=NON_NEGATIVE),
+    "agcl_scale": HParam(20.0, help="A-GCL logit scale s",
+                         bounds=POSITIVE),
+    "agcl_smoothing": HParam(0.1, help="A-GCL label smoothing",
+                             bounds=FRACTION),
+    "head_dropout": HParam(0.1, help="dropout on the feature before the cosine head during training",
+                           bounds=FRACTION),
     "shared_prefix": HParam(True, help="compute the blocks before the first group prompt once for the query "
                             "and main passes (exact; false: plain two passes)"),
     "layernorm_eps": HParam(0.0, help="LayerNorm eps of the backbone; 0 keeps its own (1e-6 for timm ViTs); the "
-                            "official LPT code built 1e-5"),
+                            "official LPT code built 1e-5",
+                            bounds=NON_NEGATIVE),
 }
 
 OFFICIAL_KEYS = {  # official checkpoint name (after the DataParallel prefix) → what it is

@@ -33,16 +33,17 @@ from bench.methods.peft import add_adapters
 from torch import nn
 
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, Choice, HParam
 
 VL_BACKBONE = "open_clip:ViT-B-16-quickgelu@openai"
 SCORER_INPUTS = ("features+confidence", "features", "confidence")
 
 LPTPP_HPARAMS: dict[str, HParam] = {
     **{k: v for k, v in LPT_HPARAMS.items() if k != "layernorm_eps"},
-    "adapter_epochs": HParam(30, help="adapter phase epochs (reconstruction)"),
-    "scorer_epochs": HParam(10, help="scorer phase epochs (reconstruction)"),
-    "adapter_bottleneck": HParam(64, Choice((16, 32, 64, 128)), "AdaptFormer bottleneck width r"),
+    "adapter_epochs": HParam(30, help="adapter phase epochs (reconstruction)", bounds=NON_NEGATIVE),
+    "scorer_epochs": HParam(10, help="scorer phase epochs (reconstruction)", bounds=NON_NEGATIVE),
+    "adapter_bottleneck": HParam(64, Choice((16, 32, 64, 128)), "AdaptFormer bottleneck width r",
+                                 bounds=AT_LEAST_ONE),
     "adapter_scale": HParam(0.1, help="initial scale of the adapter branch"),
     "adapter_learnable_scale": HParam(True, help="learn the adapter scale"),
     "query_adapters": HParam(False, help="let the adapters act in the group-prompt query pass (false keeps the "
@@ -53,7 +54,7 @@ LPTPP_HPARAMS: dict[str, HParam] = {
                         choices=("openai", "single")),
     "scorer_input": HParam(SCORER_INPUTS[0], help="what the MoE scorer sees: " + " | ".join(SCORER_INPUTS),
                            choices=SCORER_INPUTS),
-    "scorer_hidden": HParam(256, Choice((64, 128, 256, 512)), "MoE scorer hidden width"),
+    "scorer_hidden": HParam(256, Choice((64, 128, 256, 512)), "MoE scorer hidden width", bounds=AT_LEAST_ONE),
 }
 
 

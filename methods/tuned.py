@@ -17,7 +17,7 @@ from bench.methods.losses import loss_hparams, make_loss
 from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
 from torch import nn
 
-from bench.hparams import Choice, HParam
+from bench.hparams import AT_LEAST_ONE, POSITIVE, Choice, HParam
 
 HEADS = ("linear", "cosine")
 
@@ -38,17 +38,20 @@ def head_hparams(head: str, head_init: str = "auto", cosine_scale: float = 30.0)
         "head": HParam(head, help="linear | cosine classifier", choices=HEADS),
         "head_init": HParam(head_init, help="auto (text embeddings on CLIP, else random) | text | random",
                             choices=("auto", "text", "random")),
-        "cosine_scale": HParam(cosine_scale, Choice((15.0, 20.0, 25.0, 30.0)), "logit scale of a cosine head"),
+        "cosine_scale": HParam(cosine_scale, Choice((15.0, 20.0, 25.0, 30.0)), "logit scale of a cosine head",
+                               bounds=POSITIVE),
         "templates": HParam("openai", help="class-name prompts for text init: openai (80) | single",
                             choices=("openai", "single")),
     }
 
 
 PROMPT_HPARAMS = {
-    "prompt_length": HParam(10, Choice((5, 10, 20, 50)), "VPT: prompt tokens per block (deep) or in total"),
+    "prompt_length": HParam(10, Choice((5, 10, 20, 50)), "VPT: prompt tokens per block (deep) or in total",
+                            bounds=AT_LEAST_ONE),
 }
 ADAPTER_HPARAMS = {
-    "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r"),
+    "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r",
+                                 bounds=AT_LEAST_ONE),
     "adapter_scale": HParam(0.1, help="AdaptFormer: scale s of the adapter branch"),
     "adapter_learnable_scale": HParam(False, help="AdaptFormer: learn s"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,15 @@ def assert_splits_disjoint(dataset) -> None:
 
 
 IMAGENET_WNIDS = ("n01440764", "n01443537")  # tench, goldfish: labels 0 and 1 in sorted-wnid order
+IMAGENET_CLASSES = 1000
 
 
 def make_imagenet_lt(root: Path, flat_list: bool = False, flat_disk: bool = False) -> Path:
-    """A 2-class ImageNet-LT copy: 3 train and 1 val image per class (val drawn from ImageNet train, as in the
-    real split), 1 test image per class from ILSVRC-2012 val. `flat_list`: the test split file lists
-    val/<file>; `flat_disk`: the images lie in a flat val/ folder rather than val/<wnid>/."""
+    """A small ImageNet-LT copy: classes 0 and 1 (tench, goldfish) with 3 train and 1 val image each (val drawn
+    from ImageNet train, as in the real split) and 1 test image each from ILSVRC-2012 val; every other class
+    has one training image (hard links to one file, listed after the first six lines: every class needs a
+    training image) and no val or test image. `flat_list`: the test split file lists val/<file>; `flat_disk`:
+    the images lie in a flat val/ folder rather than val/<wnid>/."""
     lines = {"train": [], "val": [], "test": []}
     for label, wnid in enumerate(IMAGENET_WNIDS):
         for i in range(3):
@@ -57,6 +61,12 @@ def make_imagenet_lt(root: Path, flat_list: bool = False, flat_disk: bool = Fals
         name = f"ILSVRC2012_val_0000000{label + 1}.JPEG"
         write_image(root / (f"val/{name}" if flat_disk else f"val/{wnid}/{name}"))
         lines["test"].append(f"{f'val/{name}' if flat_list else f'val/{wnid}/{name}'} {label}")
+    filler = write_image(root / "train/filler.JPEG", seed=9)
+    for label in range(len(IMAGENET_WNIDS), IMAGENET_CLASSES):
+        relative = f"train/n{label:08d}/n{label:08d}_0.JPEG"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.link(filler, root / relative)
+        lines["train"].append(f"{relative} {label}")
     for split, content in lines.items():
         write_lines(root / f"ImageNet_LT_{split}.txt", content)
     return root

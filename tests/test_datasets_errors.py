@@ -142,3 +142,111 @@ def test_cifar10_file_in_a_cifar100_folder_names_the_missing_key(tmp_path):
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": ["a"]}))
     with pytest.raises(BenchError, match=r"train has no 'fine_labels' \(keys: data, labels\)"):
         load_dataset("cifar100", tmp_path, {"imbalance_factor": 10.0, "val_per_class": 1, "source": "auto"})
+
+
+# ---------------------------------------------------------------- split files cannot leave the data root
+
+@pytest.mark.parametrize("listed", ["../../etc/passwd", "/etc/passwd", "../outside/img.jpg",
+                                    "train/../../outside/img.jpg"])
+@pytest.mark.parametrize("dataset", ["imagenet_lt", "places_lt"])
+def test_split_paths_that_escape_the_data_root_are_refused_before_any_image_is_opened(tmp_path, monkeypatch,
+                                                                                      dataset, listed):
+    from conftest import make_places_lt
+    from PIL import Image
+
+    root = tmp_path / "data"
+    write_image(tmp_path / "outside" / "img.jpg")  # what the escaping path names exists
+    if dataset == "imagenet_lt":
+        make_imagenet_lt(root)
+        split = root / "ImageNet_LT_train.txt"
+    else:
+        make_places_lt(root, download_layout=False)
+        split = root / "Places_LT_train.txt"
+    lines = split.read_text().splitlines()
+    split.write_text("\n".join([*lines[:2], f"{listed} 0", *lines[2:]]) + "\n")
+
+    def no_image_may_be_opened(*args, **kwargs):
+        raise AssertionError("an image was opened")
+
+    monkeypatch.setattr(Image, "open", no_image_may_be_opened)
+    with pytest.raises(BenchError, match=f"^{re.escape(str(split))}:3: path escapes the data root"):
+        load_dataset(dataset, root, {"split_dir": ""})
+
+
+def test_a_symlink_out_of_the_data_root_is_refused(tmp_path):
+    root = make_imagenet_lt(tmp_path / "data")
+    outside = write_image(tmp_path / "outside" / "secret.JPEG")
+    link = root / "train/n01440764/n01440764_9.JPEG"
+    link.symlink_to(outside)
+    split = root / "ImageNet_LT_train.txt"
+    split.write_text(split.read_text() + "train/n01440764/n01440764_9.JPEG 0\n")
+    with pytest.raises(BenchError, match=rf"ImageNet_LT_train.txt:1005: path escapes the data root: .*resolves to "
+                                         rf"{re.escape(str(outside))}"):
+        load_dataset("imagenet_lt", root, IMAGENET)
+    link.unlink()  # a symlinked folder out of the root too
+    (root / "train/linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    split.write_text(split.read_text().replace("n01440764/n01440764_9.JPEG", "linked/secret.JPEG"))
+    with pytest.raises(BenchError, match="ImageNet_LT_train.txt:1005: path escapes the data root"):
+        load_dataset("imagenet_lt", root, IMAGENET)
+
+
+def test_inat_json_file_names_that_escape_are_refused(tmp_path):
+    import json
+
+    data = {"images": [{"id": 1, "file_name": "../secret.jpg"}], "annotations": [{"image_id": 1, "category_id": 0}],
+            "categories": [{"id": 0, "name": "a"}]}
+    for name in ("train2018.json", "val2018.json"):
+        (tmp_path / name).write_text(json.dumps(data))
+    with pytest.raises(BenchError, match=r"train2018.json: path escapes the data root: '../secret.jpg'"):
+        load_dataset("inat2018", tmp_path, {"format": "auto", "categories_file": "categories.json",
+                                            "val_per_class": 1})
+
+
+# ---------------------------------------------------------------- labels and classes checked at load
+
+@pytest.mark.parametrize("dataset", ["imagenet_lt", "places_lt"])
+def test_a_negative_train_label_is_one_error_with_file_and_line(tmp_path, dataset):
+    from conftest import make_places_lt
+
+    if dataset == "imagenet_lt":
+        make_imagenet_lt(tmp_path)
+        split = tmp_path / "ImageNet_LT_train.txt"
+    else:
+        make_places_lt(tmp_path, download_layout=False)
+        split = tmp_path / "Places_LT_train.txt"
+    lines = split.read_text().splitlines()
+    path = lines[1].split()[0]
+    lines[1] = f"{path} -1"
+    split.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BenchError, match=f"{re.escape(str(split))}:2: negative label -1"):
+        load_dataset(dataset, tmp_path, {"split_dir": ""})
+
+
+def test_a_class_without_training_images_is_named_at_load(tmp_path):
+    make_imagenet_lt(tmp_path)
+    split = tmp_path / "ImageNet_LT_train.txt"
+    split.write_text("".join(line + "\n" for line in split.read_text().splitlines()
+                             if not line.endswith((" 7", " 8"))))
+    with pytest.raises(BenchError, match=r"imagenet_lt: classes 7 \('.+'\), 8 \('.+'\) have no training image"):
+        load_dataset("imagenet_lt", tmp_path, IMAGENET)
+
+
+def test_a_class_without_test_images_is_a_warning_the_record_keeps(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.store import ResultsStore
+
+    for cls in ("a", "b", "c"):
+        for i in range(6):
+            write_image(tmp_path / f"data/train/{cls}/{i}.png", seed=i)
+        if cls != "c":
+            write_image(tmp_path / f"data/test/{cls}/0.png")
+    result = CliRunner().invoke(app, ["run", "--method", "linear_probe", "--dataset", "folder", "--data-root",
+                                      str(tmp_path / "data"), "--backbone", "vit_micro", "--random-init",
+                                      "--set", "val_per_class=1", "--set", "image_size=16", "--set", "epochs=1",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning: folder test: class 2 ('c') has no test image" in " ".join(result.output.split())
+    record = ResultsStore(tmp_path / "out").records()[0]
+    assert any("class 2 ('c') has no test image" in note for note in record["notes"])

@@ -35,3 +35,49 @@ def test_adding_a_hyperparameter_keeps_the_others_sampled_values():
     assert {k: after[k] for k in before} == before
     assert 1e-3 <= before["lr"] <= 1.0 and before["epochs"] == 10
     assert sample(DECLARED, trial_seed=8)["lr"] != before["lr"]
+
+
+@pytest.mark.parametrize("method, assignment, message", [
+    ("finetune", "epochs=-1", r"--set epochs=-1: epochs must lie in \[0, inf\)"),
+    ("lpt", "phase1_epochs=-1", r"phase1_epochs must lie in \[0, inf\)"),
+    ("lptpp", "adapter_epochs=-2", r"adapter_epochs must lie in \[0, inf\)"),
+    ("finetune", "lr=nan", "--set lr=nan: must be a finite number"),
+    ("finetune", "lr=inf", "must be a finite number"),
+    ("finetune", "lr=0", r"lr must lie in \(0, inf\)"),
+    ("lpt", "head_dropout=1.5", r"head_dropout must lie in \[0, 1\)"),
+    ("lpt", "batch_size=0", r"batch_size must lie in \[1, inf\)"),
+    ("la", "la_tau=-1", r"la_tau must lie in \[0, inf\)"),
+    ("finetune", "num_workers=-2", r"num_workers must lie in \[-1, inf\)"),
+    ("linear_probe", "val_per_class=0", r"val_per_class must lie in \[1, inf\)"),
+])
+def test_out_of_range_numbers_are_refused_at_parse_time(method, assignment, message):
+    from bench.runner import declared_options
+
+    with pytest.raises(BenchError, match=message):
+        resolve(declared_options(method, "digits_lt"), parse_assignments([assignment]))
+
+
+def test_every_declared_default_lies_inside_its_bounds():
+    import bench.datasets
+    import bench.methods  # noqa: F401
+    from bench.datasets.base import DATASETS
+    from bench.methods.base import METHODS
+
+    from bench.hparams import check_value
+    from bench.runner import declared_options
+
+    for method in METHODS.names():
+        for dataset in DATASETS.names():
+            for name, declared in declared_options(method, dataset).items():
+                check_value(name, declared.default, declared, f"{method}/{dataset} default {name}")
+
+
+def test_a_space_file_range_outside_the_bounds_is_refused(tmp_path):
+    from bench.runner import declared_options
+    from bench.search_space import apply_space_file
+
+    declared = declared_options("finetune", "digits_lt")
+    with pytest.raises(BenchError, match=r"space.yaml: lr: log_uniform \[0.0, 0.1\]: lr must lie in \(0, inf\)"):
+        apply_space_file({}, {"lr": {"log_uniform": [0.0, 0.1]}}, declared, "space.yaml")
+    with pytest.raises(BenchError, match="epochs must lie"):
+        apply_space_file({}, {"epochs": {"int": [-3, 5]}}, declared, "space.yaml")

@@ -141,7 +141,7 @@ def test_vl_head_starts_as_the_normalised_text_embeddings(tmp_path):
         state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
         heads.append(state["experts.0.lpt.head.weight"])
 
-    settings = {"image_size": "16", "batch_size": "64", "lr": "0", "warmup_epochs": "0",  # lr 0: head unchanged
+    settings = {"image_size": "16", "batch_size": "64", "lr": "1e-12", "warmup_epochs": "0",  # head ~unchanged
                 **{k: "1" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
     spec = runner.RunSpec(method="lptpp_vl", dataset="digits_lt", backbone="clip_micro", allow_random_init=True,
                           out=str(tmp_path), overrides=settings)
