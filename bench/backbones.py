@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line, shorten
 from bench.manifest import file_sha256
 from bench.registry import Registry, nearest
 
@@ -172,9 +172,7 @@ def hub_offline(offline: bool = True) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:limit]
+RUN_CHECKPOINT_KEYS = {"phase", "next_epoch", "model", "optimizer"}  # what bench.engine saves as last.pt
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -187,8 +185,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (any parse failure means the same thing to the user)
-        raise BenchError(f"cannot read weights file {path}: {_first_line(error, 160)}; expected .safetensors "
+        raise BenchError(f"cannot read weights file {path}: {first_line(error, 160)}; expected .safetensors "
                          "or a tensor state dict (pickled code is never loaded)") from None
+    if isinstance(state, dict) and RUN_CHECKPOINT_KEYS <= state.keys():
+        run = path.parents[1] if path.parent.name == "checkpoints" else path.parent
+        raise BenchError(f"{path} is a checkpoint of a run of this harness (training state, not weights); "
+                         f"continue that run with `bench run --resume {run}`, or see its results with "
+                         f"`bench show {run}`")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -202,7 +205,7 @@ def _check_fit(model: nn.Module, state: dict, spec: BackboneSpec, path: Path, as
     try:
         result = model.load_state_dict(state, strict=False, assign=assign)
     except RuntimeError as error:  # shape mismatches
-        reason = " ".join(str(error).split())[:240]
+        reason = shorten(str(error), 240)
         raise BenchError(f"weights file {path} does not fit {spec.name}: {reason}") from None
     missing = [k for k in result.missing_keys if not ignore_missing(k)]
     for problem, keys in (("missing", missing), ("unexpected", result.unexpected_keys)):
@@ -253,7 +256,7 @@ def _load_file(spec: BackboneSpec, image_size: int | None, path: Path, ignore_pr
         try:
             model.load_pretrained(str(path))
         except Exception as error:  # noqa: BLE001
-            raise BenchError(f"weights file {path} does not fit {spec.name}: {_first_line(error)}") from None
+            raise BenchError(f"weights file {path} does not fit {spec.name}: {first_line(error)}") from None
         return model
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
     if spec.family == "timm":
@@ -338,7 +341,7 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
         except Exception as error:  # noqa: BLE001  (timm / open_clip / the hub raise many kinds)
             verb = "load cached" if cached else "download"
             raise BenchError(f"could not {verb} weights for {spec.name} ({cached or wanted}): "
-                             f"{_first_line(error)}") from None
+                             f"{first_line(error)}") from None
     if cached:
         return model, WeightsInfo(True, "hf_cache", cached)
     return model, WeightsInfo(True, "download", library_weights(spec)[0] or wanted)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bench.errors import BenchError
 
@@ -18,8 +24,39 @@ DEFAULT_METHOD = "lpt"
 
 
 def _fail(error: BenchError) -> None:
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _say(text: str, to: Console = console) -> None:
+    """Plain text (paths, names, values) printed as it is: no markup, no highlighting, no wrapping."""
+    to.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _interruptible_run() -> Iterator[None]:
+    """Ctrl-C or SIGTERM (a cluster's pre-emption) during a run: exit 130 with the command that continues it.
+    BenchError: one line, exit 2."""
+    from bench.errors import RunInterrupted
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        yield
+    except BenchError as error:
+        _fail(error)
+    except RunInterrupted as interrupted:
+        _say(str(interrupted), err_console)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        _say("interrupted before the run started; nothing was written", err_console)
+        raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -44,7 +81,7 @@ def run(
     from bench.embedded import EMBEDDED_DATASET, applicable_preset, is_embedded
     from bench.hparams import parse_assignments
 
-    try:
+    with _interruptible_run():
         if resume:
             result = runner.resume(resume, console, out)
         else:
@@ -52,8 +89,8 @@ def run(
             embedded = is_embedded(dataset, backbone)
             if embedded:
                 backbone, preset = applicable_preset(method, dataset, overrides)
-                console.print(f"embedded default: {backbone} (random init) on {EMBEDDED_DATASET}, preset "
-                              + " ".join(f"{k}={v}" for k, v in preset.items()))
+                _say(f"embedded default: {backbone} (random init) on {EMBEDDED_DATASET}, preset "
+                     + " ".join(f"{k}={v}" for k, v in preset.items()))
                 overrides = {**preset, **overrides}
             spec = runner.RunSpec(
                 method=method, dataset=dataset, backbone=backbone,
@@ -61,10 +98,8 @@ def run(
                 out=out, device=device, allow_download=allow_download, allow_random_init=random_init or embedded,
             )
             result = runner.execute(spec, console)
-    except BenchError as error:
-        _fail(error)
     console.print(metrics_table(result.record))
-    console.print(f"run folder: {result.run_dir}")
+    _say(f"run folder: {result.run_dir}")
 
 
 @app.command("eval")
@@ -83,15 +118,13 @@ def eval_(
     from bench import runner
     from bench.hparams import parse_assignments
 
-    try:
+    with _interruptible_run():
         spec = runner.RunSpec(method=method, dataset=dataset, backbone=backbone,
                               weights=weights, data_root=data_root, overrides=parse_assignments(assignments),
                               out=out, device=device, checkpoint=checkpoint, tags={"kind": "checkpoint_eval"})
         result = runner.execute(spec, console)
-    except BenchError as error:
-        _fail(error)
     console.print(metrics_table(result.record))
-    console.print(f"run folder: {result.run_dir}")
+    _say(f"run folder: {result.run_dir}")
 
 
 # Options `bench sweep` and `bench ablate` share.
@@ -213,17 +246,17 @@ def _execute_interruptibly(definition, command: str, resume: bool) -> None:
     try:
         execute_sweep(definition, console, resume)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; finished trials are recorded; {hint}", highlight=False, soft_wrap=True)
+        _say(f"interrupted; finished trials are recorded; {hint}", err_console)
         raise typer.Exit(130) from None
     recorded = len(definition.records())
     if recorded < definition.num_trials:
-        console.print(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
-                      f"(interrupted or failed); {hint}", highlight=False, soft_wrap=True)
+        _say(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
+             f"(interrupted or failed); {hint}")
 
 
 def metrics_table(record: dict) -> Table:
-    table = Table(title=f"{record['method']} on {record['dataset']} ({record['backbone']}, "
-                        f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})")
+    table = Table(title=Text(f"{record['method']} on {record['dataset']} ({record['backbone']}, "
+                             f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})"))
     columns = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
     table.add_column("split")
     for column in columns:
@@ -235,8 +268,9 @@ def metrics_table(record: dict) -> Table:
     if posthoc:
         table.add_row(f"test, post-hoc LA τ={posthoc['tau']:.1f} (τ from val)",
                       *(_cell(posthoc["test"].get(column)) for column in columns), style="dim")
-    table.caption = (f"{record['trainable_params']:,} trainable parameters, trained {record['train_time_s']:.1f} s "
-                     f"on {record['device']}; shot groups: {record['shot_convention']}")
+    table.caption = Text(f"{record['trainable_params']:,} trainable parameters, trained "
+                         f"{record['train_time_s']:.1f} s on {record['device']}; shot groups: "
+                         f"{record['shot_convention']}")
     return table
 
 
@@ -277,26 +311,41 @@ def show(
     run_ref: str = typer.Argument(..., metavar="RUN", help="run folder or run id"),
     out: str | None = typer.Option(None, "--out", help="results root"),
 ) -> None:
-    """Show a run's configuration and metrics."""
+    """Show a run's state, configuration and metrics."""
+    from bench.run_folder import describe_status
     from bench.runner import find_run
     from bench.store import ResultsStore, read_json
 
     try:
         run_dir = find_run(run_ref, out)
+        try:
+            config = read_json(run_dir / "config.json")
+            hparams, options = config["hparams"], config["dataset_options"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BenchError(f"{run_dir / 'config.json'} is unreadable or incomplete ({type(error).__name__}: "
+                             f"{error}); the run folder is damaged") from None
+        status = describe_status(run_dir)
+        record_path = ResultsStore(run_dir.parents[1]).path_for(run_dir.name)
+        record = None
+        if record_path.exists():
+            try:
+                record = read_json(record_path)
+                table = metrics_table(record)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                raise BenchError(f"record {record_path} is unreadable or incomplete ({type(error).__name__}: "
+                                 f"{error}); re-run the run or remove the record") from None
     except BenchError as error:
         _fail(error)
-    status = read_json(run_dir / "status.json").get("state", "unknown")
-    config = read_json(run_dir / "config.json")
-    console.print(f"[bold]{run_dir.name}[/] ({status})")
-    console.print(f"hyperparameters: {config['hparams']}")
-    console.print(f"dataset options: {config['dataset_options']}")
-    record = ResultsStore(run_dir.parents[1]).get(run_dir.name)
+    console.print(Text.assemble((run_dir.name, "bold"), f" ({status})"), soft_wrap=True)
+    _say(f"hyperparameters: {hparams}")
+    _say(f"dataset options: {options}")
     if record is None:
-        console.print("no record in the store yet (the run has not finished)")
+        _say(f"no record in the store: {record_path} is missing" if status == "complete"
+             else "no record in the store yet (the run has not finished)")
         return
-    console.print(metrics_table(record))
+    console.print(table)
     for note in record.get("notes", []):
-        console.print(f"note: {note}")
+        _say(f"note: {note}")
 
 
 @app.command()
@@ -322,7 +371,7 @@ def report(
         chosen_formats = reports.parse_formats(formats or reports.DEFAULT_FORMATS)
         reports.check_published(published)
         if results is None:
-            from bench.runner import default_results_root
+            from bench.run_folder import default_results_root
 
             root = default_results_root()
         else:
@@ -342,4 +391,4 @@ def report(
     for table in reports.console_tables(blocks):
         console.print(table)
     names = ", ".join(str(path.relative_to(folder)) for path in written)
-    console.print(f"wrote {len(written)} files to {folder}: {names}", highlight=False, soft_wrap=True)
+    _say(f"wrote {len(written)} files to {folder}: {names}")

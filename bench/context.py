@@ -11,22 +11,24 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from bench.data import AUGMENTATIONS
 from bench.datasets.base import LongTailDataset
-from bench.hparams import Choice, HParam
+from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
 from bench.metrics import SHOT_CONVENTIONS
 
 COMMON_OPTIONS: dict[str, HParam] = {
-    "image_size": HParam(0, help="input resolution; 0 = the backbone's native size"),
+    "image_size": HParam(0, help="input resolution; 0 = the backbone's native size", bounds=NON_NEGATIVE),
     "augment": HParam("rrc_flip", Choice(AUGMENTATIONS), "train augmentation (flips are dropped where "
                       "the dataset forbids them)", choices=AUGMENTATIONS),
     "eval_batch_size": HParam(-1, help="batch size for evaluation and feature extraction; -1 = 32 on CPU "
                               "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
-    "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU"),
+    "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU", bounds=AUTO_OR_NON_NEGATIVE),
     "amp": HParam("auto", help="mixed precision: auto (bf16 where supported) | bf16 | fp16 | off",
                   choices=("auto", "bf16", "fp16", "off")),
-    "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)"),
+    "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)",
+                        bounds=NON_NEGATIVE),
     "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (best overall "
                               "top-1 on val among validated epochs) | last", choices=("best_val", "last")),
     "shot_convention": HParam("standard", help="many/medium/few thresholds",
@@ -101,4 +103,4 @@ class RunContext:
     def warn(self, message: str) -> None:
         self.notes.append(message)
         self.log.warning(message)
-        self.console.print(f"[yellow]warning:[/] {message}")
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -6,12 +6,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bench.context import RunContext
+from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits
 from bench.progress import Bars, progress_bars
 from bench.seeding import derived_seed, seed_everything
@@ -53,6 +55,20 @@ class TrainingState:
     train_time_s: float = 0.0
     best: dict | None = None  # {"phase", "epoch", "val"} of the best validated epoch of the current phase
     selected: list[dict] = field(default_factory=list)  # per finished phase: the epoch whose weights were kept
+    resumed: bool = False  # read from a checkpoint
+
+
+def load_checkpoint(path: Path, device: torch.device, run_id: str):
+    """torch.load of a checkpoint the engine wrote; an unreadable one is one line saying how to restart."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (truncated, garbage, not a checkpoint: torch raises many kinds)
+        raise unreadable_checkpoint(path, run_id, error) from None
+
+
+def unreadable_checkpoint(path: Path, run_id: str, error: BaseException) -> BenchError:
+    return BenchError(f"checkpoint {path} is unreadable ({first_line(error)}); delete it and run "
+                      f"`bench run --resume {run_id}` to train this run again from its first epoch")
 
 
 class Engine:
@@ -74,30 +90,36 @@ class Engine:
         return metrics, logits, labels
 
     def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer, phases: list[Phase]) -> None:
+        """The checkpoint after an epoch. At a phase boundary (next_epoch 0) it holds no optimizer state: the
+        optimizer belongs to the phase just finished, and the next phase starts with a fresh one."""
         atomic_torch_save(self.checkpoint_path, {
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
             "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if state.next_epoch > 0 else None,
             "model": trainable_state(self.method.model(), phases),
         })
 
     def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None]:
+        """The training state and optimizer state of the last checkpoint (fresh ones when there is none)."""
         if not self.checkpoint_path.exists():
             return TrainingState(), None
-        blob = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=True)
-        missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
-        if missing:
-            raise RuntimeError(f"checkpoint has parameters this model lacks: {sorted(missing)[:3]}")
-        self.method.model().load_state_dict(blob["model"], strict=False)
-        state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
-                              blob["best"], blob["selected"])
+        blob = load_checkpoint(self.checkpoint_path, self.ctx.device, self.ctx.run_dir.name)
+        try:
+            missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
+            if missing:
+                raise RuntimeError(f"it has parameters this model lacks: {sorted(missing)[:3]}")
+            self.method.model().load_state_dict(blob["model"], strict=False)
+            state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
+                                  blob["best"], blob["selected"], resumed=True)
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir.name, error) from None
         return state, blob["optimizer"]
 
     def train(self) -> TrainingState:
         ctx = self.ctx
         phases = self.method.phases()
         state, optimizer_state = self._load(phases)
-        if optimizer_state is not None:
+        if state.resumed:
             ctx.log.info(f"resuming at phase {state.phase} ({phases[min(state.phase, len(phases) - 1)].name}), "
                          f"epoch {state.next_epoch}")
         scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
@@ -167,7 +189,7 @@ class Engine:
         best = state.best if state.best and state.best["phase"] == index else None
         epoch = phase.epochs - 1 if last_epoch is None else last_epoch
         if best is not None and best["epoch"] != epoch:
-            weights = torch.load(self.best_path, map_location=self.ctx.device, weights_only=True)
+            weights = load_checkpoint(self.best_path, self.ctx.device, self.ctx.run_dir.name)
             self.method.model().load_state_dict(weights, strict=False)
             epoch = best["epoch"]
             self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val overall {best['val']:.2f}) "

@@ -11,7 +11,7 @@ from bench.context import RunContext
 from bench.data import describe_transform, eval_loader, eval_transform
 from bench.datasets.base import Split
 from bench.progress import progress_bars
-from bench.store import atomic_torch_save
+from bench.tensor_cache import load_cached, save_cached
 
 
 def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
@@ -48,9 +48,10 @@ def cached_features(ctx: RunContext, split: Split) -> torch.Tensor:
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
     key = feature_key(ctx, split, describe_transform(transform))
     path = ctx.cache_dir / "features" / f"{key}.pt"
-    if path.exists():
+    cached = load_cached(path, (len(split), backbone.feature_dim), ctx.warn)
+    if cached is not None:
         ctx.log.info(f"features of {split.name} from cache {path.name}")
-        return torch.load(path, weights_only=True)
+        return cached
     features = extract_features(ctx, split, transform, f"features {split.name}")
-    atomic_torch_save(path, features)
+    save_cached(path, features)
     return features

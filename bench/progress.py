@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,14 +24,14 @@ class Bar:
     def __init__(self, progress: Progress | None, console: Console, description: str, total: int | None):
         self.progress, self.console, self.description, self.total = progress, console, description, total
         self.done, self.next_line = 0, 0.1
-        self.task = progress.add_task(description, total=total, info="") if progress else None
+        self.task = progress.add_task(escape(description), total=total, info="") if progress else None
 
     def advance(self, info: str = "") -> None:
         self.done += 1
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, info=info)
+            self.progress.update(self.task, advance=1, info=escape(info))
         elif self.total and self.total >= PLAIN_MIN_STEPS and self.done / self.total >= self.next_line - 1e-9:
-            self.console.print(f"{self.description}: {self.done}/{self.total} {info}", highlight=False)
+            self.console.print(f"{self.description}: {self.done}/{self.total} {info}", highlight=False, markup=False)
             self.next_line = round(self.done / self.total * 10) / 10 + 0.1
 
     def close(self) -> None:

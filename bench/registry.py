@@ -46,8 +46,17 @@ class Registry(Generic[T]):
         return list(self._entries.items())
 
 
+KNOWN_SHOWN = 30  # a vocabulary longer than this (timm's model names) is cut in the message
+
+
 def nearest(name: str, vocabulary: list[str]) -> str:
-    close = difflib.get_close_matches(name, vocabulary, n=3, cutoff=0.5)
-    return f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(vocabulary))}"
+    """'did you mean a, b?' with up to three close names (each once), else the known names."""
+    names = list(dict.fromkeys(vocabulary))
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    if close:
+        return f"did you mean {', '.join(close)}?"
+    known = sorted(names)
+    more = f", … ({len(known) - KNOWN_SHOWN} more)" if len(known) > KNOWN_SHOWN else ""
+    return f"known: {', '.join(known[:KNOWN_SHOWN])}{more}"
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,20 +23,23 @@ import bench.methods  # noqa: F401  (registers the methods)
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
 from bench.engine import Engine, TrainingState, count_parameters
-from bench.errors import BenchError
+from bench.errors import BenchError, RunInterrupted, first_line
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest, file_sha256
 from bench.methods.base import METHODS
 from bench.posthoc import posthoc_report
+from bench.run_folder import (
+    RESULTS_ENV,
+    RunLock,
+    default_results_root,
+    read_status,
+    resume_command,
+    write_status,
+)
 from bench.seeding import derived_seed, seed_everything
-from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json
+from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json, remove_temp_files
 
-RESULTS_ENV = "BENCH_RESULTS"
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
-
-
-def default_results_root() -> Path:
-    return Path(os.environ.get(RESULTS_ENV, "results")).expanduser().resolve()
 
 
 @dataclass
@@ -116,6 +119,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
         out_root = run_dir.parents[1]
     else:
         out_root = Path(spec.out).expanduser().resolve() if spec.out else default_results_root()
+    check_writable(out_root)
     checkpoint = _checkpoint_path(spec, method_cls)
     spec = dataclasses.replace(spec, checkpoint=str(checkpoint) if checkpoint else None)
     dataset = load_dataset(dataset_spec.name, spec.data_root, dataset_options)
@@ -131,13 +135,94 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     seed_everything(spec.seed)
     ctx.backbone  # noqa: B018  (weights are resolved before any folder is written)
 
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log.txt")
+    with RunLock(run_dir):
+        if read_status(run_dir)["state"] == "complete":
+            raise BenchError(f"run {run_id} is already complete; see `bench show {run_id}`")
+        handler = None
+        try:
+            handler = _file_handler(run_dir)
+            log.addHandler(handler)
+            _remove_leftovers(run_dir, out_root, log)
+            for warning in dataset.warnings:
+                ctx.warn(warning)
+            config = {"spec": dataclasses.asdict(spec), "method": method_cls.name, "dataset": dataset_spec.name,
+                      "hparams": hparams, "dataset_options": dataset_options}
+            atomic_write_json(run_dir / "config.json", config)
+            _write_manifest(ctx, device, dataset)
+            write_status(run_dir, "running")
+            record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root, stopped_early)
+        except SystemExit:  # how Ray Tune ends a trial its scheduler stopped
+            _try_write_status(run_dir, "stopped")
+            log.info("run stopped by its process (a sweep scheduler's decision or an exit); resumable")
+            raise
+        except KeyboardInterrupt:
+            _try_write_status(run_dir, "interrupted")
+            hint = f"run {run_id} interrupted; continue it with: {resume_command(run_dir)}"
+            log.info(hint)
+            raise RunInterrupted(hint) from None
+        except BaseException as error:
+            _try_write_status(run_dir, "failed", error=f"{type(error).__name__}: {first_line(error, 400)}")
+            log.error(f"run failed: {type(error).__name__}: {first_line(error, 400)}")
+            if isinstance(error, OSError):
+                raise BenchError(f"{describe_os_error(error)}; run {run_id} is marked failed; once that is fixed, "
+                                 f"continue it with: {resume_command(run_dir)}") from None
+            raise
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+    return RunResult(run_id, run_dir, record)
+
+
+def check_writable(root: Path) -> None:
+    """Refuse a results root that cannot be written before anything is loaded or written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe.", delete=True)  # noqa: SIM115
+        probe.close()
+    except OSError as error:
+        raise BenchError(f"cannot write to the results root {root}: {error.strerror or error}; pass --out DIR "
+                         f"(a writable folder) or set {RESULTS_ENV}") from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """'No space left on device: /path' from an OSError, whatever raised it."""
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or first_line(error)}{where}"
+
+
+def _remove_leftovers(run_dir: Path, out_root: Path, log: logging.Logger) -> None:
+    """Temp files of interrupted atomic writes: all of this run's (its lock is held), and those of dead
+    writers in the shared records/ and cache/ folders."""
+    removed = [*remove_temp_files(run_dir, only_dead_writers=False),
+               *remove_temp_files(run_dir / "checkpoints", only_dead_writers=False),
+               *remove_temp_files(out_root / "records")]
+    cache = out_root / "cache"
+    for folder in [cache, *(cache.iterdir() if cache.is_dir() else [])]:
+        if folder.is_dir():
+            removed += remove_temp_files(folder)
+    if removed:
+        log.info(
+            f"removed {len(removed)} temp file(s) left by interrupted writes: "
+            + ", ".join(str(p.relative_to(out_root)) for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log.txt. A failed write (a full disk) must not print a logging traceback: the run's own error
+    says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def _file_handler(run_dir: Path) -> logging.Handler:
+    handler = _QuietFileHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    config = {"spec": dataclasses.asdict(spec), "method": method_cls.name, "dataset": dataset_spec.name,
-              "hparams": hparams, "dataset_options": dataset_options}
-    atomic_write_json(run_dir / "config.json", config)
+    return handler
+
+
+def _write_manifest(ctx: RunContext, device: torch.device, dataset) -> None:
+    run_dir = ctx.run_dir
     manifest = build_manifest(
         device=device, amp=str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
         split_files=dataset.split_files,
@@ -148,21 +233,14 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
         resumes = started.get("resumes", []) + [{k: manifest[k] for k in ("git", "device", "packages", "argv")}]
         manifest = {**started, "resumes": resumes}
     atomic_write_json(run_dir / "manifest.json", manifest)
-    atomic_write_json(run_dir / "status.json", {"state": "running", "pid": os.getpid()})
+
+
+def _try_write_status(run_dir: Path, state: str, **details) -> None:
+    """Status after a failure; on a full or read-only disk it may not be writable, and the error says why."""
     try:
-        record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root, stopped_early)
-    except SystemExit:  # how Ray Tune ends a trial its scheduler stopped
-        atomic_write_json(run_dir / "status.json", {"state": "stopped"})
-        log.info("run stopped by its process (a sweep scheduler's decision or an exit); resumable")
-        raise
-    except BaseException as error:
-        atomic_write_json(run_dir / "status.json", {"state": "failed", "error": f"{type(error).__name__}: {error}"})
-        log.error(f"run failed: {type(error).__name__}: {error}")
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    return RunResult(run_id, run_dir, record)
+        write_status(run_dir, state, **details)
+    except OSError:
+        pass
 
 
 def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, out_root: Path,
@@ -223,7 +301,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         **method.extra_record(),
     }
     ResultsStore(out_root).add(record, overwrite=True)
-    atomic_write_json(ctx.run_dir / "status.json", {"state": "complete"})
+    write_status(ctx.run_dir, "complete")
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
                  f"few {test.few:.2f}")
     return record
@@ -260,10 +338,13 @@ def _fmt(value: float) -> str:
 
 def resume(run: str | Path, console: Console | None = None, out: str | None = None) -> RunResult:
     run_dir = find_run(run, out)
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
-    if status.get("state") == "complete":
+    if read_status(run_dir)["state"] == "complete":
         raise BenchError(f"run {run_dir.name} is already complete; see `bench show {run_dir.name}`")
-    spec = RunSpec(**read_json(run_dir / "config.json")["spec"])
+    try:
+        spec = RunSpec(**read_json(run_dir / "config.json")["spec"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BenchError(f"{run_dir / 'config.json'} is unreadable ({first_line(error)}); the run cannot be "
+                         "resumed: start it again with `bench run`") from None
     return execute(spec, console, run_dir=run_dir)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,19 +34,67 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; results are meant to be read by others
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_owner() -> str:
+    """Who writes a temp file: host and pid, so that a later process can tell a dead writer's leftovers from
+    another live writer's file in a shared folder."""
+    return f"{socket.gethostname().replace('.', '_')}@{os.getpid()}"
+
+
 def _write_temp(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_temp_owner()}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), _FILE_MODE)
             os.fsync(handle.fileno())
+    except OSError as error:  # a full disk, a quota: name the file being written
+        Path(temp_name).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return Path(temp_name)
+
+
+def remove_temp_files(folder: Path, only_dead_writers: bool = True) -> list[Path]:
+    """Delete the `.<name>.<host>@<pid>.*.tmp` files an interrupted atomic write left in `folder`. With
+    `only_dead_writers`, a file is deleted only when its writer ran on this host and is gone, or when it is a
+    day old (a writer on another host), so live writers in a shared folder keep theirs. Returns what went."""
+    if not folder.is_dir():
+        return []
+    host, removed = socket.gethostname().replace(".", "_"), []
+    for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+        owner = temp.name.rsplit(".", 3)[-3] if temp.name.count(".") >= 4 else ""
+        owner_host, _, pid = owner.rpartition("@")
+        if only_dead_writers:
+            if owner_host == host and pid.isdigit():
+                if pid_alive(int(pid)):
+                    continue
+            else:
+                try:
+                    if time.time() - temp.stat().st_mtime < 86400:
+                        continue
+                except FileNotFoundError:
+                    continue
+        temp.unlink(missing_ok=True)
+        removed.append(temp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -38,10 +38,10 @@ class SweepProgress:
 
     def _event(self, message: str) -> None:
         if self.live:
-            self.live.console.print(message, highlight=False)
+            self.live.console.print(message, highlight=False, markup=False)
             self.live.update(self._line())
         else:
-            self.console.print(f"{message} | {self._line()}", highlight=False)
+            self.console.print(f"{message} | {self._line()}", highlight=False, markup=False)
 
     def already_done(self, key: str, value: float) -> None:
         self.done.add(key)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bench.embedded import applicable_preset, embedded_preset, embedded_sweep_space, is_embedded
 from bench.errors import BenchError
@@ -66,7 +67,7 @@ def _absolute(path: str | None) -> str | None:
 
 def _results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path, Path]:
     """(results root, where sweep folders go): --out or the default, --storage or <results>/sweeps."""
-    from bench.runner import default_results_root
+    from bench.run_folder import default_results_root
 
     results = Path(_absolute(out)) if out else default_results_root()
     return results, Path(_absolute(storage)) if storage else results / "sweeps"
@@ -199,7 +200,7 @@ def execute_sweep(sweep: Sweep, console: Console, resume: bool = False) -> None:
             + (f", ASHA (grace {sweep.grace_period}, η {sweep.reduction_factor})" if sweep.scheduler == "asha"
                else ""))
     console.print(f"{'resuming' if resume else 'starting'} {sweep.plan.kind} {sweep.name}: {what}; "
-                  f"{sweep.executor} executor; records in {sweep.plan.out}/records", highlight=False)
+                  f"{sweep.executor} executor; records in {sweep.plan.out}/records", highlight=False, markup=False)
     with SweepProgress(console, sweep.num_trials, sweep.metric) as progress:
         if resume:
             already_done(sweep, progress)
@@ -213,7 +214,7 @@ def sweep_summary(sweep: Sweep, console: Console) -> None:
     records = sweep.records()
     stopped = sum(1 for r in records if r.get("stopped_early"))
     console.print(f"{sweep.name}: {len(records)} of {sweep.num_trials} trials recorded"
-                  + (f" ({stopped} stopped early by ASHA)" if stopped else ""), highlight=False)
+                  + (f" ({stopped} stopped early by ASHA)" if stopped else ""), highlight=False, markup=False)
     best = best_record(records, sweep.metric)
     if best is None:
         raise BenchError(f"sweep {sweep.name}: no trial finished with a defined {sweep.metric}; see the run logs "
@@ -223,12 +224,12 @@ def sweep_summary(sweep: Sweep, console: Console) -> None:
     table.add_column("")
     table.add_column("value", justify="right")
     for name in sorted(sweep.space):
-        table.add_row(name, _value(best["hparams"].get(name)))
+        table.add_row(Text(name), Text(_value(best["hparams"].get(name))))
     table.add_row(sweep.metric, _num(best["val"].get(sweep.metric.removeprefix("val_"))), style="bold")
     table.add_row("test overall", _num(best["test"]["overall"]), style="dim")
     console.print(table)
     preset = embedded_preset(best["method"])[1] if sweep.embedded else {}
-    console.print(f"re-run it: {rerun_command(best, sweep, preset)}", highlight=False, soft_wrap=True)
+    console.print(f"re-run it: {rerun_command(best, sweep, preset)}", highlight=False, soft_wrap=True, markup=False)
 
 
 def ablation_summary(sweep: Sweep, console: Console) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from bench.context import RunContext
 from bench.errors import BenchError
-from bench.store import atomic_torch_save
+from bench.tensor_cache import load_cached, save_cached
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
 
@@ -44,8 +44,9 @@ def class_text_embeddings(ctx: RunContext, template_set: str = "openai", backbon
         "seed": None if info.pretrained else ctx.seed, "classes": ctx.dataset.class_names, "templates": prompts,
     }).encode()).hexdigest()[:32]
     path = ctx.cache_dir / "text" / f"{key}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True).to(ctx.device)
+    cached = load_cached(path, (len(ctx.dataset.class_names), -1), ctx.warn)
+    if cached is not None:
+        return cached.to(ctx.device)
     model, tokenize = backbone.clip_model.to(ctx.device).eval(), tokenizer_for(backbone)
     rows = []
     for name in ctx.dataset.class_names:
@@ -53,5 +54,5 @@ def class_text_embeddings(ctx: RunContext, template_set: str = "openai", backbon
         encoded = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
         rows.append(torch.nn.functional.normalize(encoded.mean(0), dim=-1))
     embeddings = torch.stack(rows)
-    atomic_torch_save(path, embeddings.cpu())
+    save_cached(path, embeddings)
     return embeddings

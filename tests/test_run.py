@@ -49,7 +49,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runner.execute(fast_spec(tmp_path / "b", epochs="3"), on_epoch_end=interrupt_after_first_epoch)
     run_dir = next((tmp_path / "b" / "runs").iterdir())
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()
     resumed = runner.resume(run_dir)
     assert resumed.run_dir == run_dir

@@ -1,0 +1,101 @@
+"""A run folder's life outside training: the results root, the one process allowed to write a run (a lock),
+its status (`status.json`: running with pid and host, complete, failed, interrupted, stopped), and the exact
+command that continues it. Light on purpose: `bench show` reads it without importing torch."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import socket
+from pathlib import Path
+from typing import Self
+
+from bench.errors import BenchError
+from bench.store import atomic_write_json, pid_alive, read_json
+
+RESULTS_ENV = "BENCH_RESULTS"
+STATUS_FILE = "status.json"
+LOCK_FILE = ".lock"
+
+
+def default_results_root() -> Path:
+    return Path(os.environ.get(RESULTS_ENV, "results")).expanduser().resolve()
+
+
+def resume_command(run_dir: Path) -> str:
+    """`bench run --resume <id>`, with `--out` when the run is not under the default results root."""
+    root = run_dir.parents[1]
+    command = f"bench run --resume {shlex.quote(run_dir.name)}"
+    return command if root == default_results_root() else f"{command} --out {shlex.quote(str(root))}"
+
+
+def write_status(run_dir: Path, state: str, **details) -> None:
+    """Record the run's state; a running one also says which process runs it."""
+    if state == "running":
+        details = {"pid": os.getpid(), "host": socket.gethostname(), **details}
+    atomic_write_json(run_dir / STATUS_FILE, {"state": state, **details})
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run's status; {"state": "unknown", ...} when the file is missing or unreadable."""
+    path = run_dir / STATUS_FILE
+    try:
+        status = read_json(path)
+    except FileNotFoundError:
+        return {"state": "unknown", "error": f"{path} is missing"}
+    except (OSError, ValueError) as error:
+        return {"state": "unknown", "error": f"{path} is unreadable: {error}"}
+    return status if isinstance(status, dict) and "state" in status else {
+        "state": "unknown", "error": f"{path} has no 'state'"}
+
+
+def describe_status(run_dir: Path) -> str:
+    """One line for `bench show`: the state, and for a run that is not going on, how to continue it."""
+    status = read_status(run_dir)
+    state = status["state"]
+    if state == "complete":
+        return "complete"
+    if state == "running":
+        pid, host = status.get("pid"), status.get("host")
+        if host not in (None, socket.gethostname()):
+            return f"running (pid {pid} on {host})"
+        if isinstance(pid, int) and pid_alive(pid):
+            return f"running (pid {pid})"
+        state = "interrupted (process gone)"
+    elif status.get("error"):
+        state = f"{state}: {status['error']}"
+    return f"{state}; continue it with: {resume_command(run_dir)}"
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process trains or evaluates it. flock is released
+    by the kernel when the process dies, however it dies, so a SIGKILLed run never stays locked."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise BenchError(f"run {self.path.parent.name} is already being run by {owner}; wait for it to end "
+                             "(or stop it) before resuming it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

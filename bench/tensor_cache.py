@@ -1,0 +1,69 @@
+"""Tensors cached on disk (backbone features, class-name text embeddings), each beside a small JSON file with
+its checksum, shape and dtype. An entry that is missing its JSON, truncated, garbage or of the wrong shape is
+reported and recomputed, never used."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.errors import first_line
+from bench.store import atomic_torch_save, atomic_write_json, read_json
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _describe(tensor: torch.Tensor, data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "shape": list(tensor.shape),
+            "dtype": str(tensor.dtype).removeprefix("torch.")}
+
+
+def save_cached(path: Path, tensor: torch.Tensor) -> None:
+    """The tensor first, then its checksum file: an entry whose checksum file is missing counts as bad."""
+    tensor = tensor.detach().cpu().contiguous()
+    atomic_torch_save(path, tensor)
+    atomic_write_json(_checksum_path(path), _describe(tensor, path.read_bytes()))
+
+
+def load_cached(path: Path, expected_shape: tuple[int, ...] | None, warn: Callable[[str], None]
+                ) -> torch.Tensor | None:
+    """The cached tensor, or None when there is none or it is bad (then `warn` says why, and the caller
+    recomputes it). `expected_shape` entries of -1 match any size."""
+    if not path.exists():
+        return None
+    problem = _check(path, expected_shape)
+    if problem is None:
+        return torch.load(path, weights_only=True)
+    warn(f"cache entry {path} is bad ({problem}); recomputing it")
+    return None
+
+
+def _check(path: Path, expected_shape: tuple[int, ...] | None) -> str | None:
+    try:
+        described = read_json(_checksum_path(path))
+    except FileNotFoundError:
+        return "no checksum file: written by an interrupted run or an older version"
+    except (OSError, ValueError) as error:
+        return f"unreadable checksum file: {first_line(error)}"
+    data = path.read_bytes()
+    if not isinstance(described, dict) or described.get("sha256") != hashlib.sha256(data).hexdigest():
+        return "checksum mismatch"
+    try:
+        tensor = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a bad file)
+        return f"unreadable: {first_line(error)}"
+    if not isinstance(tensor, torch.Tensor):
+        return f"holds a {type(tensor).__name__}, not a tensor"
+    if described != _describe(tensor, data):
+        return f"shape/dtype {list(tensor.shape)} {tensor.dtype} differ from its checksum file"
+    if expected_shape is not None and (len(expected_shape) != tensor.dim() or any(
+            want not in (-1, got) for want, got in zip(expected_shape, tensor.shape, strict=True))):
+        return f"shape {list(tensor.shape)}, expected {list(expected_shape)}"
+    if tensor.dtype != torch.float32:
+        return f"dtype {tensor.dtype}, expected float32"
+    return None

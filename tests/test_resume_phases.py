@@ -1,0 +1,165 @@
+"""Resume at every phase boundary and inside every phase of every multi-phase method: a run interrupted at each
+of those points and resumed each time ends with the same record as an uninterrupted run of the same seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from bench import runner
+from bench.cli import app
+from bench.engine import Engine
+from bench.errors import RunInterrupted
+from bench.store import ResultsStore
+
+BASE = {"image_size": "16", "batch_size": "64", "lr": "0.05"}
+LPT = {**BASE, "phase1_epochs": "2", "phase2_epochs": "2", "prompt_length": "2", "pool_size": "4"}
+# (method, overrides, [(phase name, epochs)]) for every method with more than one phase
+MULTI_PHASE = {
+    "lpt": (LPT, [("lpt_shared", 2), ("lpt_group", 2)]),
+    "lptpp": ({**LPT, "adapter_epochs": "2", "scorer_epochs": "2", "vl_backbone": "clip_micro", "templates": "single",
+               "adapter_bottleneck": "8", "scorer_hidden": "16"},
+              [("lptpp_shared", 2), ("lptpp_group", 2), ("lptpp_adapters", 2), ("lptpp_scorer", 2)]),
+    "crt": ({**BASE, "repr_epochs": "2", "repr_batch_size": "64", "epochs": "3", "lr": "0.01"},
+            [("representation", 2), ("classifier", 3)]),
+    "lws": ({**BASE, "repr_epochs": "2", "repr_batch_size": "64", "epochs": "3", "lr": "0.01"},
+            [("representation", 2), ("classifier", 3)]),
+}
+STEPS_PER_EPOCH = 6  # the smallest phase epoch here (digits_lt: 378 train images, batch 64) has 6 steps or more
+COMPARED = ("val", "test", "posthoc", "selected", "epochs_trained", "trainable_params")
+
+
+def spec(tmp_path, method: str, overrides: dict):
+    return runner.RunSpec(method=method, dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
+                          out=str(tmp_path), overrides=overrides)
+
+
+def interruption_points(phases: list[tuple[str, int]], seed: int) -> list[tuple[int, int, int]]:
+    """(phase index, epoch, batches done) to interrupt at: the start of every phase's first epoch (right after
+    the checkpoint written at the boundary; for phase 0 there is no checkpoint yet) and a random moment inside
+    every phase."""
+    rng = random.Random(seed)
+    points = []
+    for index, (_, epochs) in enumerate(phases):
+        points.append((index, 0, 0))
+        points.append((index, rng.randrange(epochs), rng.randrange(1, STEPS_PER_EPOCH)))
+    return points
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """Make the engine raise KeyboardInterrupt at each given (phase index, epoch, batches done), in order."""
+    pending: list[tuple[int, int, int]] = []
+    original = Engine._train_epoch
+
+    def interrupting(batches, after: int):
+        def generate(epoch: int):
+            for done, batch in enumerate(batches(epoch)):
+                if done == after:
+                    raise KeyboardInterrupt
+                yield batch
+        return generate
+
+    def train_epoch(self, phase, index, epoch, *args):
+        if pending and pending[0][:2] == (index, epoch):
+            phase = dataclasses.replace(phase, batches=interrupting(phase.batches, pending.pop(0)[2]))
+        return original(self, phase, index, epoch, *args)
+
+    monkeypatch.setattr(Engine, "_train_epoch", train_epoch)
+    return pending
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise-equal runs need one torch thread: with two, a reduction in LPT++'s adapter phase (the learnable
+    adapter scale's gradient) sums in a varying order, and two uninterrupted runs differ by ~1e-8."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(MULTI_PHASE))
+def test_interrupted_at_every_phase_boundary_and_inside_every_phase_resumes_exactly(tmp_path, method, interrupt_at,
+                                                                                   one_thread):
+    overrides, phases = MULTI_PHASE[method]
+    full = runner.execute(spec(tmp_path / "full", method, overrides))
+    assert [s["phase"] for s in full.record["selected"]] == [name for name, _ in phases]
+
+    points = interruption_points(phases, seed=len(method))
+    interrupt_at.extend(points)
+    interruptions, result = 0, None
+    try:
+        runner.execute(spec(tmp_path / "cut", method, overrides))
+    except RunInterrupted:
+        interruptions += 1
+    run_dir = next((tmp_path / "cut" / "runs").iterdir())
+    while result is None:
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+        try:
+            result = runner.resume(run_dir)
+        except RunInterrupted:
+            interruptions += 1
+    assert interruptions == len(points) and not interrupt_at
+    assert len(json.loads((run_dir / "manifest.json").read_text())["resumes"]) == len(points)
+    for key in COMPARED:
+        assert result.record[key] == full.record[key], key
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (full.run_dir, run_dir)]
+    assert [h["loss"] for h in metrics[0]["history"]] == [h["loss"] for h in metrics[1]["history"]]
+
+
+def test_resume_at_a_phase_boundary_starts_the_next_phase_with_a_fresh_optimizer(tmp_path, interrupt_at):
+    """The checkpoint written when a phase ends holds no optimizer state: the one it had belongs to the phase
+    that ended (its parameter groups differ), and loading it into the next phase's optimizer failed."""
+    import torch
+
+    overrides, _ = MULTI_PHASE["lpt"]
+    interrupt_at.append((1, 0, 0))
+    with pytest.raises(RunInterrupted, match=r"bench run --resume \S+ --out "):
+        runner.execute(spec(tmp_path, "lpt", overrides))
+    run_dir = next((tmp_path / "runs").iterdir())
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (checkpoint["phase"], checkpoint["next_epoch"], checkpoint["optimizer"]) == (1, 0, None)
+    assert runner.resume(run_dir).record["epochs_trained"] == 4
+
+
+def test_sigkilled_lpt_between_its_phases_resumes_from_the_command_line(tmp_path):
+    """The reported failure, as a user meets it: `bench run` (LPT) SIGKILLed right after its first phase's last
+    epoch is logged; `bench run --resume` finishes it with the uninterrupted run's numbers, and `bench show`
+    of the killed run says it was interrupted."""
+    overrides, _ = MULTI_PHASE["lpt"]
+    settings = [f"--set={key}={value}" for key, value in overrides.items()]
+    args = ["run", "--method", "lpt", "--backbone", "vit_micro", "--random-init", *settings,
+            "--out", str(tmp_path / "killed")]
+    process = subprocess.Popen([sys.executable, "-c", "from bench.cli import app; app()", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, run_dir = time.time() + 180, None
+    while time.time() < deadline and process.poll() is None:
+        logs = list((tmp_path / "killed").glob("runs/*/log.txt"))
+        if logs and "lpt_shared epoch 2:" in logs[0].read_text():
+            run_dir = logs[0].parent
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert run_dir is not None, "the run never finished its first phase"
+    shown = CliRunner().invoke(app, ["show", str(run_dir)])
+    assert "interrupted (process gone)" in shown.output and "bench run --resume" in shown.output
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    full = runner.execute(spec(tmp_path / "full", "lpt", overrides))
+    record = ResultsStore(tmp_path / "killed").get(run_dir.name)
+    for key in COMPARED:
+        assert record[key] == full.record[key], key
