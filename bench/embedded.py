@@ -14,7 +14,7 @@ _LPTPP_PRESET = {**_LPT_PRESET, "phase1_epochs": "2", "phase2_epochs": "2", "ada
                  "scorer_epochs": "2", "vl_backbone": "clip_micro"}
 _LPTPP_FAMILY = ("lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter", "lptpp_no_group_prompts", "lptpp_mean")
 EMBEDDED_METHOD_PRESETS = {"lpt": _LPT_PRESET, **{name: _LPTPP_PRESET for name in _LPTPP_FAMILY}}
-EMBEDDED_BACKBONES = {"lptpp_vl": "clip_micro"}  # methods whose own tower must be a (tiny) CLIP
+EMBEDDED_BACKBONES = {name: "clip_micro" for name in ("lptpp_vl", "clip_probe", "zeroshot_clip")}  # CLIP towers
 # Search spaces declared for 12-block ViT-B/16 that the micro towers (4 and 2 blocks) cannot take.
 EMBEDDED_SWEEP_SPACES = {"lpt": {"shared_layers": {"int": [1, 3]}},
                          **{key: {"shared_layers": "default"} for key in _LPTPP_FAMILY}}

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from bench.methods.base import Method, Phase
 
 EpochCallback = Callable[[dict], None]
+EXPLOSION_FACTOR = 10.0  # an epoch whose mean loss exceeds this multiple of its phase's first epoch's is flagged
+
+
+class TrainingDiverged(Exception):
+    """The loss became non-finite: training stops, and the run is evaluated with its last finished epoch."""
 
 
 def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6) -> float:
@@ -56,6 +61,7 @@ class TrainingState:
     best: dict | None = None  # {"phase", "epoch", "val"} of the best validated epoch of the current phase
     selected: list[dict] = field(default_factory=list)  # per finished phase: the epoch whose weights were kept
     resumed: bool = False  # read from a checkpoint
+    health: list[str] = field(default_factory=list)  # what made the run untrustworthy (empty: healthy)
 
 
 def load_checkpoint(path: Path, device: torch.device, run_id: str):
@@ -83,19 +89,24 @@ class Engine:
         return self.evaluate_with_logits(split)[0]
 
     def evaluate_with_logits(self, split: str):
-        """(metrics, logits [N, C], labels [N]) of the current model on `split`."""
-        logits, labels = self.method.predict(split)
-        logits, labels = logits.float().numpy(), labels.numpy()
+        """(metrics, logits [N, C], labels [N]) of the current model on `split` (all-undefined metrics for an
+        empty split: a dataset run without a val split)."""
+        if len(getattr(self.ctx.dataset, split)) == 0:
+            logits, labels = np.zeros((0, self.ctx.dataset.num_classes), np.float32), np.zeros(0, np.int64)
+        else:
+            logits, labels = self.method.predict(split)
+            logits, labels = logits.float().numpy(), labels.numpy()
         metrics = evaluate_logits(labels, logits, self.ctx.dataset.train_counts, self.ctx.hparams["shot_convention"])
         return metrics, logits, labels
 
-    def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer, phases: list[Phase]) -> None:
+    def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer | None, phases: list[Phase]) -> None:
         """The checkpoint after an epoch. At a phase boundary (next_epoch 0) it holds no optimizer state: the
         optimizer belongs to the phase just finished, and the next phase starts with a fresh one."""
         atomic_torch_save(self.checkpoint_path, {
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
             "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
-            "optimizer": optimizer.state_dict() if state.next_epoch > 0 else None,
+            "health": state.health,
+            "optimizer": optimizer.state_dict() if optimizer is not None and state.next_epoch > 0 else None,
             "model": trainable_state(self.method.model(), phases),
         })
 
@@ -110,7 +121,7 @@ class Engine:
                 raise RuntimeError(f"it has parameters this model lacks: {sorted(missing)[:3]}")
             self.method.model().load_state_dict(blob["model"], strict=False)
             state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
-                                  blob["best"], blob["selected"], resumed=True)
+                                  blob["best"], blob["selected"], resumed=True, health=blob.get("health", []))
         except (KeyError, TypeError, RuntimeError) as error:
             raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir.name, error) from None
         return state, blob["optimizer"]
@@ -131,18 +142,19 @@ class Engine:
                 self._freeze_all_but(phase)
                 if phase.on_start:
                     phase.on_start()
-                optimizer = phase.make_optimizer(phase.parameters)
-                for group in optimizer.param_groups:
+                optimizer = phase.make_optimizer(phase.parameters) if phase.fit_epoch is None else None
+                for group in optimizer.param_groups if optimizer else ():
                     group.setdefault("base_lr", group["lr"])
-                if optimizer_state is not None:
+                if optimizer is not None and optimizer_state is not None:
                     optimizer.load_state_dict(optimizer_state)
-                    optimizer_state = None
+                optimizer_state = None
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
                     loss = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
                     state.train_time_s += time.perf_counter() - started
+                    self._check_explosion(state, phase, epoch, loss)
                     entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
-                             "lr": optimizer.param_groups[0]["lr"]}
+                             "lr": optimizer.param_groups[0]["lr"] if optimizer else None}
                     if self._should_validate(epoch, phase):
                         entry["val"] = self.evaluate("val").summary()
                         self._track_best(state, index, epoch, entry["val"], phases)
@@ -154,6 +166,26 @@ class Engine:
                     self._save(state, optimizer, phases)
                     self._report(entry)
                 state.phase, state.next_epoch = index + 1, 0
+        return state
+
+    def _check_explosion(self, state: TrainingState, phase: Phase, epoch: int, loss: float) -> None:
+        first = next((entry["loss"] for entry in state.history if entry["phase"] == phase.name), None)
+        if first is None or not first > 0 or loss <= EXPLOSION_FACTOR * first:
+            return
+        if any(flag.startswith(f"loss exploded in {phase.name}") for flag in state.health):
+            return
+        flag = (f"loss exploded in {phase.name}: epoch {epoch + 1} loss {loss:.4g} is {loss / first:.0f}× the "
+                f"phase's first epoch ({first:.4g})")
+        state.health.append(flag)
+        self.ctx.warn(f"training health: {flag}")
+
+    def recover(self, diverged: TrainingDiverged) -> TrainingState:
+        """After a non-finite loss: the weights of the last finished epoch (the phase's best on val so far), or,
+        when no epoch finished, the model as it stands; flagged either way."""
+        state = self.stop_early() if self.checkpoint_path.exists() else TrainingState()
+        state.health.append(f"diverged: {diverged}")
+        self.ctx.warn(f"training health: diverged ({diverged}); evaluated with the weights of the last finished "
+                      "epoch" if state.history else f"training health: diverged ({diverged}) in its first epoch")
         return state
 
     def stop_early(self) -> TrainingState:
@@ -199,6 +231,8 @@ class Engine:
                         trainable_state(self.method.model(), phases))
 
     def _should_validate(self, epoch: int, phase: Phase) -> bool:
+        if len(self.ctx.dataset.val) == 0:  # no val split (val_split=none): each phase keeps its last epoch
+            return False
         every = self.ctx.hparams["val_every"]
         return epoch + 1 == phase.epochs or (every > 0 and (epoch + 1) % every == 0)
 
@@ -211,6 +245,9 @@ class Engine:
     def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars) -> float:
         ctx = self.ctx
         seed_everything(derived_seed(ctx.seed, index, epoch))
+        if phase.fit_epoch is not None:
+            self.method.model().train()
+            return phase.fit_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
         self.method.model().train()
@@ -221,7 +258,7 @@ class Engine:
             with self.ctx.autocast():
                 loss = phase.loss(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in {phase.name} epoch {epoch}; lower the lr")
+                raise TrainingDiverged(f"loss became {loss.item()} in {phase.name} epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -234,7 +271,7 @@ class Engine:
     def _report(self, entry: dict) -> None:
         val = entry.get("val")
         shown = f" val overall {val['overall']:.2f}" if val else ""
-        self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f} "
-                          f"lr {entry['lr']:.3g}{shown}")
+        lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
+        self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown}")
         if self.on_epoch_end:
             self.on_epoch_end(entry)

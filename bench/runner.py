@@ -22,7 +22,7 @@ import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
-from bench.engine import Engine, TrainingState, count_parameters
+from bench.engine import Engine, TrainingDiverged, TrainingState, count_parameters
 from bench.errors import BenchError, RunInterrupted, first_line
 from bench.hparams import HParam, merge_declarations, resolve
 from bench.manifest import build_manifest, file_sha256
@@ -251,6 +251,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
                  f"{dataset.num_classes} classes) on {ctx.device}")
     for note in dataset.notes:
         ctx.log.info(f"dataset: {note}")
+    if dataset.val_carve is not None:
+        ctx.log.info("val carve per class (from unused / from train): " + describe_carve(dataset))
     started = time.perf_counter()
     method = method_cls(ctx)
     seed_everything(derived_seed(spec.seed, "setup"))  # new modules initialise alike whatever ran before
@@ -264,14 +266,24 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         state = engine.stop_early()
         ctx.log.info(f"stopped early ({stopped_early}); evaluating the weights it stopped with")
     else:
-        state = engine.train()
+        try:
+            state = engine.train()
+        except TrainingDiverged as diverged:
+            state = engine.recover(diverged)
     val, val_logits, val_labels = engine.evaluate_with_logits("val")
+    health = state.health + collapse_flags(val_logits, dataset)
+    for flag in health[len(state.health):]:
+        ctx.warn(f"training health: {flag}")
     test_started = time.perf_counter()
     test, test_logits, test_labels = engine.evaluate_with_logits("test")
     test_seconds = time.perf_counter() - test_started
     # Post-hoc logit adjustment (Menon et al. 2021) for any method: tau chosen on val, then applied to test.
-    posthoc = posthoc_report(val_logits, val_labels, test_logits, test_labels, dataset.train_counts,
-                             ctx.hparams["shot_convention"])
+    posthoc = None
+    if len(dataset.val):
+        posthoc = posthoc_report(val_logits, val_labels, test_logits, test_labels, dataset.train_counts,
+                                 ctx.hparams["shot_convention"])
+    else:
+        ctx.notes.append("no post-hoc logit adjustment: it chooses tau on val, and this run has no val split")
     wall = time.perf_counter() - started
 
     atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(), "posthoc": posthoc,
@@ -286,7 +298,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
         "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
-        "selected": state.selected, "epochs_trained": len(state.history), "stopped_early": stopped_early, "trainable_params": count_parameters(phases),
+        "selected": state.selected, "epochs_trained": len(state.history),
+        "health": {"ok": not health, "flags": health}, "stopped_early": stopped_early, "trainable_params": count_parameters(phases),
         "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
@@ -296,6 +309,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),
+        "val_split": {"source": dataset.val_source, "size": len(dataset.val),
+                      **({"carve": dataset.val_carve.as_record()} if dataset.val_carve is not None else {})},
         "notes": ctx.notes, "run_dir": str(ctx.run_dir),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **method.extra_record(),
@@ -324,12 +339,41 @@ def _write_per_class(ctx: RunContext, val, test) -> None:
     from bench.metrics import shot_groups
 
     groups = shot_groups(dataset.train_counts, ctx.hparams["shot_convention"])
-    lines = ["class,name,train_count,group,val_acc,test_acc"]
+    val_counts = np.bincount(dataset.val.labels, minlength=dataset.num_classes)
+    carve = dataset.val_carve
+    lines = ["class,name,train_count,group,val_count,val_from_train,val_acc,test_acc"]
     for c in range(dataset.num_classes):
         name = dataset.class_names[c].replace('"', "'")
-        lines.append(f'{c},"{name}",{dataset.train_counts[c]},{groups[c]},'
+        lines.append(f'{c},"{name}",{dataset.train_counts[c]},{groups[c]},{val_counts[c]},'
+                     f"{carve.from_train[c] if carve is not None else 0},"
                      f"{_fmt(val.per_class[c])},{_fmt(test.per_class[c])}")
     atomic_write_text(ctx.run_dir / "per_class.csv", "\n".join(lines) + "\n")
+
+
+COLLAPSE_SHARE = 0.95  # val predictions this concentrated on one class mean the model collapsed
+
+
+def collapse_flags(val_logits: np.ndarray, dataset) -> list[str]:
+    """A flag when the val predictions collapse onto one class (never looks at test)."""
+    if len(val_logits) == 0 or dataset.num_classes < 2:
+        return []
+    counts = np.bincount(val_logits.argmax(1), minlength=dataset.num_classes)
+    top = int(counts.argmax())
+    share = counts[top] / counts.sum()
+    if share < COLLAPSE_SHARE:
+        return []
+    return [f"collapsed: {share:.0%} of val predictions are class {top} ({dataset.class_names[top]!r})"]
+
+
+CARVE_CLASSES_LOGGED = 50  # beyond this, the per-class carve is in per_class.csv and the record only
+
+
+def describe_carve(dataset) -> str:
+    carve = dataset.val_carve
+    shown = min(len(carve.from_unused), CARVE_CLASSES_LOGGED)
+    text = ", ".join(f"{dataset.class_names[c]} {carve.from_unused[c]}/{carve.from_train[c]}" for c in range(shown))
+    more = len(carve.from_unused) - shown
+    return text + (f", … ({more} more classes: see per_class.csv and the record's val_split)" if more else "")
 
 
 def _fmt(value: float) -> str:

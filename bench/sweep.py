@@ -105,9 +105,12 @@ def metric_value(record: dict, metric: str) -> float:
 
 
 def best_record(records: list[dict], metric: str) -> dict | None:
-    """The record with the best validation `metric`; trials a scheduler stopped count only when no trial ran to
-    the end. Ties go to the earlier trial."""
-    for candidates in ([r for r in records if not r.get("stopped_early")], records):
+    """The record with the best validation `metric`; trials a scheduler stopped, then trials whose training was
+    flagged (diverged, exploded, collapsed), count only when nothing better is left. Ties go to the earlier
+    trial."""
+    healthy = [r for r in records if (r.get("health") or {}).get("ok", True)]
+    for candidates in ([r for r in healthy if not r.get("stopped_early")], healthy,
+                       [r for r in records if not r.get("stopped_early")], records):
         scored = [r for r in candidates if not math.isnan(metric_value(r, metric))]
         if scored:
             return max(sorted(scored, key=lambda r: r["tags"].get("trial", "")), key=lambda r: metric_value(r, metric))

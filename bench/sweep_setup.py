@@ -112,7 +112,9 @@ def define_sweep(request: Request, trials: int, search: str, scheduler: str, spa
     storage, name, plan = _common(request, "sweep", f"{method}-{request.dataset}-{_stamp()}")
     declared = declared_options(method, plan.dataset)
     pins = parse_assignments(request.assignments)
-    resolve(declared, pins)  # refuses unknown keys and ill-typed values before anything starts
+    if resolve(declared, pins).get("val_split") == "none":
+        raise BenchError("a sweep chooses on val, and val_split=none leaves no val split; sweep with "
+                         "val_split=carved, then train the chosen configuration with val_split=none")
     space = default_space(METHODS.get(method).hparams)
     embedded = is_embedded(request.dataset, request.backbone)
     if embedded:

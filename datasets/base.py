@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from bench.datasets.longtail import ValCarve
 from PIL import Image
 
 from bench.errors import BenchError
@@ -124,6 +125,8 @@ class LongTailDataset:
     split_files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how val was formed, anything assumed
     warnings: list[str] = field(default_factory=list)  # what a user should know before trusting the numbers
+    val_source: str = "official"  # official | folder (a val/ tree) | carved (from train) | none (full train set)
+    val_carve: ValCarve | None = None  # per class, what a carved val took and from where
     hflip_ok: bool = True  # False where a horizontal flip changes the class (digits)
 
     @property
@@ -149,7 +152,7 @@ class LongTailDataset:
         if len(untrained):
             raise BenchError(f"{self.name}: {self._classes(untrained)} {'has' if len(untrained) == 1 else 'have'} "
                              "no training image; every class needs one (check the train split or the class list)")
-        for split in (self.val, self.test):
+        for split in (self.test,) if self.val_source == "none" else (self.val, self.test):
             absent = np.flatnonzero(np.bincount(split.labels, minlength=self.num_classes) == 0)
             if len(absent):
                 self.warnings.append(f"{self.name} {split.name}: {self._classes(absent)} "
@@ -259,6 +262,7 @@ def escapes_root(relative: str) -> bool:
 
 def load_dataset(name: str, data_root: str | Path | None, options: Mapping[str, object]) -> LongTailDataset:
     spec = DATASETS.get(name)
+    options = {**{key: declared.default for key, declared in spec.options.items()}, **options}
     dataset = spec.build(resolve_data_root(spec, data_root), options)
     dataset.check_labels()
     return dataset

@@ -116,15 +116,16 @@ def long_tail(name: str, train: Split, test: Split, class_names: list[str], imba
     so train stays the published one (the head class, which keeps every image, gets no val images)."""
     counts = exponential_profile(int(np.bincount(train.labels).max()), len(class_names), imbalance_factor)
     chosen = select_long_tail(train.labels, counts, seed=0)
-    chosen, val_idx, how = carve_val(train.labels, chosen, val_per_class, seed=0, borrow=False)
+    carve = carve_val(train.labels, chosen, val_per_class, seed=0, borrow=False)
     return LongTailDataset(
         name=name, class_names=[c.replace("_", " ") for c in class_names],
-        train=train.subset(chosen, "train"), val=train.subset(val_idx, "val"), test=test,
+        train=train.subset(carve.train_idx, "train"), val=train.subset(carve.val_idx, "val"), test=test,
         split_files=split_files,
         notes=[source,
                (f"train: imbalance factor {imbalance_factor:g}, {counts[0]}…{counts[-1]} images per class, "
                 f"{sum(counts)} in all (standard LDAM-DRW selection, numpy seed 0)"),
-               how, f"test: the balanced CIFAR test split ({len(test)} images)"],
+               carve.summary(), f"test: the balanced CIFAR test split ({len(test)} images)"],
+        val_source="carved", val_carve=carve,
     )
 
 

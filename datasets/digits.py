@@ -62,15 +62,15 @@ def build_digits(root: Path | None, options: Mapping) -> LongTailDataset:
     factor = float(options["imbalance_factor"])
     counts = exponential_profile(n_max, 10, factor)
     train_local = select_long_tail(rest_labels, counts, seed=0)
-    train_local, val_local, how = carve_val(rest_labels, train_local, val_per_class, seed=0)
+    carve = carve_val(rest_labels, train_local, val_per_class, seed=0, borrow=False)
     split = Split("all", ArrayImages(pixels, "sklearn-digits"), labels)
     return LongTailDataset(
         name="digits_lt", class_names=[str(d) for d in range(10)],
-        train=split.subset(rest[train_local], "train"), val=split.subset(rest[val_local], "val"),
+        train=split.subset(rest[carve.train_idx], "train"), val=split.subset(rest[carve.val_idx], "val"),
         test=split.subset(test_idx, "test"),
         notes=[(f"scikit-learn's digits (1797 8×8 images): {test_per_class} per class held out first as a "
                 "balanced test split (seed 0)"),
                f"train: imbalance factor {factor:g}, {counts[0]}…{counts[-1]} images per class, {sum(counts)} in all",
-               how],
-        hflip_ok=False,
+               carve.summary()],
+        hflip_ok=False, val_source="carved", val_carve=carve,
     )

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 from bench.datasets.base import FileImages, LongTailDataset, Split, register_dataset
 from bench.datasets.files import read_image_folder
-from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
+from bench.datasets.longtail import (
+    NO_VAL_NOTE,
+    VAL_SPLIT_OPTION,
+    carve_val,
+    exponential_profile,
+    select_long_tail,
+)
 
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, HParam
@@ -20,8 +26,10 @@ from bench.hparams import AT_LEAST_ONE, HParam
     options={
         "imbalance_factor": HParam(1.0, help="1 keeps the tree as it is; > 1 applies the exponential profile",
                                    bounds=AT_LEAST_ONE),
-        "val_per_class": HParam(20, help="val images per class carved from train when there is no val/ folder",
-                                bounds=AT_LEAST_ONE),
+        "val_per_class": HParam(20, help="val images per class carved from train when there is no val/ folder: "
+                                "first from images the long tail leaves unused, then at most 10% of a class's "
+                                "training images and none from a class under 10", bounds=AT_LEAST_ONE),
+        "val_split": VAL_SPLIT_OPTION,
     },
 )
 def build_folder(root: Path | None, options: Mapping) -> LongTailDataset:
@@ -40,14 +48,20 @@ def build_folder(root: Path | None, options: Mapping) -> LongTailDataset:
         chosen = select_long_tail(train_y, counts, seed=0)
         notes.append(f"train long-tailed with imbalance factor {factor:g}: {counts[0]}…{counts[-1]} images per "
                      f"class, {sum(counts)} in all (LDAM-DRW selection, numpy seed 0)")
+    carve = None
     if (root / "val").is_dir():
         val_paths, val_y, _ = read_image_folder(root / "val", names)
         val = Split("val", FileImages(root, tuple(val_paths)), val_y)
+        source = "folder"
         notes.append("val: the val/ folder; never from test")
+    elif options["val_split"] == "none":
+        val, source = train.subset([], "val"), "none"
+        notes.append(NO_VAL_NOTE)
     else:
-        chosen, val_idx, how = carve_val(train_y, chosen, int(options["val_per_class"]), seed=0)
-        val = train.subset(val_idx, "val")
-        notes.append(how)
+        carve = carve_val(train_y, chosen, int(options["val_per_class"]), seed=0)
+        chosen, val, source = carve.train_idx, train.subset(carve.val_idx, "val"), "carved"
+        notes.append(carve.summary())
     notes.append("test: the test/ folder")
     return LongTailDataset(name="folder", class_names=names, train=train.subset(chosen, "train"), val=val,
-                           test=Split("test", FileImages(root, tuple(test_paths)), test_y), notes=notes)
+                           test=Split("test", FileImages(root, tuple(test_paths)), test_y), notes=notes,
+                           val_source=source, val_carve=carve)

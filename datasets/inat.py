@@ -19,7 +19,7 @@ from bench.datasets.base import (
     require_file,
 )
 from bench.datasets.files import as_listed, probed_split
-from bench.datasets.longtail import carve_val
+from bench.datasets.longtail import NO_VAL_NOTE, VAL_SPLIT_OPTION, carve_val
 
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, HParam
@@ -95,8 +95,9 @@ def category_names(path: Path) -> list[str]:
                          choices=("auto", "json", "txt")),
         "categories_file": HParam("categories.json", help="list of categories with real names, position = id "
                                   "(iNaturalist18_categories.json is also looked for)"),
-        "val_per_class": HParam(1, help=f"val images per class held out from train (classes keep ≥ {MIN_TRAIN})",
-                                bounds=AT_LEAST_ONE),
+        "val_per_class": HParam(1, help="val images per class carved from train (val_split=carved): at most 10% of "
+                                "a class's images, none from a class under 10", bounds=AT_LEAST_ONE),
+        "val_split": VAL_SPLIT_OPTION,
     },
 )
 def build_inat(root: Path, options: Mapping) -> LongTailDataset:
@@ -112,18 +113,19 @@ def build_inat(root: Path, options: Mapping) -> LongTailDataset:
     else:
         names = category_names(names_file)
         files.append(names_file)
-    per_class = int(options["val_per_class"])
-    keep, val_idx, _ = carve_val(train_labels, np.arange(len(train_labels)), per_class, seed=0, min_train=MIN_TRAIN)
-    short = int((np.bincount(train_labels[val_idx], minlength=len(names)) < per_class).sum())
-    notes.append(f"val: {per_class} image(s) per class held out from train at random (seed 0): {len(val_idx)} of "
-                 f"{len(train_labels)}, so train is that much smaller than the official one; classes keep at least "
-                 f"{MIN_TRAIN} training images"
-                 + (f", so {short} of {len(names)} classes have fewer than {per_class} val images" if short else "")
-                 + "; never from test")
     layout = [("as listed", as_listed)]
     train, _ = probed_split("train", root, train_paths, train_labels, layout, source=files[0])
     test, _ = probed_split("test", root, test_paths, test_labels, layout, source=files[1])
+    if options["val_split"] == "none":
+        notes.append(NO_VAL_NOTE)
+        return LongTailDataset(name="inat2018", class_names=names, train=train, val=train.subset([], "val"),
+                               test=test, split_files=files, notes=notes, val_source="none")
+    carve = carve_val(train_labels, np.arange(len(train_labels)), int(options["val_per_class"]), seed=0,
+                      min_train=MIN_TRAIN)
+    notes.append(carve.summary() + f"; train is {len(carve.val_idx)} images smaller than the official one (the "
+                 "published protocol trains on all of it: val_split=none)")
     return LongTailDataset(
-        name="inat2018", class_names=names, train=train.subset(np.sort(keep), "train"),
-        val=train.subset(np.sort(val_idx), "val"), test=test, split_files=files, notes=notes,
+        name="inat2018", class_names=names, train=train.subset(np.sort(carve.train_idx), "train"),
+        val=train.subset(np.sort(carve.val_idx), "val"), test=test, split_files=files, notes=notes,
+        val_source="carved", val_carve=carve,
     )

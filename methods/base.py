@@ -27,9 +27,12 @@ class Phase:
     name: str
     epochs: int
     parameters: list[nn.Parameter]
-    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-    batches: Callable[[int], Iterable[Any]]  # epoch → batches already on the device
-    loss: Callable[[Any], torch.Tensor]
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None
+    batches: Callable[[int], Iterable[Any]] | None = None  # epoch → batches already on the device
+    loss: Callable[[Any], torch.Tensor] | None = None
+    # A method that runs a whole epoch itself (a full-batch solver) gives `fit_epoch` (epoch → its loss) instead
+    # of make_optimizer / batches / loss; the engine still validates, selects, checkpoints and resumes.
+    fit_epoch: Callable[[int], float] | None = None
     warmup_epochs: int = 0
     steps_per_epoch: Callable[[], int] | None = None  # for progress bars
     on_start: Callable[[], None] | None = None  # runs when the phase is entered, fresh or resumed

@@ -3,7 +3,9 @@
 Phase 1 learns the representation: full fine-tuning with cross-entropy and instance-balanced batches
 (`repr_epochs=0` keeps the pretrained backbone as the representation). Phase 2 freezes it, computes its features
 once (evaluation transform), and trains on them with class-balanced sampling: cRT re-initialises and re-trains
-the linear classifier; LWS keeps the phase-1 classifier and learns one scale per class.
+the linear classifier, here as the linear probe does (standardised features, full-batch L-BFGS on the
+class-balanced objective, weight decay chosen on val: `bench.methods.linear_probe`); LWS keeps the phase-1
+classifier and learns one scale per class with minibatch SGD.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.methods.common import (
     predict_images,
     sampler_hparams,
 )
+from bench.methods.linear_probe import StandardizedLinear, probe_hparams, probe_phase, weight_decays
 from bench.methods.tuned import TunedClassifier
 from torch import nn
 
@@ -29,10 +32,8 @@ from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
 SPLITS = ("train", "val", "test")
 
 
-def decoupling_hparams(repr_epochs: int) -> dict[str, HParam]:
+def representation_hparams(repr_epochs: int) -> dict[str, HParam]:
     return {
-        **optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
-        **sampler_hparams("class_balanced"),
         "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone",
                               bounds=NON_NEGATIVE),
         "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)", bounds=POSITIVE),
@@ -81,6 +82,9 @@ class Decoupled(Method):
     def predicts_from_features(self) -> bool:
         return bool(self.features)
 
+    def classifier_phase(self) -> Phase:
+        raise NotImplementedError
+
     def phases(self) -> list[Phase]:
         ctx, hp = self.ctx, self.hp
         phases = []
@@ -94,18 +98,7 @@ class Decoupled(Method):
                 loss=lambda batch: nn.functional.cross_entropy(self.net(batch[0]), batch[1]),
                 warmup_epochs=1, steps_per_epoch=steps,
             ))
-        batches, steps = feature_batches(ctx, "classifier", hp["sampler"], lambda: self.features["train"],
-                                         ctx.dataset.train.labels)
-        phases.append(Phase(
-            name="classifier", epochs=hp["epochs"], parameters=self.classifier_parameters(),
-            make_optimizer=optimizer_factory(hp), batches=batches,
-            loss=lambda batch: nn.functional.cross_entropy(self.classifier(batch[0]), batch[1]),
-            warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps, on_start=self._freeze_representation,
-        ))
-        return phases
-
-    def classifier_parameters(self) -> list[nn.Parameter]:
-        return list(self.classifier.parameters())
+        return [*phases, self.classifier_phase()]
 
     @torch.no_grad()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,22 +113,39 @@ class Decoupled(Method):
 class ClassifierRetraining(Decoupled):
     description = "cRT: a new linear classifier trained with class-balanced sampling on frozen features of the " \
                   "pretrained backbone (repr_epochs > 0: of a fine-tuned one)"
-    hparams = decoupling_hparams(repr_epochs=0)
+    hparams = {**probe_hparams("class_balanced", "Kang et al. 2020 re-train the classifier on class-balanced "
+                               "samples; here to convergence"), **representation_hparams(repr_epochs=0)}
 
     def second_classifier(self) -> nn.Module:
-        return nn.Linear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
+        return StandardizedLinear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
+
+    def classifier_phase(self) -> Phase:
+        return probe_phase(self, "classifier", self.classifier, lambda: self.features["train"],
+                           on_start=self._freeze_representation)
+
+    def extra_record(self) -> dict:
+        return {"weight_decays": weight_decays(self.hp).tolist()}
 
 
 @register_method("lws")
 class LearnableWeightScaling(Decoupled):
     description = "LWS: representation and classifier by fine-tuning, then per-class logit scales learned " \
                   "with class-balanced sampling"
-    hparams = decoupling_hparams(repr_epochs=10)
+    hparams = {**optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
+               **sampler_hparams("class_balanced"), **representation_hparams(repr_epochs=10)}
 
     def second_classifier(self) -> nn.Module:
         if self.hp["repr_epochs"] == 0:
             raise BenchError("lws rescales a classifier learned in phase 1; set repr_epochs to 1 or more")
         return ScaledClassifier(self.net.head)
 
-    def classifier_parameters(self) -> list[nn.Parameter]:
-        return [self.classifier.scales]
+    def classifier_phase(self) -> Phase:
+        ctx, hp = self.ctx, self.hp
+        batches, steps = feature_batches(ctx, "classifier", hp["sampler"], lambda: self.features["train"],
+                                         ctx.dataset.train.labels)
+        return Phase(
+            name="classifier", epochs=hp["epochs"], parameters=[self.classifier.scales],
+            make_optimizer=optimizer_factory(hp), batches=batches,
+            loss=lambda batch: nn.functional.cross_entropy(self.classifier(batch[0]), batch[1]),
+            warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps, on_start=self._freeze_representation,
+        )

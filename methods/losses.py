@@ -123,6 +123,36 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
     return (w * per_sample).sum() / w.sum()
 
 
+def loss_terms(name: str, counts, hp: Mapping | None = None
+               ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Per-sample (w_{y_i} · ℓ_i, w_{y_i}) of loss `name`, whose value on a batch is Σ_i w_{y_i} ℓ_i /
+    Σ_i w_{y_i} (w = 1 except for cb and cb_focal): the form a full-batch solver needs to weight samples
+    (Σ_i s_i w ℓ / Σ_i s_i w) and to split the sum into chunks. Equals `make_loss(name)` when every s_i = 1."""
+    hp = dict(hp or {})
+
+    def value(key: str):
+        return hp.get(key, LOSS_HPARAMS[key].default)
+
+    if name not in LOSSES:
+        raise BenchError(f"unknown loss {name!r}; {nearest(name, list(LOSSES))}")
+    offset = None
+    if name in ("la", "bs"):
+        offset = _Cached(log_prior(counts) * (1.0 if name == "bs" else float(value("la_tau"))))
+    gamma = float(value("focal_gamma")) if name in ("focal", "cb_focal") else None
+    weights = _Cached(class_balanced_weights(counts, float(value("cb_beta")))) if name in ("cb", "cb_focal") \
+        else None
+
+    def terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if offset is not None:
+            logits = logits + offset.on(logits)
+        log_p = F.log_softmax(logits, dim=1).gather(1, labels.reshape(-1, 1)).reshape(-1)
+        per_sample = -log_p if gamma is None else -torch.pow(1.0 - log_p.exp(), gamma) * log_p
+        w = weights.on(logits)[labels] if weights is not None else torch.ones_like(per_sample)
+        return w * per_sample, w
+
+    return terms
+
+
 class _Cached:
     """Keeps one copy of a per-class tensor per (device, dtype), so a training step converts nothing."""
 

@@ -134,6 +134,22 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+def sampling_weights(name: str, labels) -> np.ndarray:
+    """How often each training image is drawn under sampler `name`, in closed form (float64, sums to 1): what a
+    full-batch solver weights each image's loss by. Instance-balanced: 1/N each; square-root: a class's share
+    ∝ √n_c; class-balanced and class-aware: 1/C per class; within a class, images are equally likely."""
+    if name not in SAMPLERS:
+        raise BenchError(f"unknown sampler {name!r}; {nearest(name, list(SAMPLERS))}")
+    labels = _labels(labels)
+    counts = np.bincount(labels).astype(np.float64)
+    present = counts > 0
+    share = {"instance_balanced": counts, "square_root": np.sqrt(counts)}.get(name, present.astype(np.float64))
+    share = share / share.sum()
+    per_image = np.zeros_like(counts)
+    per_image[present] = share[present] / counts[present]
+    return per_image[labels]
+
+
 def epoch_indices(name: str, labels, epoch_seed, num_samples: int | None = None,
                   per_class: int = 4) -> np.ndarray:
     """The index list of one epoch for sampler `name`, from `epoch_seed` (an int or a numpy Generator)."""

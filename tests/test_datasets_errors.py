@@ -244,7 +244,7 @@ def test_a_class_without_test_images_is_a_warning_the_record_keeps(tmp_path):
             write_image(tmp_path / f"data/test/{cls}/0.png")
     result = CliRunner().invoke(app, ["run", "--method", "linear_probe", "--dataset", "folder", "--data-root",
                                       str(tmp_path / "data"), "--backbone", "vit_micro", "--random-init",
-                                      "--set", "val_per_class=1", "--set", "image_size=16", "--set", "epochs=1",
+                                      "--set", "val_per_class=1", "--set", "image_size=16", "--set", "wd_steps=1",
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "warning: folder test: class 2 ('c') has no test image" in " ".join(result.output.split())

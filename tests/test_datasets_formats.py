@@ -78,7 +78,7 @@ def test_places_lt_without_images_names_the_expected_file(tmp_path):
 
 # ---------------------------------------------------------------- iNaturalist 2018
 
-INAT_COUNTS = {0: 5, 1: 3, 2: 2}  # category 2 has iNat's minimum of 2 training images
+INAT_COUNTS = {0: 12, 1: 3, 2: 2}  # category 2 has iNat's minimum of 2 training images
 INAT_OPTIONS = {"format": "auto", "categories_file": "categories.json", "val_per_class": 1}
 
 
@@ -118,12 +118,13 @@ def test_inat_json_join_and_txt_variant_agree(tmp_path, fmt):
     for split in (dataset.train, dataset.val, dataset.test):
         for i in range(len(split)):  # label = category_id, the folder the image lies in
             assert int(split.images.describe(i).split("/")[2]) == split.labels[i]
-    # one val image per class, except the class with 2 images, which keeps both to train on
-    assert dataset.train_counts.tolist() == [4, 2, 2]
-    assert sorted(dataset.val.labels.tolist()) == [0, 1]
+    # val takes at most 10% of a class and nothing from a class under 10 images: one image, from class 0
+    assert dataset.train_counts.tolist() == [11, 3, 2]
+    assert dataset.val.labels.tolist() == [0]
+    assert dataset.val_carve.from_train.tolist() == [1, 0, 0] and dataset.val_source == "carved"
     assert sorted(dataset.test.labels.tolist()) == [0, 1, 2]
     assert dataset.test.images.describe(0).endswith("/val0.jpg") and dataset.test.images.load(0).size == (8, 8)
-    assert any("1 of 3 classes have fewer than 1 val image" in note for note in dataset.notes)
+    assert any("2 of 3 classes have fewer than 1 val images" in note for note in dataset.notes)
     assert dataset.split_files[-1] == tmp_path / "categories.json"
     assert_splits_disjoint(dataset)
 
@@ -133,7 +134,7 @@ def test_inat_auto_format_prefers_json(tmp_path, json_files):
     make_inat(tmp_path, json_files=json_files, txt_files=not json_files)
     dataset = load_dataset("inat", tmp_path, INAT_OPTIONS)
     assert dataset.split_files[0].name == ("train2018.json" if json_files else "iNaturalist18_train.txt")
-    assert len(dataset.train) + len(dataset.val) == 10
+    assert len(dataset.train) + len(dataset.val) == sum(INAT_COUNTS.values())
 
 
 def test_inat_names_from_the_shipped_categories_file_or_the_annotations(tmp_path):
@@ -260,9 +261,32 @@ def test_folder_long_tails_and_carves_val_from_train(tmp_path):
     make_tree(tmp_path, {"cat": 12, "dog": 12, "emu": 12})
     dataset = load_dataset("folder", tmp_path, {"imbalance_factor": 4.0, "val_per_class": 2})
     assert dataset.class_names == ["cat", "dog", "emu"]
-    assert dataset.train_counts.tolist() == [10, 6, 3]  # 12, 6, 3 selected; cat had no unused images left
-    assert np.bincount(dataset.val.labels).tolist() == [2, 2, 2] and len(dataset.test) == 6
+    # 12, 6, 3 selected; cat has no unused image left and gives 10% of its 12 (one) to val
+    assert dataset.train_counts.tolist() == [11, 6, 3]
+    assert np.bincount(dataset.val.labels).tolist() == [1, 2, 2] and len(dataset.test) == 6
+    assert dataset.val_carve.from_unused.tolist() == [0, 2, 2] and dataset.val_carve.from_train.tolist() == [1, 0, 0]
     assert_splits_disjoint(dataset)
+
+
+def test_a_carved_val_never_robs_the_tail(tmp_path):
+    """The issue's long-tailed tree (no val/ folder, val_per_class 20): a class keeps at least 90 % of its
+    images, and a class under 10 images keeps them all."""
+    counts = {"a": 500, "b": 100, "c": 23, "d": 15, "e": 10, "f": 9, "g": 1}
+    make_tree(tmp_path, counts, test=1)
+    dataset = load_dataset("folder", tmp_path, {"imbalance_factor": 1.0, "val_per_class": 20})
+    assert dataset.train_counts.tolist() == [480, 90, 21, 14, 9, 9, 1]
+    assert dataset.val_carve.from_train.tolist() == [20, 10, 2, 1, 1, 0, 0]
+    assert dataset.val_carve.from_unused.tolist() == [0] * 7
+    assert any("at most 10% of a class, none from a class under 10 images" in note for note in dataset.notes)
+    assert_splits_disjoint(dataset)
+
+
+def test_folder_without_val_can_train_on_the_full_train_set(tmp_path):
+    make_tree(tmp_path, {"a": 12, "b": 4}, test=1)
+    dataset = load_dataset("folder", tmp_path, {"val_split": "none"})
+    assert dataset.train_counts.tolist() == [12, 4] and len(dataset.val) == 0 and dataset.val_source == "none"
+    assert any("val_split=none" in note for note in dataset.notes)
+    assert not dataset.warnings
 
 
 def test_folder_keeps_the_tree_and_its_val_folder(tmp_path):

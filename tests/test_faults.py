@@ -27,9 +27,13 @@ FAST = {"epochs": "2", "image_size": "16", "batch_size": "64"}
 CLI_FAST = [f"--set={key}={value}" for key, value in FAST.items()]
 
 
+PROBE = {"image_size": "16", "wd_steps": "3"}
+
+
 def fast_spec(out, method="finetune", **overrides):
+    settings = PROBE if method == "linear_probe" else FAST
     return runner.RunSpec(method=method, dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
-                          out=str(out), overrides={**FAST, **overrides})
+                          out=str(out), overrides={**settings, **overrides})
 
 
 def invoke(*args: str):
@@ -65,7 +69,7 @@ def mounted_tmpfs(folder: Path, size: str, read_only: bool = False):
 
 def test_read_only_results_root_is_one_line_before_anything_runs(tmp_path):
     with mounted_tmpfs(tmp_path / "ro", "1m", read_only=True) as out:
-        result = invoke("run", "--method", "linear_probe", "--out", str(out), *CLI_FAST)
+        result = invoke("run", "--method", "finetune", "--out", str(out), *CLI_FAST)
     assert result.exit_code == 2
     line = one_line(result.output)
     assert f"cannot write to the results root {out}" in line and "Read-only file system" in line
@@ -74,7 +78,7 @@ def test_read_only_results_root_is_one_line_before_anything_runs(tmp_path):
 
 def test_results_root_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
-    result = invoke("run", "--method", "linear_probe", "--out", str(tmp_path / "file" / "results"), *CLI_FAST)
+    result = invoke("run", "--method", "finetune", "--out", str(tmp_path / "file" / "results"), *CLI_FAST)
     assert result.exit_code == 2
     assert "cannot write to the results root" in one_line(result.output)
 

@@ -169,6 +169,20 @@ def test_best_on_val_ties_prefer_more_seeds_then_the_earliest_run():
     assert best_on_val([late, early]) is early
 
 
+def test_a_flagged_configuration_is_marked_and_never_preferred_to_a_healthy_one():
+    flags = {"ok": False, "flags": ["collapsed: 100% of val predictions are class 0 ('a')"]}
+    collapsed = [record("c0", "vpt_deep", "d", 0, 90.0, (12.0,), {"lr": 1.0}, health=flags)]
+    healthy = [record("h0", "vpt_deep", "d", 0, 60.0, (58.0,), health={"ok": True, "flags": []})]
+    assert best_on_val(group_configurations(collapsed + healthy)).records[0]["run_id"] == "h0"
+    assert best_on_val(group_configurations(collapsed)).records[0]["run_id"] == "c0"  # the only one: shown
+    report = build_report(collapsed, ["vpt_deep"], "results")
+    files, _ = render_report(report, ["md"], None)
+    markdown = files["leaderboard.md"].decode() if isinstance(files["leaderboard.md"], bytes) \
+        else files["leaderboard.md"]
+    assert "| vpt_deep⚠ |" in markdown
+    assert "⚠ vpt_deep: training flagged in 1 of 1 seed(s) (collapsed: 100% of val predictions" in markdown
+
+
 def test_configurations_differ_in_everything_but_the_seed():
     runs = [record("a", "lpt", "d", 0), record("b", "lpt", "d", 1),
             record("c", "lpt", "d", 0, pretrained=False), record("e", "lpt", "d", 0, hparams={"lr": 0.5}),

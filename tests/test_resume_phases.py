@@ -29,7 +29,7 @@ MULTI_PHASE = {
     "lptpp": ({**LPT, "adapter_epochs": "2", "scorer_epochs": "2", "vl_backbone": "clip_micro", "templates": "single",
                "adapter_bottleneck": "8", "scorer_hidden": "16"},
               [("lptpp_shared", 2), ("lptpp_group", 2), ("lptpp_adapters", 2), ("lptpp_scorer", 2)]),
-    "crt": ({**BASE, "repr_epochs": "2", "repr_batch_size": "64", "epochs": "3", "lr": "0.01"},
+    "crt": ({"image_size": "16", "repr_epochs": "2", "repr_batch_size": "64", "wd_steps": "3"},
             [("representation", 2), ("classifier", 3)]),
     "lws": ({**BASE, "repr_epochs": "2", "repr_batch_size": "64", "epochs": "3", "lr": "0.01"},
             [("representation", 2), ("classifier", 3)]),
@@ -69,9 +69,18 @@ def interrupt_at(monkeypatch):
                 yield batch
         return generate
 
+    def interrupted_fit(fit, after: int):
+        def run(epoch: int) -> float:
+            if after:  # a fit that ran but was killed before its checkpoint
+                fit(epoch)
+            raise KeyboardInterrupt
+        return run
+
     def train_epoch(self, phase, index, epoch, *args):
         if pending and pending[0][:2] == (index, epoch):
-            phase = dataclasses.replace(phase, batches=interrupting(phase.batches, pending.pop(0)[2]))
+            after = pending.pop(0)[2]
+            phase = dataclasses.replace(phase, batches=interrupting(phase.batches, after)) if phase.fit_epoch is None \
+                else dataclasses.replace(phase, fit_epoch=interrupted_fit(phase.fit_epoch, after))
         return original(self, phase, index, epoch, *args)
 
     monkeypatch.setattr(Engine, "_train_epoch", train_epoch)

@@ -60,10 +60,13 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
 
 
 def test_linear_probe_caches_features(tmp_path):
-    first = runner.execute(fast_spec(tmp_path, method="linear_probe", epochs="3"))
+    probe = {"image_size": "16", "wd_steps": "3"}
+    first = runner.execute(runner.RunSpec(method="linear_probe", dataset="digits_lt", backbone="vit_micro",
+                                          allow_random_init=True, out=str(tmp_path), overrides=probe))
     cached = list((tmp_path / "cache" / "features").glob("*.pt"))
     assert len(cached) == 3  # train, val, test
-    second = runner.execute(fast_spec(tmp_path, method="linear_probe", epochs="3"))
+    second = runner.execute(runner.RunSpec(method="linear_probe", dataset="digits_lt", backbone="vit_micro",
+                                           allow_random_init=True, out=str(tmp_path), overrides=probe))
     assert "from cache" in (second.run_dir / "log.txt").read_text()
     assert second.record["test"] == first.record["test"]
     assert first.record["trainable_params"] == 64 * 10 + 10
@@ -165,3 +168,28 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     record = ResultsStore(tmp_path / "killed").get(run_dir.name)
     assert record["test"] == full.record["test"]
     assert "resuming at phase" in (run_dir / "log.txt").read_text()
+
+
+def test_a_diverging_run_is_recorded_with_a_health_flag(tmp_path):
+    """A huge learning rate makes the loss non-finite: training stops, the run is evaluated with its last
+    finished epoch and recorded with the flag (and its val predictions collapse onto one class)."""
+    result = runner.execute(fast_spec(tmp_path, epochs="4", lr="1e12", optimizer="sgd", warmup_epochs="0"))
+    health = result.record["health"]
+    assert health["ok"] is False
+    assert any(flag.startswith("diverged: loss became") for flag in health["flags"]), health
+    assert any("training health" in note for note in result.record["notes"])
+    assert "training health" in (result.run_dir / "log.txt").read_text()
+
+
+def test_collapsed_val_predictions_are_flagged():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    dataset = SimpleNamespace(num_classes=4, class_names=["a", "b", "c", "d"])
+    collapsed = np.zeros((40, 4))
+    collapsed[:, 2] = 1.0
+    collapsed[0] = [1, 0, 0, 0]
+    assert runner.collapse_flags(collapsed, dataset) == ["collapsed: 98% of val predictions are class 2 ('c')"]
+    assert runner.collapse_flags(np.eye(4)[np.arange(40) % 4], dataset) == []
+    assert runner.collapse_flags(np.zeros((0, 4)), dataset) == []

@@ -24,7 +24,7 @@ PINS = ["epochs=3", "loss=ce"]  # a short probe
 
 
 def request(tmp_path, executor="local", **changes) -> Request:
-    fields = {"method": "linear_probe", "dataset": "digits_lt", "assignments": list(PINS), "out": str(tmp_path),
+    fields = {"method": "clip_probe", "dataset": "digits_lt", "assignments": list(PINS), "out": str(tmp_path),
               "executor": executor, "cpus_per_trial": 1, **changes}
     return Request(**fields)
 
@@ -225,7 +225,7 @@ def test_local_and_ray_executors_give_the_same_metrics(tmp_path, ray_session):
 @pytest.mark.slow
 def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     pytest.importorskip("ray")
-    command = [sys.executable, "-c", "from bench.cli import app; app()", "sweep", "--method", "linear_probe",
+    command = [sys.executable, "-c", "from bench.cli import app; app()", "sweep", "--method", "clip_probe",
                "--trials", "4", "--cpus-per-trial", "1",  # the defaults: Optuna + ASHA on Ray
                "--set", "epochs=20", "--set", "loss=ce", "--out", str(tmp_path), "--name", "cut"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -246,4 +246,4 @@ def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     assert len(list((tmp_path / "records").glob("cut-*.json"))) == 4
     for record in records_after:  # ASHA's stops are evaluated; a trial the interrupt cut short ran to the end
         assert record["epochs_trained"] == 20 or record["stopped_early"]["reason"] == "asha"
-    assert "re-run it: bench run --method linear_probe" in resumed.stdout
+    assert "re-run it: bench run --method clip_probe" in resumed.stdout

@@ -51,6 +51,9 @@ class Configuration:
         self.pretrained: bool = first.get("pretrained", True) is not False and all(
             expert.get("pretrained", True) is not False for expert in first.get("experts") or [])
         self.shot_convention: str = first.get("shot_convention") or "standard"
+        # training-health flags of any seed (diverged, exploded, collapsed): the row is marked, never preferred
+        self.health_flags: list[str] = [flag for record in self.records
+                                        for flag in (record.get("health") or {}).get("flags", [])]
         self.image_size = (first.get("hparams") or {}).get("image_size")  # 0: the backbone's native size
 
     @property
@@ -80,10 +83,12 @@ def group_configurations(records: Iterable[dict]) -> list[Configuration]:
 
 
 def best_on_val(configurations: Sequence[Configuration], metric: str = "overall") -> Configuration:
-    """The configuration with the best mean val `metric` (never test); ties: more seeds, then earliest run."""
+    """The configuration with the best mean val `metric` (never test) among those whose training was not flagged
+    (a flagged one only when every one is); ties: more seeds, then earliest run."""
     def rank(configuration: Configuration) -> tuple:
         val = configuration.metric("val", metric)
-        return (val is None, -val.mean if val else 0.0, -configuration.seeds, configuration.earliest)
+        return (bool(configuration.health_flags), val is None, -val.mean if val else 0.0, -configuration.seeds,
+                configuration.earliest)
 
     return min(configurations, key=rank)
 

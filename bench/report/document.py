@@ -97,6 +97,7 @@ def leaderboard_block(section: DatasetReport) -> Block:
                      fmt.milliseconds(_mean(configuration.field("test_ms_per_image")))])
     configurations = [row.configuration for row in section.leaderboard]
     notes = [RANDOM_INIT_NOTE] if any(not c.pretrained for c in configurations) else []
+    notes += health_notes(configurations)
     if any(c.shot_convention == "lpt" for c in configurations):
         notes.append(LPT_SHOTS_NOTE)
     if section.stopped_excluded:
@@ -106,6 +107,19 @@ def leaderboard_block(section: DatasetReport) -> Block:
     numeric = [False, False, *[True] * 9, False, True]
     return Block("Leaderboard", 3, "leaderboard", section.dataset, grid=Grid(header, rows, numeric),
                  notes=notes)
+
+
+def health_notes(configurations: list[Configuration]) -> list[str]:
+    """One footnote per flagged row: which method, in how many seeds, and what its training showed."""
+    notes = []
+    for configuration in configurations:
+        if not configuration.health_flags:
+            continue
+        flagged = sum(bool((record.get("health") or {}).get("flags")) for record in configuration.records)
+        notes.append(f"{fmt.HEALTH_MARK} {configuration.method}: training flagged in {flagged} of "
+                     f"{configuration.seeds} seed(s) ({'; '.join(dict.fromkeys(configuration.health_flags))}); "
+                     "not the method's result")
+    return notes
 
 
 def published_block(section: DatasetReport) -> Block:
@@ -121,13 +135,15 @@ def ablation_block(dataset: str, ablation: Ablation) -> Block:
     rows = []
     for row in ablation.rows:
         delta = "reference" if row.variant == ablation.base_method else fmt.signed(row.delta_overall)
-        rows.append([fmt.method_label(row.variant, row.configuration.pretrained),
+        rows.append([fmt.method_label(row.variant, row.configuration.pretrained,
+                                      bool(row.configuration.health_flags)),
                      *_metric_cells(row.configuration), str(row.configuration.seeds), delta])
     notes = [f"Δ overall: the variant's test overall minus the full method's ({ablation.base_method})."]
     if all(row.variant != ablation.base_method for row in ablation.rows):
         notes.append(f"The full method {ablation.base_method} has no finished run in this ablation.")
     if any(not row.configuration.pretrained for row in ablation.rows):
         notes.append(RANDOM_INIT_NOTE)
+    notes += health_notes([row.configuration for row in ablation.rows])
     return Block(f"Ablation: {ablation.name}", 3, "ablation", dataset,
                  grid=Grid(["variant", *METRICS, "n", "Δ overall"], rows, [False] + [True] * 6), notes=notes)
 

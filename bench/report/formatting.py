@@ -10,6 +10,7 @@ from bench.report.aggregate import Stat
 UNDEFINED = "–"
 MINUS = "−"
 RANDOM_INIT_MARK = "†"
+HEALTH_MARK = "⚠"
 
 
 def accuracy(value: float | None) -> str:
@@ -84,6 +85,6 @@ def setting(value: Any) -> str:
     return str(value)
 
 
-def method_label(method: str, pretrained: bool) -> str:
-    """The method's name, marked when its backbone was not pretrained."""
-    return method if pretrained else f"{method}{RANDOM_INIT_MARK}"
+def method_label(method: str, pretrained: bool, flagged: bool = False) -> str:
+    """The method's name, marked when its backbone was not pretrained and when its training was flagged."""
+    return method + ("" if pretrained else RANDOM_INIT_MARK) + (HEALTH_MARK if flagged else "")

@@ -43,7 +43,8 @@ def make_plots(report: Report, results_root: Path | None) -> Plots:
 
 
 def row_label(row: LeaderboardRow) -> str:
-    return method_label(row.configuration.method, row.configuration.pretrained)
+    return method_label(row.configuration.method, row.configuration.pretrained,
+                        bool(row.configuration.health_flags))
 
 
 def _dataset_plots(section: DatasetReport, results_root: Path | None, plots: Plots) -> None:

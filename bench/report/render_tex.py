@@ -8,7 +8,7 @@ from bench.report.document import Block, Grid
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "±": r"$\pm$", "−": r"$-$", "–": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$",
+            "±": r"$\pm$", "−": r"$-$", "–": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "⚠": r"\textsuperscript{!}", "×": r"$\times$",
             "≈": r"$\approx$", "≤": r"$\leq$", "Δ": r"$\Delta$", "`": ""}
 _PATTERN = re.compile("|".join(re.escape(character) for character in _SPECIAL))
 
