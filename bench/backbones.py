@@ -119,12 +119,14 @@ class TokenBackbone(nn.Module):
             self.embed_dim = model.embed_dim
             self.feature_dim = getattr(model, "num_features", model.embed_dim)
             self.image_size = int(model.patch_embed.img_size[0])
+            self.patch_size = int(model.patch_embed.patch_size[0])
             self.num_prefix_tokens = model.num_prefix_tokens
         else:
             self.embed_dim = model.transformer.width
             self.feature_dim = model.proj.shape[1] if model.proj is not None else self.embed_dim
             size = model.image_size
             self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+            self.patch_size = int(model.conv1.kernel_size[0])
             self.num_prefix_tokens = 1
         self.num_blocks = len(self.blocks)
 

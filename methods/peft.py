@@ -14,6 +14,7 @@ mutation of a backbone is `requires_grad_(False)` (PromptedBackbone, `freeze=Tru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PROMPT_INIT_STD = 0.02  # trunc-normal std of VPT / LPT prompts
+PROMPT_INIT_STD = 0.02  # trunc-normal std of LPT's prompts (official LPT code)
+PROMPT_INITS = ("trunc_normal", "xavier_uniform")
 
 ExtraTokens = Callable[[int], "torch.Tensor | None"]
 
@@ -40,7 +42,11 @@ class PromptedBackbone(nn.Module):
     - ``deep=False`` (VPT-shallow): ``prompts`` is [length, D], appended once before block 0 and carried
       through all blocks (their outputs feed the next block); dropped before pooling.
 
-    Initialisation: trunc-normal, std 0.02. ``length=0`` gives exactly the plain backbone.
+    Initialisation: ``trunc_normal`` (std 0.02, LPT's) or ``xavier_uniform`` (VPT's: uniform in ±√(6 / (3·p² + D)),
+    p the patch size). ``length=0`` gives exactly the plain backbone. Where the prompts sit in the sequence does
+    not change any output (attention is permutation-equivariant, prompts carry no position embedding, and their
+    outputs are dropped before pooling): VPT's [CLS, prompts, patches] equals this [CLS, patches, prompts]
+    (tests/test_peft.py).
     With ``freeze=True`` (default) the backbone's parameters get ``requires_grad=False``; their values are
     never changed. The backbone's train/eval mode is whatever the caller sets.
 
@@ -48,7 +54,8 @@ class PromptedBackbone(nn.Module):
     e.g. ``pool(forward_tokens(embed(x), 0, n, extra))`` where ``extra(i)`` returns the tokens for block i.
     """
 
-    def __init__(self, backbone: nn.Module, length: int = 10, deep: bool = True, freeze: bool = True):
+    def __init__(self, backbone: nn.Module, length: int = 10, deep: bool = True, freeze: bool = True,
+                 init: str = "trunc_normal"):
         super().__init__()
         if length < 0:
             raise ValueError(f"prompt length must be >= 0, got {length}")
@@ -58,7 +65,13 @@ class PromptedBackbone(nn.Module):
             backbone.requires_grad_(False)
         shape = (backbone.num_blocks, length, backbone.embed_dim) if deep else (length, backbone.embed_dim)
         self.prompts = nn.Parameter(torch.empty(shape))
-        nn.init.trunc_normal_(self.prompts, std=PROMPT_INIT_STD)
+        if init == "xavier_uniform":
+            bound = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + backbone.embed_dim))
+            nn.init.uniform_(self.prompts, -bound, bound)
+        elif init == "trunc_normal":
+            nn.init.trunc_normal_(self.prompts, std=PROMPT_INIT_STD)
+        else:
+            raise ValueError(f"prompt init must be one of {PROMPT_INITS}, got {init!r}")
 
     # -- pieces -----------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ classifier initialised from class-name text embeddings)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import (
@@ -17,7 +19,7 @@ from bench.methods.losses import loss_hparams, make_loss
 from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
 from torch import nn
 
-from bench.hparams import AT_LEAST_ONE, POSITIVE, Choice, HParam
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam
 
 HEADS = ("linear", "cosine")
 
@@ -45,9 +47,23 @@ def head_hparams(head: str, head_init: str = "auto", cosine_scale: float = 30.0)
     }
 
 
+VPT_BASE_LRS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0)  # VPT's tune_fgvc.py prompt grid (per 256)
+VPT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)  # VPT's tune_fgvc.py grid
 PROMPT_HPARAMS = {
     "prompt_length": HParam(10, Choice((5, 10, 20, 50)), "VPT: prompt tokens per block (deep) or in total",
                             bounds=AT_LEAST_ONE),
+    # The VPT reference (KMnP/vpt): configs/base-prompt.yaml (SGD, momentum 0.9, batch 128, cosine, 100 epochs
+    # with 10 of warm-up), configs/prompt/cub.yaml (base lr 0.1, weight decay 0.01), tune_fgvc.py (lr = base lr
+    # × batch / 256, both searched on val over the grids above).
+    "lr": HParam(0.1, Choice(VPT_BASE_LRS), "VPT: base learning rate per 256 images, scaled by batch_size/256 "
+                 "(KMnP/vpt tune_fgvc.py; 0.1 as its CUB config; searched on val over its grid)", bounds=POSITIVE),
+    "weight_decay": HParam(0.01, Choice(VPT_WEIGHT_DECAYS), "VPT: weight decay on prompts and head weight, not "
+                           "the head bias (KMnP/vpt; 0.01 as its CUB config)", bounds=NON_NEGATIVE),
+    "epochs": HParam(100, help="VPT: training epochs (KMnP/vpt configs/base-prompt.yaml)", bounds=NON_NEGATIVE),
+    "warmup_epochs": HParam(10, help="VPT: linear warm-up epochs (KMnP/vpt configs/base-prompt.yaml)",
+                            bounds=NON_NEGATIVE),
+    "batch_size": HParam(128, Choice((32, 64, 128, 256)), "VPT: batch size (KMnP/vpt configs/base-prompt.yaml)",
+                         bounds=AT_LEAST_ONE),
 }
 ADAPTER_HPARAMS = {
     "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r",
@@ -60,8 +76,25 @@ TUNING_HPARAMS = {"vpt_shallow": PROMPT_HPARAMS, "vpt_deep": PROMPT_HPARAMS, "ad
 
 def recipe_hparams(tuning: str, *, loss: str = "ce", head: str = "linear", sampler: str = "instance_balanced",
                    **optimizer) -> dict[str, HParam]:
+    """A recipe's declarations; a tuning's own entries (VPT's optimiser, from its reference) replace the
+    generic optimiser ones."""
     return {**optimizer_hparams(**optimizer), **loss_hparams(loss), **sampler_hparams(sampler),
             **head_hparams(head), **TUNING_HPARAMS.get(tuning, {})}
+
+
+def vpt_optimizer(hp: dict, head: nn.Module) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
+    """VPT's optimiser: SGD (momentum 0.9) at base lr × batch/256; the head's bias is not weight-decayed."""
+    lr = hp["lr"] * hp["batch_size"] / 256
+    bias = getattr(head, "bias", None)
+
+    def make(parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        decayed = [p for p in parameters if p is not bias]
+        groups = [{"params": decayed, "weight_decay": hp["weight_decay"]}]
+        if bias is not None and any(p is bias for p in parameters):
+            groups.append({"params": [bias], "weight_decay": 0.0})
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+
+    return make
 
 
 def build_head(method: Method, feature_dim: int) -> tuple[nn.Module, float]:
@@ -89,7 +122,8 @@ class TunedMethod(Method):
         backbone = ctx.backbone
         extra: list[nn.Module] = []
         if self.tuning.startswith("vpt"):
-            features = PromptedBackbone(backbone, length=hp["prompt_length"], deep=self.tuning == "vpt_deep")
+            features = PromptedBackbone(backbone, length=hp["prompt_length"], deep=self.tuning == "vpt_deep",
+                                        init="xavier_uniform")
             trainable = features.prompt_parameters()
         elif self.tuning == "adaptformer":
             extra = add_adapters(backbone, bottleneck=hp["adapter_bottleneck"], scale=hp["adapter_scale"],
@@ -100,6 +134,8 @@ class TunedMethod(Method):
         else:
             features, trainable = backbone, list(backbone.parameters())
         head, scale = build_head(self, backbone.feature_dim)
+        if self.tuning.startswith("vpt") and isinstance(head, nn.Linear):  # VPT's head init (KMnP/vpt mlp.py)
+            nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
         self.net = TunedClassifier(features, head, extra, scale).to(ctx.device)
         self.trainable = trainable + list(head.parameters())
         self.loss = make_loss(hp["loss"], ctx.dataset.train_counts, hp)
@@ -109,9 +145,11 @@ class TunedMethod(Method):
 
     def phases(self) -> list[Phase]:
         batches, steps = image_batches(self.ctx, self.tuning, self.hp["sampler"])
+        make_optimizer = vpt_optimizer(self.hp, self.net.head) if self.tuning.startswith("vpt") \
+            else optimizer_factory(self.hp)
         return [Phase(
             name=self.tuning, epochs=self.hp["epochs"], parameters=self.trainable,
-            make_optimizer=optimizer_factory(self.hp), batches=batches,
+            make_optimizer=make_optimizer, batches=batches,
             loss=lambda batch: self.loss(self.net(batch[0]), batch[1]),
             warmup_epochs=self.hp["warmup_epochs"], steps_per_epoch=steps,
         )]
@@ -137,9 +175,9 @@ _tuned("la", "full", "full fine-tuning with the logit-adjusted loss (Menon et al
        **FULL_OPTIMIZER)
 _tuned("bs", "full", "full fine-tuning with the balanced softmax loss (Ren et al. 2020)", loss="bs",
        **FULL_OPTIMIZER)
-_tuned("vpt_shallow", "vpt_shallow", "frozen ViT + prompt tokens at the input (VPT-shallow) + linear head",
-       **PEFT_OPTIMIZER)
-_tuned("vpt_deep", "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-deep) + linear head",
+_tuned("vpt_shallow", "vpt_shallow", "frozen ViT + prompt tokens at the input (VPT-shallow) + linear head; "
+       "VPT's recipe", **PEFT_OPTIMIZER)
+_tuned("vpt_deep", "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-deep) + linear head; VPT's recipe",
        **PEFT_OPTIMIZER)
 _tuned("adaptformer", "adaptformer", "frozen ViT + parallel bottleneck adapters on every MLP + linear head",
        **PEFT_OPTIMIZER)

@@ -60,6 +60,48 @@ def sgd_steps(forward, params: list[nn.Parameter], steps: int = 1, classes: int 
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_vpt_placement_between_cls_and_patches_gives_the_same_features(name):
+    """VPT inserts its prompts between CLS and the patches; this code appends them after the patches. With no
+    position embedding on prompts and their outputs dropped, the pooled features are the same."""
+    model = PromptedBackbone(make(name), length=4, deep=True, init="xavier_uniform")
+    backbone = model.backbone
+    with torch.no_grad():
+        appended = model(images())
+        tokens = backbone.embed(images())
+        count = tokens.shape[1]
+        for index in range(backbone.num_blocks):  # VPT's own order: [CLS, prompts_i, patches]
+            prompts = model.prompts[index].unsqueeze(0).expand(tokens.shape[0], -1, -1)
+            out = backbone.run_block(index, torch.cat([tokens[:, :1], prompts, tokens[:, 1:]], dim=1))
+            tokens = torch.cat([out[:, :1], out[:, 1 + model.length:]], dim=1)
+        assert tokens.shape[1] == count
+        inserted = backbone.pool(tokens)
+    torch.testing.assert_close(appended, inserted, rtol=1e-5, atol=1e-5)
+
+
+def test_vpt_recipe_follows_its_reference(tmp_path):
+    """xavier-uniform prompts in ±√(6/(3·p²+D)), a kaiming fan-out head, SGD at base lr × batch/256 with no
+    decay on the head bias."""
+    import math
+
+    from bench.methods.tuned import VPT_BASE_LRS
+    from test_baselines import make_method
+
+    method, ctx = make_method(tmp_path, "vpt_deep", batch_size="64", epochs="1", lr="0.5", weight_decay="0.001")
+    backbone = ctx.backbone
+    bound = math.sqrt(6 / (3 * backbone.patch_size ** 2 + backbone.embed_dim))
+    prompts = method.net.features.prompts
+    assert prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
+    head = method.net.head
+    assert abs(head.weight.std().item() - math.sqrt(2 / head.out_features)) < 0.1 * math.sqrt(2 / head.out_features)
+    phase = method.phases()[0]
+    optimizer = phase.make_optimizer(phase.parameters)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.5 * 64 / 256] * 2
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.001, 0.0]
+    assert optimizer.param_groups[1]["params"] == [head.bias]
+    assert 0.1 in VPT_BASE_LRS and 50.0 in VPT_BASE_LRS
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_vpt_shapes_and_prompts_matter(name):
     backbone = make(name)
     x = images()
