@@ -139,6 +139,10 @@ class Engine:
                 phases[-1].on_start()  # resumed after the last epoch: the final phase's state is needed to predict
             for index in range(state.phase, len(phases)):
                 phase = phases[index]
+                if 0 < phase.epochs <= phase.warmup_epochs:
+                    raise BenchError(f"{phase.name}: warmup_epochs={phase.warmup_epochs} covers all of its "
+                                     f"{phase.epochs} epoch(s), so it would train only at warm-up learning rates "
+                                     "(the first from 1e-6); lower warmup_epochs below the epochs")
                 self._freeze_all_but(phase)
                 if phase.on_start:
                     phase.on_start()

@@ -11,7 +11,7 @@ from torch import nn
 
 from bench.context import RunContext
 from bench.data import batch_loader, eval_loader, eval_transform, train_loader, train_transform
-from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
 from bench.seeding import derived_seed
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -19,15 +19,18 @@ SAMPLER_NAMES = tuple(SAMPLERS)
 
 
 def optimizer_hparams(lr: float, weight_decay: float, optimizer: str, epochs: int, batch_size: int,
-                      warmup_epochs: int = 0) -> dict[str, HParam]:
+                      warmup_epochs: int = 0, source: str = "", lr_space: Space | None = None) -> dict[str, HParam]:
+    """The optimiser and schedule of a recipe; `source` (the paper or code the defaults follow) ends each help."""
+    cite = f" ({source})" if source else ""
     return {
-        "epochs": HParam(epochs, help="training epochs", bounds=NON_NEGATIVE),
-        "batch_size": HParam(batch_size, Choice((32, 64, 128, 256)), "training batch size", bounds=AT_LEAST_ONE),
-        "lr": HParam(lr, LogUniform(lr / 10, lr * 10), "peak learning rate", bounds=POSITIVE),
-        "weight_decay": HParam(weight_decay, LogUniform(weight_decay / 10, weight_decay * 10), "weight decay",
+        "epochs": HParam(epochs, help="training epochs" + cite, bounds=NON_NEGATIVE),
+        "batch_size": HParam(batch_size, Choice((32, 64, 128, 256)), "training batch size" + cite,
+                             bounds=AT_LEAST_ONE),
+        "lr": HParam(lr, lr_space or LogUniform(lr / 10, lr * 10), "peak learning rate" + cite, bounds=POSITIVE),
+        "weight_decay": HParam(weight_decay, LogUniform(weight_decay / 10, weight_decay * 10), "weight decay" + cite,
                                bounds=NON_NEGATIVE),
-        "optimizer": HParam(optimizer, help="sgd (momentum 0.9) | adamw", choices=OPTIMIZERS),
-        "warmup_epochs": HParam(warmup_epochs, help="linear warm-up epochs before the cosine decay",
+        "optimizer": HParam(optimizer, help="sgd (momentum 0.9) | adamw" + cite, choices=OPTIMIZERS),
+        "warmup_epochs": HParam(warmup_epochs, help="linear warm-up epochs before the cosine decay" + cite,
                                 bounds=NON_NEGATIVE),
     }
 

@@ -32,12 +32,20 @@ from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
 SPLITS = ("train", "val", "test")
 
 
+REPRESENTATION_WEIGHT_DECAY = 5e-4  # Kang et al.'s stage 1 and LIFT's full fine-tuning
+
+
 def representation_hparams(repr_epochs: int) -> dict[str, HParam]:
+    """Phase 1: Kang et al. learn the representation by plain instance-balanced cross-entropy training (their
+    feat_uniform.yaml); from a pretrained ViT that is full fine-tuning, here with `finetune`'s recipe (LIFT's:
+    SGD momentum 0.9, weight decay 5e-4, batch 128, no warm-up, per-epoch cosine)."""
     return {
-        "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs; 0 keeps the pretrained backbone",
+        "repr_epochs": HParam(repr_epochs, help="phase 1 (representation) epochs, fine-tuning with instance-"
+                              "balanced cross-entropy (Kang et al. 2020, stage 1); 0 keeps the pretrained backbone",
                               bounds=NON_NEGATIVE),
-        "repr_lr": HParam(1e-4, help="phase 1 learning rate (AdamW, weight decay 0.05)", bounds=POSITIVE),
-        "repr_batch_size": HParam(64, help="phase 1 batch size", bounds=AT_LEAST_ONE),
+        "repr_lr": HParam(5e-4, help="phase 1 learning rate (SGD momentum 0.9, weight decay 5e-4: finetune's, "
+                          "from LIFT)", bounds=POSITIVE),
+        "repr_batch_size": HParam(128, help="phase 1 batch size (finetune's, from LIFT)", bounds=AT_LEAST_ONE),
     }
 
 
@@ -89,14 +97,14 @@ class Decoupled(Method):
         ctx, hp = self.ctx, self.hp
         phases = []
         if hp["repr_epochs"] > 0:
-            repr_hp = {**hp, "batch_size": hp["repr_batch_size"], "lr": hp["repr_lr"], "optimizer": "adamw",
-                       "weight_decay": 0.05}
+            repr_hp = {**hp, "batch_size": hp["repr_batch_size"], "lr": hp["repr_lr"], "optimizer": "sgd",
+                       "weight_decay": REPRESENTATION_WEIGHT_DECAY}
             batches, steps = image_batches(ctx, "representation", "instance_balanced", hp["repr_batch_size"])
             phases.append(Phase(
                 name="representation", epochs=hp["repr_epochs"], parameters=list(self.net.parameters()),
                 make_optimizer=optimizer_factory(repr_hp), batches=batches,
                 loss=lambda batch: nn.functional.cross_entropy(self.net(batch[0]), batch[1]),
-                warmup_epochs=1, steps_per_epoch=steps,
+                steps_per_epoch=steps,
             ))
         return [*phases, self.classifier_phase()]
 
@@ -111,10 +119,10 @@ class Decoupled(Method):
 
 @register_method("crt")
 class ClassifierRetraining(Decoupled):
-    description = "cRT: a new linear classifier trained with class-balanced sampling on frozen features of the " \
-                  "pretrained backbone (repr_epochs > 0: of a fine-tuned one)"
+    description = "cRT: a new linear classifier fitted on the class-balanced objective over frozen features of " \
+                  "the backbone fine-tuned in stage 1 (repr_epochs 0: the pretrained one)"
     hparams = {**probe_hparams("class_balanced", "Kang et al. 2020 re-train the classifier on class-balanced "
-                               "samples; here to convergence"), **representation_hparams(repr_epochs=0)}
+                               "samples; here to convergence"), **representation_hparams(repr_epochs=10)}
 
     def second_classifier(self) -> nn.Module:
         return StandardizedLinear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
@@ -131,7 +139,9 @@ class ClassifierRetraining(Decoupled):
 class LearnableWeightScaling(Decoupled):
     description = "LWS: representation and classifier by fine-tuning, then per-class logit scales learned " \
                   "with class-balanced sampling"
-    hparams = {**optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=256),
+    hparams = {**optimizer_hparams(lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=5, batch_size=256,
+                                   source="Kang et al. 2020, facebookresearch/classifier-balancing "
+                                          "config/Places_LT/cls_lws.yaml: lr 0.1 at batch 256, 5 epochs"),
                **sampler_hparams("class_balanced"), **representation_hparams(repr_epochs=10)}
 
     def second_classifier(self) -> nn.Module:

@@ -133,7 +133,7 @@ class PromptedBackbone(nn.Module):
 
 # -------------------------------------------------------------------------------------------- adapters
 
-ADAPTER_INPUTS = ("norm", "residual")
+ADAPTER_INPUTS = ("norm", "residual", "block")
 
 
 class Adapter(nn.Module):
@@ -142,14 +142,16 @@ class Adapter(nn.Module):
     Down-projection init is nn.Linear's default (kaiming-uniform, a=√5) with a zero bias, as the official
     "lora" init. ``scale`` is a fixed float (AdaptFormer default 0.1) or, with ``learnable_scale``, a
     scalar parameter initialised to ``scale`` (the official code initialises its learnable scalar to 1.0;
-    pass scale=1.0 for that).
+    pass scale=1.0 for that). ``layernorm`` puts a trainable LayerNorm before the down-projection (LIFT's
+    AdaptFormer, shijxcs/LIFT models/peft_modules.py).
     """
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1, learnable_scale: bool = False,
-                 input: str = "norm", block_index: int = -1):
+                 input: str = "norm", block_index: int = -1, layernorm: bool = False):
         super().__init__()
         if input not in ADAPTER_INPUTS:
             raise ValueError(f"adapter input must be one of {ADAPTER_INPUTS}, got {input!r}")
+        self.norm = nn.LayerNorm(dim) if layernorm else None
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         nn.init.zeros_(self.down.bias)
@@ -165,11 +167,14 @@ class Adapter(nn.Module):
         self._handles: list = []
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            h = self.norm(h)
         return self.up(F.relu(self.down(h))) * self.scale.to(h.dtype)
 
     # Hooks: the MLP's forward hook adds the adapter output to the MLP output (inside the block's
     # ls2 / drop_path2 and residual add). For input="residual", a pre-hook on the block's second norm stashes
-    # the pre-norm residual stream, which the MLP hook then feeds the adapter.
+    # the pre-norm residual stream, which the MLP hook then feeds the adapter; for input="block" (LIFT's
+    # x_out = block(x) + adapter(x)), a pre-hook on the block stashes the block's input.
     def _stash_residual(self, module: nn.Module, inputs: tuple) -> None:
         self._residual = inputs[0]
 
@@ -182,8 +187,8 @@ class Adapter(nn.Module):
         else:
             h, self._residual = self._residual, None
             if h is None:
-                raise RuntimeError("adapter with input='residual' found no stashed block input: the "
-                                   "block's MLP ran without its norm")
+                raise RuntimeError(f"adapter with input={self.input!r} found no stashed input: the block's "
+                                   "MLP ran outside its block or without its norm")
         return output + self(h)
 
     def extra_repr(self) -> str:
@@ -203,7 +208,8 @@ def _mlp_and_norm(block: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def add_adapters(backbone: nn.Module, bottleneck: int = 64, scale: float = 0.1, learnable_scale: bool = False,
-                 blocks: Iterable[int] | None = None, input: str = "norm") -> list[Adapter]:
+                 blocks: Iterable[int] | None = None, input: str = "norm", layernorm: bool = False
+                 ) -> list[Adapter]:
     """Attach AdaptFormer parallel adapters to the MLP branch of ``blocks`` (default: all); returns them.
 
     Variant implemented (``input="norm"``, default) — the AdaptFormer paper's Eq. 3-4:
@@ -214,6 +220,8 @@ def add_adapters(backbone: nn.Module, bottleneck: int = 64, scale: float = 0.1, 
 
     ``input="residual"`` is the official AdaptFormer code's variant (ffn_option='parallel',
     adapter_layernorm_option='none'): the adapter sees the pre-norm residual stream x' instead.
+    ``input="block"`` with ``layernorm=True`` is LIFT's: the adapter sees the block's input, through its own
+    LayerNorm, and its output joins the block's output (shijxcs/LIFT models/peft_vit.py).
 
     The adapters are NOT submodules of the backbone (backbone parameters and state_dict keys are unchanged):
     the caller owns them (e.g. in an nn.ModuleList), moves them to the device, trains and saves them.
@@ -230,10 +238,12 @@ def add_adapters(backbone: nn.Module, bottleneck: int = 64, scale: float = 0.1, 
     for index in indices:
         block = backbone.blocks[index]
         mlp, norm = _mlp_and_norm(block)
-        adapter = Adapter(backbone.embed_dim, bottleneck, scale, learnable_scale, input, index)
+        adapter = Adapter(backbone.embed_dim, bottleneck, scale, learnable_scale, input, index, layernorm)
         adapter.to(device=reference.device, dtype=reference.dtype)
         if input == "residual":
             adapter._handles.append(norm.register_forward_pre_hook(adapter._stash_residual))
+        elif input == "block":
+            adapter._handles.append(block.register_forward_pre_hook(adapter._stash_residual))
         adapter._handles.append(mlp.register_forward_hook(adapter._mlp_hook))
         adapters.append(adapter)
     backbone.__dict__["_adapters"] = adapters  # plain attribute: not a submodule

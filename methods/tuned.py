@@ -16,7 +16,13 @@ from bench.methods.common import (
     sampler_hparams,
 )
 from bench.methods.losses import loss_hparams, make_loss
-from bench.methods.peft import CosineClassifier, PromptedBackbone, add_adapters, bitfit_parameters
+from bench.methods.peft import (
+    ADAPTER_INPUTS,
+    CosineClassifier,
+    PromptedBackbone,
+    add_adapters,
+    bitfit_parameters,
+)
 from torch import nn
 
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam
@@ -35,14 +41,15 @@ class TunedClassifier(nn.Module):
         return self.head(self.features(images)) * self.scale
 
 
-def head_hparams(head: str, head_init: str = "auto", cosine_scale: float = 30.0) -> dict[str, HParam]:
+def head_hparams(head: str, head_init: str = "auto", cosine_scale: float = 30.0,
+                 templates: str = "openai") -> dict[str, HParam]:
     return {
         "head": HParam(head, help="linear | cosine classifier", choices=HEADS),
         "head_init": HParam(head_init, help="auto (text embeddings on CLIP, else random) | text | random",
                             choices=("auto", "text", "random")),
         "cosine_scale": HParam(cosine_scale, Choice((15.0, 20.0, 25.0, 30.0)), "logit scale of a cosine head",
                                bounds=POSITIVE),
-        "templates": HParam("openai", help="class-name prompts for text init: openai (80) | single",
+        "templates": HParam(templates, help="class-name prompts for text init: openai (80) | single",
                             choices=("openai", "single")),
     }
 
@@ -66,20 +73,35 @@ PROMPT_HPARAMS = {
                          bounds=AT_LEAST_ONE),
 }
 ADAPTER_HPARAMS = {
-    "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r",
-                                 bounds=AT_LEAST_ONE),
-    "adapter_scale": HParam(0.1, help="AdaptFormer: scale s of the adapter branch"),
-    "adapter_learnable_scale": HParam(False, help="AdaptFormer: learn s"),
+    "adapter_bottleneck": HParam(64, Choice((8, 16, 32, 64, 128)), "AdaptFormer: bottleneck width r (AdaptFormer "
+                                 "paper and code: 64)", bounds=AT_LEAST_ONE),
+    "adapter_scale": HParam(0.1, help="AdaptFormer: scale s of the adapter branch (AdaptFormer: 0.1)"),
+    "adapter_learnable_scale": HParam(False, help="AdaptFormer: learn s (AdaptFormer: fixed)"),
+    "adapter_input": HParam("norm", help="what the adapter reads: norm (the MLP's normalised input, AdaptFormer "
+                            "paper Eq. 3-4) | residual (the pre-norm residual, AdaptFormer's code) | block (the "
+                            "block's input, LIFT's)", choices=ADAPTER_INPUTS),
+    "adapter_layernorm": HParam(False, help="a trainable LayerNorm before the adapter's down-projection (LIFT's)"),
 }
-TUNING_HPARAMS = {"vpt_shallow": PROMPT_HPARAMS, "vpt_deep": PROMPT_HPARAMS, "adaptformer": ADAPTER_HPARAMS}
+# LIFT's AdaptFormer (shijxcs/LIFT models/peft_modules.py, peft_vit.py): its own LayerNorm on the block's input,
+# a learnable scale starting at 1; bottleneck 64 here (LIFT sizes it 2^⌊log2(C/24)⌋ per dataset).
+LIFT_ADAPTER_HPARAMS = {
+    **ADAPTER_HPARAMS,
+    "adapter_scale": HParam(1.0, help="LIFT: initial adapter scale (learnable, starts at 1)"),
+    "adapter_learnable_scale": HParam(True, help="LIFT: the adapter scale is learned"),
+    "adapter_input": HParam("block", help="LIFT: the adapter reads the block's input (norm | residual | block)",
+                            choices=ADAPTER_INPUTS),
+    "adapter_layernorm": HParam(True, help="LIFT: a trainable LayerNorm before the down-projection"),
+}
+TUNING_HPARAMS = {"vpt_shallow": PROMPT_HPARAMS, "vpt_deep": PROMPT_HPARAMS, "adaptformer": ADAPTER_HPARAMS,
+                  "lift": LIFT_ADAPTER_HPARAMS}
 
 
 def recipe_hparams(tuning: str, *, loss: str = "ce", head: str = "linear", sampler: str = "instance_balanced",
-                   **optimizer) -> dict[str, HParam]:
+                   cosine_scale: float = 30.0, templates: str = "openai", **optimizer) -> dict[str, HParam]:
     """A recipe's declarations; a tuning's own entries (VPT's optimiser, from its reference) replace the
     generic optimiser ones."""
     return {**optimizer_hparams(**optimizer), **loss_hparams(loss), **sampler_hparams(sampler),
-            **head_hparams(head), **TUNING_HPARAMS.get(tuning, {})}
+            **head_hparams(head, cosine_scale=cosine_scale, templates=templates), **TUNING_HPARAMS.get(tuning, {})}
 
 
 def vpt_optimizer(hp: dict, head: nn.Module) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
@@ -125,9 +147,10 @@ class TunedMethod(Method):
             features = PromptedBackbone(backbone, length=hp["prompt_length"], deep=self.tuning == "vpt_deep",
                                         init="xavier_uniform")
             trainable = features.prompt_parameters()
-        elif self.tuning == "adaptformer":
+        elif self.tuning in ("adaptformer", "lift"):
             extra = add_adapters(backbone, bottleneck=hp["adapter_bottleneck"], scale=hp["adapter_scale"],
-                                 learnable_scale=hp["adapter_learnable_scale"])
+                                 learnable_scale=hp["adapter_learnable_scale"], input=hp["adapter_input"],
+                                 layernorm=hp["adapter_layernorm"])
             features, trainable = backbone, [p for adapter in extra for p in adapter.parameters()]
         elif self.tuning == "bitfit":
             features, trainable = backbone, bitfit_parameters(backbone)
@@ -158,10 +181,15 @@ class TunedMethod(Method):
         return predict_images(self.ctx, self.net, split)
 
 
-PEFT_OPTIMIZER = {"lr": 0.01, "weight_decay": 1e-4, "optimizer": "sgd", "epochs": 10, "batch_size": 128,
-                  "warmup_epochs": 1}
-FULL_OPTIMIZER = {"lr": 1e-4, "weight_decay": 0.05, "optimizer": "adamw", "epochs": 10, "batch_size": 64,
-                  "warmup_epochs": 1}
+# LIFT's recipes (shijxcs/LIFT configs/model/*_peft.yaml, *_ft.yaml, trainer.py): SGD momentum 0.9, weight decay
+# 5e-4, batch 128, 10 epochs, per-epoch cosine, no warm-up; full fine-tuning at lr 5e-4 (its ImageNet-LT value,
+# chosen from the grid below in scripts/run_tab6_peft_methods.sh), PEFT at 0.01.
+LIFT_SOURCE = "LIFT, shijxcs/LIFT configs and scripts"
+PEFT_OPTIMIZER = {"lr": 0.01, "weight_decay": 5e-4, "optimizer": "sgd", "epochs": 10, "batch_size": 128,
+                  "warmup_epochs": 0, "source": LIFT_SOURCE}
+FULL_OPTIMIZER = {"lr": 5e-4, "weight_decay": 5e-4, "optimizer": "sgd", "epochs": 10, "batch_size": 128,
+                  "warmup_epochs": 0, "source": LIFT_SOURCE,
+                  "lr_space": Choice((5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2))}
 
 
 def _tuned(name: str, tuning: str, description: str, **recipe) -> type[TunedMethod]:
@@ -182,5 +210,6 @@ _tuned("vpt_deep", "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-d
 _tuned("adaptformer", "adaptformer", "frozen ViT + parallel bottleneck adapters on every MLP + linear head",
        **PEFT_OPTIMIZER)
 _tuned("bitfit", "bitfit", "frozen ViT except its biases (BitFit) + linear head", **PEFT_OPTIMIZER)
-_tuned("lift", "adaptformer", "LIFT: AdaptFormer + logit-adjusted loss + cosine head (text-initialised on CLIP)",
-       loss="la", head="cosine", **{**PEFT_OPTIMIZER, "weight_decay": 5e-4})
+_tuned("lift", "lift", "LIFT: AdaptFormer (LIFT's variant) + logit-adjusted loss + cosine head (scale 25, "
+       "text-initialised on CLIP)", loss="la", head="cosine", cosine_scale=25.0, templates="single",
+       **PEFT_OPTIMIZER)

@@ -26,7 +26,7 @@ from bench.store import ResultsStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
 DEFAULT_METHODS = "linear_probe,finetune,la,bs,crt,vpt_deep,adaptformer"
-FEATURE_METHODS = ("linear_probe", "crt")
+FEATURE_METHODS = ("linear_probe",)
 
 
 def is_epoch_count(key: str) -> bool:

@@ -77,7 +77,7 @@ def test_one_step_changes_only_the_intended_parameters(tmp_path, method_name, ba
 
 
 def test_crt_trains_only_the_new_classifier_on_frozen_pretrained_features(tmp_path):
-    method, _ = make_method(tmp_path, "crt", batch_size=None, epochs=None, wd_steps="1")
+    method, _ = make_method(tmp_path, "crt", batch_size=None, epochs=None, wd_steps="1", repr_epochs="0")
     phases = method.phases()
     assert [p.name for p in phases] == ["classifier"]
     model = method.model()

@@ -84,7 +84,7 @@ def test_results_root_under_a_file_is_one_line(tmp_path):
 
 
 def checkpoint_bytes(tmp_path) -> int:
-    probe = runner.execute(fast_spec(tmp_path / "probe", epochs="1"))
+    probe = runner.execute(fast_spec(tmp_path / "probe", epochs="1", warmup_epochs="0"))
     return (probe.run_dir / "checkpoints" / "last.pt").stat().st_size
 
 
@@ -194,7 +194,7 @@ def test_a_run_held_by_another_process_is_refused(tmp_path):
 
 
 def test_show_tells_a_dead_run_from_a_running_one(tmp_path):
-    result = runner.execute(fast_spec(tmp_path, epochs="1"))
+    result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
     status = result.run_dir / "status.json"
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -257,7 +257,7 @@ def test_interrupting_bench_run_exits_130_with_the_resume_command(tmp_path, sign
 @pytest.mark.parametrize("content", ['{"run_id": "x", "method": "finetune", "val": {"ov', "{}", "[1, 2]"],
                          ids=["truncated", "field-less", "not an object"])
 def test_show_of_a_damaged_record_is_one_line_and_fails(tmp_path, content):
-    result = runner.execute(fast_spec(tmp_path, epochs="1"))
+    result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
     (tmp_path / "records" / f"{result.run_id}.json").write_text(content)
     shown = invoke("show", result.run_id, "--out", str(tmp_path))
     assert shown.exit_code != 0
@@ -267,7 +267,7 @@ def test_show_of_a_damaged_record_is_one_line_and_fails(tmp_path, content):
 
 
 def test_show_of_a_damaged_config_is_one_line_and_fails(tmp_path):
-    result = runner.execute(fast_spec(tmp_path, epochs="1"))
+    result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
     (result.run_dir / "config.json").write_text('{"hparams": ')
     shown = invoke("show", str(result.run_dir))
     assert shown.exit_code != 0 and "config.json is unreadable or incomplete" in one_line(shown.output)

@@ -100,7 +100,7 @@ def test_missing_split_file_names_the_file(tmp_path):
 
 
 def test_show_prints_metrics(tmp_path):
-    result = runner.execute(fast_spec(tmp_path, epochs="1"))
+    result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
     shown = CliRunner().invoke(app, ["show", result.run_id, "--out", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "overall" in shown.output and "few" in shown.output
@@ -179,6 +179,13 @@ def test_a_diverging_run_is_recorded_with_a_health_flag(tmp_path):
     assert any(flag.startswith("diverged: loss became") for flag in health["flags"]), health
     assert any("training health" in note for note in result.record["notes"])
     assert "training health" in (result.run_dir / "log.txt").read_text()
+
+
+def test_a_warm_up_as_long_as_the_phase_is_refused(tmp_path):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match=r"finetune: warmup_epochs=1 covers all of its 1 epoch\(s\)"):
+        runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="1"))
 
 
 def test_collapsed_val_predictions_are_flagged():
