@@ -16,6 +16,7 @@ from bench.context import RunContext
 from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits
 from bench.progress import Bars, progress_bars
+from bench.run_folder import resume_command
 from bench.seeding import derived_seed, seed_everything
 from bench.store import atomic_torch_save
 
@@ -64,17 +65,17 @@ class TrainingState:
     health: list[str] = field(default_factory=list)  # what made the run untrustworthy (empty: healthy)
 
 
-def load_checkpoint(path: Path, device: torch.device, run_id: str):
+def load_checkpoint(path: Path, device: torch.device, run_dir: Path):
     """torch.load of a checkpoint the engine wrote; an unreadable one is one line saying how to restart."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001  (truncated, garbage, not a checkpoint: torch raises many kinds)
-        raise unreadable_checkpoint(path, run_id, error) from None
+        raise unreadable_checkpoint(path, run_dir, error) from None
 
 
-def unreadable_checkpoint(path: Path, run_id: str, error: BaseException) -> BenchError:
+def unreadable_checkpoint(path: Path, run_dir: Path, error: BaseException) -> BenchError:
     return BenchError(f"checkpoint {path} is unreadable ({first_line(error)}); delete it and run "
-                      f"`bench run --resume {run_id}` to train this run again from its first epoch")
+                      f"`{resume_command(run_dir)}` to train this run again from its first epoch")
 
 
 class Engine:
@@ -114,7 +115,7 @@ class Engine:
         """The training state and optimizer state of the last checkpoint (fresh ones when there is none)."""
         if not self.checkpoint_path.exists():
             return TrainingState(), None
-        blob = load_checkpoint(self.checkpoint_path, self.ctx.device, self.ctx.run_dir.name)
+        blob = load_checkpoint(self.checkpoint_path, self.ctx.device, self.ctx.run_dir)
         try:
             missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
             if missing:
@@ -123,7 +124,7 @@ class Engine:
             state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
                                   blob["best"], blob["selected"], resumed=True, health=blob.get("health", []))
         except (KeyError, TypeError, RuntimeError) as error:
-            raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir.name, error) from None
+            raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir, error) from None
         return state, blob["optimizer"]
 
     def train(self) -> TrainingState:
@@ -150,7 +151,12 @@ class Engine:
                 for group in optimizer.param_groups if optimizer else ():
                     group.setdefault("base_lr", group["lr"])
                 if optimizer is not None and optimizer_state is not None:
-                    optimizer.load_state_dict(optimizer_state)
+                    try:
+                        optimizer.load_state_dict(optimizer_state)
+                    except (ValueError, KeyError) as error:
+                        raise BenchError(f"{self.checkpoint_path}: its optimizer state does not fit {phase.name}'s "
+                                         f"optimizer ({first_line(error)}); the run cannot resume from it: delete "
+                                         f"it and run `{resume_command(ctx.run_dir)}` to train it again") from None
                 optimizer_state = None
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
@@ -225,7 +231,7 @@ class Engine:
         best = state.best if state.best and state.best["phase"] == index else None
         epoch = phase.epochs - 1 if last_epoch is None else last_epoch
         if best is not None and best["epoch"] != epoch:
-            weights = load_checkpoint(self.best_path, self.ctx.device, self.ctx.run_dir.name)
+            weights = load_checkpoint(self.best_path, self.ctx.device, self.ctx.run_dir)
             self.method.model().load_state_dict(weights, strict=False)
             epoch = best["epoch"]
             self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val overall {best['val']:.2f}) "

@@ -141,6 +141,11 @@ def check_value(name: str, value: Any, declared: HParam, where: str) -> None:
         raise BenchError(f"{where}: {name} must lie in {declared.bounds}")
 
 
+def as_override(value: Any) -> str:
+    """A value as the --set string that parses back to it exactly (a searched value, a resumed run's own)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def parse_assignments(assignments: list[str]) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in assignments:

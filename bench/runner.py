@@ -24,7 +24,7 @@ from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
 from bench.engine import Engine, TrainingDiverged, TrainingState, count_parameters
 from bench.errors import BenchError, RunInterrupted, first_line
-from bench.hparams import HParam, merge_declarations, resolve
+from bench.hparams import HParam, as_override, merge_declarations, resolve
 from bench.manifest import build_manifest, file_sha256
 from bench.methods.base import METHODS
 from bench.posthoc import posthoc_report
@@ -385,11 +385,20 @@ def resume(run: str | Path, console: Console | None = None, out: str | None = No
     if read_status(run_dir)["state"] == "complete":
         raise BenchError(f"run {run_dir.name} is already complete; see `bench show {run_dir.name}`")
     try:
-        spec = RunSpec(**read_json(run_dir / "config.json")["spec"])
+        config = read_json(run_dir / "config.json")
+        spec = RunSpec(**config["spec"])
+        resolved = {**config["hparams"], **config["dataset_options"]}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BenchError(f"{run_dir / 'config.json'} is unreadable ({first_line(error)}); the run cannot be "
                          "resumed: start it again with `bench run`") from None
-    return execute(spec, console, run_dir=run_dir)
+    # The values the run started with, not today's defaults: a default changed since then must not change it.
+    spec = dataclasses.replace(spec, overrides={key: as_override(value) for key, value in resolved.items()})
+    try:
+        return execute(spec, console, run_dir=run_dir)
+    except BenchError as error:
+        if "--set" in str(error):
+            raise BenchError(f"run {run_dir.name} cannot resume with this version of the harness: {error}") from None
+        raise
 
 
 def find_run(run: str | Path, out: str | None = None) -> Path:

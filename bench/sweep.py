@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.hparams import Space
+from bench.hparams import Space, as_override
 from bench.search_space import from_entries, to_entries
 from bench.store import atomic_write_json, read_json
-from bench.trial import METRICS, Trial, TrialPlan, as_override, val_metrics
+from bench.trial import METRICS, Trial, TrialPlan, val_metrics
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "none")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -64,11 +63,6 @@ class TrialPlan:
 
     def run_id(self, trial: Trial) -> str:
         return f"{self.sweep}-{trial.key}"
-
-
-def as_override(value: Any) -> str:
-    """A searched value as the --set string that parses back to it exactly."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def val_metrics(summary: dict) -> dict[str, float]:

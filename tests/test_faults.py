@@ -315,3 +315,25 @@ def test_long_messages_are_cut_at_a_word_boundary():
     assert len(cut) <= 80 and cut.endswith("…")
     assert cut[:-1] == text[:len(cut) - 1] and text[len(cut) - 1] == " "
     assert shorten("short message") == "short message"
+
+
+def test_resume_keeps_the_values_the_run_started_with(tmp_path, monkeypatch):
+    """A default that changes between the start and the resume (a newer version) does not change the run: it
+    resumes with the hyperparameters recorded in its config.json."""
+    from bench.hparams import HParam
+    from bench.methods.base import METHODS
+
+    def stop(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(fast_spec(tmp_path), on_epoch_end=stop)
+    run_dir = next((tmp_path / "runs").iterdir())
+    started = json.loads((run_dir / "config.json").read_text())["hparams"]
+    declared = METHODS.get("finetune").hparams
+    monkeypatch.setitem(declared, "optimizer", HParam("adamw" if started["optimizer"] == "sgd" else "sgd",
+                                                      choices=("sgd", "adamw")))
+    monkeypatch.setitem(declared, "weight_decay", HParam(0.123))
+    record = runner.resume(run_dir).record
+    assert record["hparams"]["optimizer"] == started["optimizer"]
+    assert record["hparams"]["weight_decay"] == started["weight_decay"]
