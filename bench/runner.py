@@ -264,7 +264,11 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         state = TrainingState()
     elif stopped_early:
         state = engine.stop_early()
-        ctx.log.info(f"stopped early ({stopped_early}); evaluating the weights it stopped with")
+        if state.phase >= len(method.phases()):  # the stop came after its last epoch: nothing was cut short
+            ctx.log.info(f"a scheduler's stop ({stopped_early}) came after the last epoch; recorded as finished")
+            stopped_early = None
+        else:
+            ctx.log.info(f"stopped early ({stopped_early}); evaluating the weights it stopped with")
     else:
         try:
             state = engine.train()

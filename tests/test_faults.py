@@ -290,7 +290,8 @@ def test_bracketed_text_in_an_error_is_printed_as_it_is(tmp_path):
 def test_eval_of_a_run_checkpoint_points_to_resume(tmp_path):
     result = runner.execute(runner.RunSpec(
         method="lpt", dataset="digits_lt", backbone="vit_micro", allow_random_init=True, out=str(tmp_path / "a"),
-        overrides={"image_size": "16", "batch_size": "64", "phase1_epochs": "1", "phase2_epochs": "1"}))
+        overrides={"image_size": "16", "batch_size": "64", "phase1_epochs": "1", "phase2_epochs": "1",
+                   "warmup_epochs": "0"}))
     checkpoint = result.run_dir / "checkpoints" / "last.pt"
     evaluated = invoke("eval", "--method", "lpt", "--dataset", "digits_lt", "--backbone", "vit_micro",
                        "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"))

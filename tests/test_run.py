@@ -184,7 +184,7 @@ def test_a_diverging_run_is_recorded_with_a_health_flag(tmp_path):
 def test_a_warm_up_as_long_as_the_phase_is_refused(tmp_path):
     from bench.errors import BenchError
 
-    with pytest.raises(BenchError, match=r"finetune: warmup_epochs=1 covers all of its 1 epoch\(s\)"):
+    with pytest.raises(BenchError, match=r"full: warmup_epochs=1 covers all of its 1 epoch\(s\)"):
         runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="1"))
 
 
@@ -200,3 +200,18 @@ def test_collapsed_val_predictions_are_flagged():
     assert runner.collapse_flags(collapsed, dataset) == ["collapsed: 98% of val predictions are class 2 ('c')"]
     assert runner.collapse_flags(np.eye(4)[np.arange(40) % 4], dataset) == []
     assert runner.collapse_flags(np.zeros((0, 4)), dataset) == []
+
+
+def test_a_scheduler_stop_after_the_last_epoch_is_no_early_stop(tmp_path):
+    """ASHA does not know a trial's length: its stop can come with the last epoch's report. Nothing was cut
+    short, so the record says the run finished (and a sweep may choose it)."""
+    def stop_at_the_end(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(fast_spec(tmp_path, epochs="2"), on_epoch_end=stop_at_the_end)
+    run_dir = next((tmp_path / "runs").iterdir())
+    record = runner.execute(fast_spec(tmp_path, epochs="2"), run_dir=run_dir,
+                            stopped_early={"reason": "asha", "epoch": 2}).record
+    assert record["stopped_early"] is None and record["epochs_trained"] == 2

@@ -124,7 +124,7 @@ def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
 # -- the in-process executor ------------------------------------------------------------------------------------
 
 def test_local_sweep_with_asha_records_every_trial_once(tmp_path):
-    sweep = sweep_of(tmp_path, trials=4, scheduler="asha")
+    sweep = sweep_of(tmp_path, trials=4, scheduler="asha", assignments=["epochs=5", "loss=ce"])
     execute_sweep(sweep, quiet())
     records = ResultsStore(tmp_path).records(sweep=sweep.name)
     assert sorted(r["tags"]["trial"] for r in records) == ["t000", "t001", "t002", "t003"]
@@ -136,8 +136,8 @@ def test_local_sweep_with_asha_records_every_trial_once(tmp_path):
         assert record["hparams"]["lr"] == float(trial.overrides["lr"])
     stopped = [r for r in records if r["stopped_early"]]
     assert stopped, "ASHA stopped no trial: the stopped path went untested"
-    assert all(r["epochs_trained"] < 3 for r in stopped)
-    assert all(r["epochs_trained"] == 3 for r in records if not r["stopped_early"])
+    assert all(r["epochs_trained"] < 5 for r in stopped)
+    assert all(r["epochs_trained"] == 5 for r in records if not r["stopped_early"])
 
 
 def test_local_optuna_sweep_resumes_after_an_interrupt(tmp_path):
