@@ -321,8 +321,9 @@ def test_long_messages_are_cut_at_a_word_boundary():
 def test_resume_keeps_the_values_the_run_started_with(tmp_path, monkeypatch):
     """A default that changes between the start and the resume (a newer version) does not change the run: it
     resumes with the hyperparameters recorded in its config.json."""
-    from bench.hparams import HParam
     from bench.methods.base import METHODS
+
+    from bench.hparams import HParam
 
     def stop(entry):
         raise KeyboardInterrupt
