@@ -6,9 +6,12 @@ from __future__ import annotations
 EMBEDDED_DATASET = "digits_lt"
 EMBEDDED_ALIASES = (EMBEDDED_DATASET, "default", "digits")
 EMBEDDED_BACKBONE = "vit_micro"
-# A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with a larger learning rate; LPT gets
-# short phases without warm-up so the default run stays well under two minutes on 2 CPU cores.
-EMBEDDED_PRESET = {"image_size": "16", "augment": "none", "lr": "2e-3", "epochs": "40", "batch_size": "32"}
+# A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with AdamW at a larger learning rate
+# (the reference recipes' SGD at their learning rates are made for pretrained towers; finetune reaches 78 % test
+# with this preset, 28 % with LIFT's SGD recipe at lr 2e-3); LPT gets short phases without warm-up so the default
+# run stays well under two minutes on 2 CPU cores.
+EMBEDDED_PRESET = {"image_size": "16", "augment": "none", "lr": "2e-3", "epochs": "40", "batch_size": "32",
+                   "optimizer": "adamw", "warmup_epochs": "0"}
 _LPT_PRESET = {"lr": "0.05", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"}
 _LPTPP_PRESET = {**_LPT_PRESET, "phase1_epochs": "2", "phase2_epochs": "2", "adapter_epochs": "2",
                  "scorer_epochs": "2", "vl_backbone": "clip_micro"}

@@ -105,7 +105,8 @@ def recipe_hparams(tuning: str, *, loss: str = "ce", head: str = "linear", sampl
 
 
 def vpt_optimizer(hp: dict, head: nn.Module) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
-    """VPT's optimiser: SGD (momentum 0.9) at base lr × batch/256; the head's bias is not weight-decayed."""
+    """VPT's optimiser: SGD (momentum 0.9; AdamW when `optimizer` says so) at base lr × batch/256; the head's
+    bias is not weight-decayed."""
     lr = hp["lr"] * hp["batch_size"] / 256
     bias = getattr(head, "bias", None)
 
@@ -114,6 +115,8 @@ def vpt_optimizer(hp: dict, head: nn.Module) -> Callable[[list[nn.Parameter]], t
         groups = [{"params": decayed, "weight_decay": hp["weight_decay"]}]
         if bias is not None and any(p is bias for p in parameters):
             groups.append({"params": [bias], "weight_decay": 0.0})
+        if hp["optimizer"] == "adamw":
+            return torch.optim.AdamW(groups, lr=lr)
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
     return make
