@@ -10,7 +10,8 @@ s_i the sampler's probability of image i (`sampling_weights`), w and ℓ the los
 losses (`loss_terms`); with cross-entropy and instance-balanced sampling it is scikit-learn's
 `LogisticRegression(C = 1 / (N · wd))`.
 
-`FeatureMethod` trains a head on the same cached features with minibatches (clip_probe).
+`CachedFeatureMethod` holds the cached features and predicts from them; `FeatureMethod` trains its head with
+minibatches (clip_probe).
 """
 
 from __future__ import annotations
@@ -33,20 +34,36 @@ SPLITS = ("train", "val", "test")
 CHUNK = 65536  # rows per forward/backward inside one L-BFGS evaluation (bounds memory on large datasets)
 
 
-class FeatureMethod(Method):
-    """A head trained with minibatches on frozen features of every split, computed once and cached on disk."""
+class CachedFeatureMethod(Method):
+    """A head (`self.head`) on frozen features of every split, computed once and cached on disk."""
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.head = self.build_head().to(ctx.device)
         self.features = {name: cached_features(ctx, getattr(ctx.dataset, name)) for name in SPLITS}
-        self.loss = make_loss(self.hp["loss"], ctx.dataset.train_counts, self.hp)
+        self.head = self.build_head().to(ctx.device)
 
     def build_head(self) -> nn.Module:
         raise NotImplementedError
 
     def model(self) -> nn.Module:
         return self.head
+
+    def predicts_from_features(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.head.eval()
+        logits = self.head(self.features[split].to(self.ctx.device)).float().cpu()
+        return logits, torch.as_tensor(getattr(self.ctx.dataset, split).labels)
+
+
+class FeatureMethod(CachedFeatureMethod):
+    """A head trained with minibatches on the cached features (clip_probe)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.loss = make_loss(self.hp["loss"], self.ctx.dataset.train_counts, self.hp)
 
     def phases(self) -> list[Phase]:
         batches, steps = feature_batches(self.ctx, "probe", self.hp["sampler"], lambda: self.features["train"],
@@ -57,15 +74,6 @@ class FeatureMethod(Method):
             loss=lambda batch: self.loss(self.head(batch[0]), batch[1]),
             warmup_epochs=self.hp["warmup_epochs"], steps_per_epoch=steps,
         )]
-
-    def predicts_from_features(self) -> bool:
-        return True
-
-    @torch.no_grad()
-    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self.head.eval()
-        logits = self.head(self.features[split].to(self.ctx.device)).float().cpu()
-        return logits, torch.as_tensor(getattr(self.ctx.dataset, split).labels)
 
 
 def probe_hparams(sampler: str, reference: str) -> dict[str, HParam]:
@@ -175,30 +183,16 @@ def probe_phase(method: Method, name: str, head: StandardizedLinear, train_featu
 
 
 @register_method("linear_probe")
-class LinearProbe(Method):
+class LinearProbe(CachedFeatureMethod):
     description = "frozen backbone, features cached on disk, logistic regression (full-batch L-BFGS on " \
                   "standardised features, weight decay chosen on val)"
     hparams = probe_hparams("instance_balanced", "as in CLIP's linear probes, which sweep C on val")
 
-    def setup(self) -> None:
-        ctx = self.ctx
-        self.features = {name: cached_features(ctx, getattr(ctx.dataset, name)) for name in SPLITS}
-        self.head = StandardizedLinear(ctx.backbone.feature_dim, ctx.dataset.num_classes).to(ctx.device)
-
-    def model(self) -> nn.Module:
-        return self.head
+    def build_head(self) -> nn.Module:
+        return StandardizedLinear(self.ctx.backbone.feature_dim, self.ctx.dataset.num_classes)
 
     def phases(self) -> list[Phase]:
         return [probe_phase(self, "probe", self.head, lambda: self.features["train"])]
-
-    def predicts_from_features(self) -> bool:
-        return True
-
-    @torch.no_grad()
-    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self.head.eval()
-        logits = self.head(self.features[split].to(self.ctx.device)).float().cpu()
-        return logits, torch.as_tensor(getattr(self.ctx.dataset, split).labels)
 
     def extra_record(self) -> dict:
         """The weight decays tried, one per epoch; `selected` names the epoch kept (chosen on val)."""

@@ -146,22 +146,27 @@ def test_cifar10_file_in_a_cifar100_folder_names_the_missing_key(tmp_path):
 
 # ---------------------------------------------------------------- split files cannot leave the data root
 
+def train_split_file(root, dataset: str):
+    """A fabricated ImageNet-LT or Places-LT copy under `root`; returns its train split file."""
+    from conftest import make_places_lt
+
+    if dataset == "imagenet_lt":
+        make_imagenet_lt(root)
+        return root / "ImageNet_LT_train.txt"
+    make_places_lt(root, download_layout=False)
+    return root / "Places_LT_train.txt"
+
+
 @pytest.mark.parametrize("listed", ["../../etc/passwd", "/etc/passwd", "../outside/img.jpg",
                                     "train/../../outside/img.jpg"])
 @pytest.mark.parametrize("dataset", ["imagenet_lt", "places_lt"])
 def test_split_paths_that_escape_the_data_root_are_refused_before_any_image_is_opened(tmp_path, monkeypatch,
                                                                                       dataset, listed):
-    from conftest import make_places_lt
     from PIL import Image
 
     root = tmp_path / "data"
     write_image(tmp_path / "outside" / "img.jpg")  # what the escaping path names exists
-    if dataset == "imagenet_lt":
-        make_imagenet_lt(root)
-        split = root / "ImageNet_LT_train.txt"
-    else:
-        make_places_lt(root, download_layout=False)
-        split = root / "Places_LT_train.txt"
+    split = train_split_file(root, dataset)
     lines = split.read_text().splitlines()
     split.write_text("\n".join([*lines[:2], f"{listed} 0", *lines[2:]]) + "\n")
 
@@ -206,14 +211,7 @@ def test_inat_json_file_names_that_escape_are_refused(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["imagenet_lt", "places_lt"])
 def test_a_negative_train_label_is_one_error_with_file_and_line(tmp_path, dataset):
-    from conftest import make_places_lt
-
-    if dataset == "imagenet_lt":
-        make_imagenet_lt(tmp_path)
-        split = tmp_path / "ImageNet_LT_train.txt"
-    else:
-        make_places_lt(tmp_path, download_layout=False)
-        split = tmp_path / "Places_LT_train.txt"
+    split = train_split_file(tmp_path, dataset)
     lines = split.read_text().splitlines()
     path = lines[1].split()[0]
     lines[1] = f"{path} -1"
