@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from bench.data import AUGMENTATIONS
 from bench.datasets.base import LongTailDataset
+from bench.errors import BenchError
 from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
 from bench.metrics import SHOT_CONVENTIONS
 
@@ -25,7 +26,8 @@ COMMON_OPTIONS: dict[str, HParam] = {
     "eval_batch_size": HParam(-1, help="batch size for evaluation and feature extraction; -1 = 32 on CPU "
                               "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
     "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU", bounds=AUTO_OR_NON_NEGATIVE),
-    "amp": HParam("auto", help="mixed precision: auto (bf16 where supported) | bf16 | fp16 | off",
+    "amp": HParam("auto", help="mixed precision: auto (bf16 on GPUs and on CPUs with bf16 instructions, which "
+                  "are detected; fp16 on older GPUs; fp32 otherwise) | bf16 | fp16 (GPU only) | off (fp32)",
                   choices=("auto", "bf16", "fp16", "off")),
     "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)",
                         bounds=NON_NEGATIVE),
@@ -34,6 +36,21 @@ COMMON_OPTIONS: dict[str, HParam] = {
     "shot_convention": HParam("standard", help="many/medium/few thresholds",
                               choices=tuple(SHOT_CONVENTIONS)),
 }
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that make bf16 matmuls faster than fp32
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matmul instructions, read from /proc/cpuinfo (Linux); False where that
+    cannot be read: bf16 autocast on a CPU without them is slower than fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 @dataclass
@@ -85,16 +102,30 @@ class RunContext:
             return requested
         return 256 if self.device.type == "cuda" else 32
 
-    @property
+    @cached_property
     def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype `amp` resolves to on this device (None: fp32); an impossible request is an error."""
         choice = self.hparams["amp"]
-        if choice == "off" or self.device.type != "cuda":
+        if choice == "off":
             return None
+        if self.device.type == "cuda":
+            if choice == "fp16":
+                return torch.float16
+            return torch.bfloat16 if choice == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
         if choice == "fp16":
-            return torch.float16
-        if choice == "bf16" or torch.cuda.is_bf16_supported():
+            raise BenchError("amp=fp16 needs a GPU; on a CPU use amp=bf16 (where the CPU has bf16 instructions) or "
+                             "amp=off")
+        if cpu_has_bf16():
             return torch.bfloat16
-        return torch.float16
+        if choice == "bf16":
+            raise BenchError(f"amp=bf16: this CPU has no bf16 instructions ({' or '.join(CPU_BF16_FLAGS)}); "
+                             "use amp=off")
+        return None
+
+    @property
+    def precision(self) -> str:
+        """What the run computes in: bf16 | fp16 (autocast) or fp32."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
 
     def autocast(self):
         dtype = self.amp_dtype

@@ -19,7 +19,7 @@ def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
     info = backbone.weights_info
     identity = {
         "backbone": backbone.name, "weights_source": info.source, "weights": info.sha256 or info.location,
-        "transform": transform_text, "split": split.fingerprint,
+        "transform": transform_text, "split": split.fingerprint, "precision": ctx.precision,
         # random weights differ per seed, so their features do too
         "seed": ctx.seed if not info.pretrained else None,
     }

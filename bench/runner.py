@@ -133,7 +133,8 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
                          spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()))
     ctx.notes.extend(dataset.notes)
     seed_everything(spec.seed)
-    ctx.backbone  # noqa: B018  (weights are resolved before any folder is written)
+    ctx.backbone  # noqa: B018  (weights and precision are resolved before any folder is written)
+    ctx.amp_dtype  # noqa: B018
 
     with RunLock(run_dir):
         if read_status(run_dir)["state"] == "complete":
@@ -224,7 +225,7 @@ def _file_handler(run_dir: Path) -> logging.Handler:
 def _write_manifest(ctx: RunContext, device: torch.device, dataset) -> None:
     run_dir = ctx.run_dir
     manifest = build_manifest(
-        device=device, amp=str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
+        device=device, amp=ctx.precision,
         split_files=dataset.split_files,
         split_fingerprints={s.name: s.fingerprint for s in (dataset.train, dataset.val, dataset.test)},
         weights_info=dataclasses.asdict(ctx.backbone.weights_info))
@@ -310,7 +311,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
         "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
         else round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
-        "device": manifest["device"], "pretrained": backbone.weights_info.pretrained,
+        "device": manifest["device"], "precision": ctx.precision, "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),
         "val_split": {"source": dataset.val_source, "size": len(dataset.val),

@@ -25,6 +25,10 @@ from bench.store import ResultsStore
 
 FAST = {"epochs": "2", "image_size": "16", "batch_size": "64"}
 CLI_FAST = [f"--set={key}={value}" for key, value in FAST.items()]
+# `bench` as a terminal's foreground job runs it: Ctrl-C raises KeyboardInterrupt even when this test process
+# was started with SIGINT ignored (CI in the background).
+FOREGROUND_CLI = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                  "from bench.cli import app; app()")
 
 
 PROBE = {"image_size": "16", "wd_steps": "3"}
@@ -238,7 +242,9 @@ def test_temp_files_of_interrupted_writes_are_removed_on_resume(tmp_path):
 def test_interrupting_bench_run_exits_130_with_the_resume_command(tmp_path, signum):
     args = ["run", "--method", "finetune", "--backbone", "vit_micro", "--random-init", "--out", str(tmp_path),
             *CLI_FAST, "--set=epochs=200"]
-    process = subprocess.Popen([sys.executable, "-c", "from bench.cli import app; app()", *args],
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited "ignore" (as a user's
+    # `bench run &` should): the child takes Ctrl-C as a terminal's foreground job does.
+    process = subprocess.Popen([sys.executable, "-c", FOREGROUND_CLI, *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob("runs/*/checkpoints/last.pt")):

@@ -215,3 +215,26 @@ def test_a_scheduler_stop_after_the_last_epoch_is_no_early_stop(tmp_path):
     record = runner.execute(fast_spec(tmp_path, epochs="2"), run_dir=run_dir,
                             stopped_early={"reason": "asha", "epoch": 2}).record
     assert record["stopped_early"] is None and record["epochs_trained"] == 2
+
+
+def test_precision_follows_the_cpu_and_is_recorded(tmp_path, monkeypatch):
+    """amp=auto: bf16 only where the CPU has bf16 instructions (detected), else fp32; amp=bf16 on a CPU without
+    them is refused rather than run slowly or silently in fp32. Cached features are keyed by precision."""
+    import bench.context
+    from bench.errors import BenchError
+
+    probe = {"image_size": "16", "wd_steps": "2"}
+    spec = runner.RunSpec(method="linear_probe", dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
+                          out=str(tmp_path), overrides=probe)
+    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: False)
+    fp32 = runner.execute(spec)
+    assert fp32.record["precision"] == "fp32"
+    assert json.loads((fp32.run_dir / "manifest.json").read_text())["amp"] == "fp32"
+    with pytest.raises(BenchError, match="amp=bf16: this CPU has no bf16 instructions"):
+        runner.execute(runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": "bf16"}}))
+    with pytest.raises(BenchError, match="amp=fp16 needs a GPU"):
+        runner.execute(runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": "fp16"}}))
+    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: True)
+    bf16 = runner.execute(spec)
+    assert bf16.record["precision"] == "bf16"
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 6  # 3 splits × 2 precisions

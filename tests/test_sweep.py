@@ -225,7 +225,8 @@ def test_local_and_ray_executors_give_the_same_metrics(tmp_path, ray_session):
 @pytest.mark.slow
 def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     pytest.importorskip("ray")
-    command = [sys.executable, "-c", "from bench.cli import app; app()", "sweep", "--method", "clip_probe",
+    foreground = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "  # not an inherited ignore
+    command = [sys.executable, "-c", foreground + "from bench.cli import app; app()", "sweep", "--method", "clip_probe",
                "--trials", "4", "--cpus-per-trial", "1",  # the defaults: Optuna + ASHA on Ray
                "--set", "epochs=20", "--set", "loss=ce", "--out", str(tmp_path), "--name", "cut"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
