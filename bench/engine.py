@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bench.methods.base import Method, Phase
 
 EpochCallback = Callable[[dict], None]
+SYNC_EVERY = 25  # steps between host syncs (loss shown, finiteness checked); also at every epoch's end
 EXPLOSION_FACTOR = 10.0  # an epoch whose mean loss exceeds this multiple of its phase's first epoch's is flagged
 
 
@@ -61,6 +62,7 @@ class TrainingState:
     train_time_s: float = 0.0
     best: dict | None = None  # {"phase", "epoch", "val"} of the best validated epoch of the current phase
     selected: list[dict] = field(default_factory=list)  # per finished phase: the epoch whose weights were kept
+    data_wait_s: float = 0.0  # of train_time_s, the time spent waiting for training batches
     resumed: bool = False  # read from a checkpoint
     health: list[str] = field(default_factory=list)  # what made the run untrustworthy (empty: healthy)
 
@@ -100,21 +102,23 @@ class Engine:
         metrics = evaluate_logits(labels, logits, self.ctx.dataset.train_counts, self.ctx.hparams["shot_convention"])
         return metrics, logits, labels
 
-    def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer | None, phases: list[Phase]) -> None:
+    def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
+              phases: list[Phase]) -> None:
         """The checkpoint after an epoch. At a phase boundary (next_epoch 0) it holds no optimizer state: the
         optimizer belongs to the phase just finished, and the next phase starts with a fresh one."""
         atomic_torch_save(self.checkpoint_path, {
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
             "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
-            "health": state.health,
+            "health": state.health, "data_wait_s": state.data_wait_s, "scaler": scaler.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None and state.next_epoch > 0 else None,
             "model": trainable_state(self.method.model(), phases),
         })
 
-    def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None]:
-        """The training state and optimizer state of the last checkpoint (fresh ones when there is none)."""
+    def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None, dict | None]:
+        """The training, optimizer and gradient-scaler states of the last checkpoint (fresh ones when there is
+        none)."""
         if not self.checkpoint_path.exists():
-            return TrainingState(), None
+            return TrainingState(), None, None
         blob = load_checkpoint(self.checkpoint_path, self.ctx.device, self.ctx.run_dir)
         try:
             missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
@@ -122,19 +126,22 @@ class Engine:
                 raise RuntimeError(f"it has parameters this model lacks: {sorted(missing)[:3]}")
             self.method.model().load_state_dict(blob["model"], strict=False)
             state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
-                                  blob["best"], blob["selected"], resumed=True, health=blob.get("health", []))
+                                  blob["best"], blob["selected"], blob.get("data_wait_s", 0.0), resumed=True,
+                                  health=blob.get("health", []))
         except (KeyError, TypeError, RuntimeError) as error:
             raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir, error) from None
-        return state, blob["optimizer"]
+        return state, blob["optimizer"], blob.get("scaler")
 
     def train(self) -> TrainingState:
         ctx = self.ctx
         phases = self.method.phases()
-        state, optimizer_state = self._load(phases)
+        state, optimizer_state, scaler_state = self._load(phases)
         if state.resumed:
             ctx.log.info(f"resuming at phase {state.phase} ({phases[min(state.phase, len(phases) - 1)].name}), "
                          f"epoch {state.next_epoch}")
         scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
+        if scaler_state:
+            scaler.load_state_dict(scaler_state)
         with progress_bars(ctx.console) as progress:
             if phases and state.phase >= len(phases) and phases[-1].on_start:
                 phases[-1].on_start()  # resumed after the last epoch: the final phase's state is needed to predict
@@ -160,11 +167,14 @@ class Engine:
                 optimizer_state = None
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
-                    loss = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
-                    state.train_time_s += time.perf_counter() - started
+                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
+                    seconds = time.perf_counter() - started
+                    state.train_time_s += seconds
+                    state.data_wait_s += waited
                     self._check_explosion(state, phase, epoch, loss)
                     entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
-                             "lr": optimizer.param_groups[0]["lr"] if optimizer else None}
+                             "lr": optimizer.param_groups[0]["lr"] if optimizer else None,
+                             "seconds": seconds, "data_wait_share": waited / seconds if seconds > 0 else 0.0}
                     if self._should_validate(epoch, phase):
                         entry["val"] = self.evaluate("val").summary()
                         self._track_best(state, index, epoch, entry["val"], phases)
@@ -173,7 +183,7 @@ class Engine:
                     if state.next_epoch == phase.epochs:
                         self._select(state, index, phase, phases)
                         state.phase, state.next_epoch = index + 1, 0
-                    self._save(state, optimizer, phases)
+                    self._save(state, optimizer, scaler, phases)
                     self._report(entry)
                 state.phase, state.next_epoch = index + 1, 0
         return state
@@ -202,7 +212,7 @@ class Engine:
         """End training where the checkpoint left it (a trial a scheduler stopped): the phase in progress keeps
         its best epoch on val so far (model_selection=best_val) or its latest one."""
         phases = self.method.phases()
-        state, _ = self._load(phases)
+        state, _, _ = self._load(phases)
         if not state.history:
             raise RuntimeError(f"{self.ctx.run_dir.name}: no finished epoch to stop at")
         index = state.phase if state.next_epoch > 0 else state.phase - 1
@@ -252,36 +262,55 @@ class Engine:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
 
-    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars) -> float:
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars
+                     ) -> tuple[float, float]:
+        """(mean loss, seconds spent waiting for batches) of one epoch."""
         ctx = self.ctx
         seed_everything(derived_seed(ctx.seed, index, epoch))
         if phase.fit_epoch is not None:
             self.method.model().train()
-            return phase.fit_epoch(epoch)
+            return phase.fit_epoch(epoch), 0.0
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
         bar = progress.bar(f"{phase.name} {epoch + 1}/{phase.epochs}", total)
-        losses = []
-        for batch in phase.batches(epoch):
+        loss_sum, steps, shown = torch.zeros((), device=ctx.device), 0, ""
+        batches, waited = iter(phase.batches(epoch)), 0.0
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - started
+            if batch is None:
+                break
             with self.ctx.autocast():
                 loss = phase.loss(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} in {phase.name} epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            losses.append(loss.item())
-            bar.advance(f"loss {losses[-1]:.3f}")
+            loss_sum += loss.detach().float()
+            steps += 1
+            if steps % SYNC_EVERY == 0:  # the only host syncs: every SYNC_EVERY steps and at the epoch's end
+                shown = f"loss {self._finite_mean(loss_sum, steps, phase, epoch):.3f}"
+            bar.advance(shown)
         bar.close()
-        return float(np.mean(losses)) if losses else float("nan")
+        return (self._finite_mean(loss_sum, steps, phase, epoch) if steps else float("nan")), waited
+
+    @staticmethod
+    def _finite_mean(loss_sum: torch.Tensor, steps: int, phase: Phase, epoch: int) -> float:
+        """The mean loss so far; a non-finite one ends training (the weights since the last checkpoint are
+        dropped: recovery reloads it)."""
+        mean = loss_sum.item() / steps
+        if not math.isfinite(mean):
+            raise TrainingDiverged(f"loss became {mean} in {phase.name} epoch {epoch + 1}")
+        return mean
 
     def _report(self, entry: dict) -> None:
         val = entry.get("val")
         shown = f" val overall {val['overall']:.2f}" if val else ""
         lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
-        self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown}")
+        self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown} "
+                          f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data)")
         if self.on_epoch_end:
             self.on_epoch_end(entry)

@@ -309,6 +309,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),
         "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
+        "data_wait_share": round(state.data_wait_s / state.train_time_s, 4) if state.train_time_s > 0 else None,
         "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
         else round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
         "device": manifest["device"], "precision": ctx.precision, "pretrained": backbone.weights_info.pretrained,

@@ -14,8 +14,9 @@ import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -43,12 +44,14 @@ def _temp_owner() -> str:
     return f"{socket.gethostname().replace('.', '_')}@{os.getpid()}"
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """A temp file beside `path` that `write` fills (streamed: a checkpoint is never held twice in memory),
+    flushed and fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_temp_owner()}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fchmod(handle.fileno(), _FILE_MODE)
             os.fsync(handle.fileno())
@@ -111,19 +114,19 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_torch_save(path: Path | str, payload: Any) -> None:
-    """torch.save `payload` to `path` atomically (checkpoints, cached features and text embeddings)."""
-    import io
-
+    """torch.save `payload` to `path` atomically (checkpoints, cached features and text embeddings), streamed
+    into the temp file."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    _replace_with(Path(path), lambda handle: torch.save(payload, handle))
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    path = Path(path)
-    temp = _write_temp(path, data)
+    _replace_with(Path(path), lambda handle: handle.write(data))
+
+
+def _replace_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    temp = _write_temp(path, write)
     try:
         os.replace(temp, path)
     except BaseException:
@@ -185,7 +188,8 @@ class ResultsStore:
         if "run_id" not in record:
             raise BenchError("a record needs a 'run_id' (its file name in the store)")
         path = self.path_for(record["run_id"])
-        temp = _write_temp(path, dumps_json(record).encode("utf-8"))
+        data = dumps_json(record).encode("utf-8")
+        temp = _write_temp(path, lambda handle: handle.write(data))
         try:
             if overwrite:
                 os.replace(temp, path)

@@ -120,11 +120,11 @@ def test_a_failed_write_anywhere_is_one_line_with_the_resume_command(tmp_path, m
 
     original, calls = store._write_temp, []
 
-    def failing(path, data):
+    def failing(path, write):
         calls.append(path)
         if path.name == "last.pt" and len([p for p in calls if p.name == "last.pt"]) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return original(path, data)
+        return original(path, write)
 
     monkeypatch.setattr(store, "_write_temp", failing)
     result = invoke("run", "--method", "finetune", "--backbone", "vit_micro", "--random-init",

@@ -21,6 +21,9 @@ def fast_spec(tmp_path, method="finetune", **overrides):
 
 def test_finetune_run_writes_folder_and_record(tmp_path):
     result = runner.execute(fast_spec(tmp_path))
+    assert 0.0 <= result.record["data_wait_share"] < 1.0  # the share of training time spent waiting for batches
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    assert all(entry["seconds"] > 0 and 0.0 <= entry["data_wait_share"] < 1.0 for entry in history)
     for name in ("config.json", "metrics.json", "per_class.csv", "manifest.json", "log.txt", "status.json",
                  "checkpoints/last.pt"):
         assert (result.run_dir / name).exists(), name
