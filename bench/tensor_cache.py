@@ -5,6 +5,7 @@ reported and recomputed, never used."""
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,34 +37,36 @@ def load_cached(path: Path, expected_shape: tuple[int, ...] | None, warn: Callab
     recomputes it). `expected_shape` entries of -1 match any size."""
     if not path.exists():
         return None
-    problem = _check(path, expected_shape)
+    tensor, problem = _read_checked(path, expected_shape)
     if problem is None:
-        return torch.load(path, weights_only=True)
+        return tensor
     warn(f"cache entry {path} is bad ({problem}); recomputing it")
     return None
 
 
-def _check(path: Path, expected_shape: tuple[int, ...] | None) -> str | None:
+def _read_checked(path: Path, expected_shape: tuple[int, ...] | None) -> tuple[torch.Tensor | None, str | None]:
+    """(the tensor, None) when the entry matches its checksum file and the expected shape, else (None, why).
+    The file is read once."""
     try:
         described = read_json(_checksum_path(path))
     except FileNotFoundError:
-        return "no checksum file: written by an interrupted run or an older version"
+        return None, "no checksum file: written by an interrupted run or an older version"
     except (OSError, ValueError) as error:
-        return f"unreadable checksum file: {first_line(error)}"
+        return None, f"unreadable checksum file: {first_line(error)}"
     data = path.read_bytes()
     if not isinstance(described, dict) or described.get("sha256") != hashlib.sha256(data).hexdigest():
-        return "checksum mismatch"
+        return None, "checksum mismatch"
     try:
-        tensor = torch.load(path, weights_only=True)
+        tensor = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch raises many kinds for a bad file)
-        return f"unreadable: {first_line(error)}"
+        return None, f"unreadable: {first_line(error)}"
     if not isinstance(tensor, torch.Tensor):
-        return f"holds a {type(tensor).__name__}, not a tensor"
+        return None, f"holds a {type(tensor).__name__}, not a tensor"
     if described != _describe(tensor, data):
-        return f"shape/dtype {list(tensor.shape)} {tensor.dtype} differ from its checksum file"
+        return None, f"shape/dtype {list(tensor.shape)} {tensor.dtype} differ from its checksum file"
     if expected_shape is not None and (len(expected_shape) != tensor.dim() or any(
             want not in (-1, got) for want, got in zip(expected_shape, tensor.shape, strict=True))):
-        return f"shape {list(tensor.shape)}, expected {list(expected_shape)}"
+        return None, f"shape {list(tensor.shape)}, expected {list(expected_shape)}"
     if tensor.dtype != torch.float32:
-        return f"dtype {tensor.dtype}, expected float32"
-    return None
+        return None, f"dtype {tensor.dtype}, expected float32"
+    return tensor, None
