@@ -204,8 +204,8 @@ class Engine:
         when no epoch finished, the model as it stands; flagged either way."""
         state = self.stop_early() if self.checkpoint_path.exists() else TrainingState()
         state.health.append(f"diverged: {diverged}")
-        self.ctx.warn(f"training health: diverged ({diverged}); evaluated with the weights of the last finished "
-                      "epoch" if state.history else f"training health: diverged ({diverged}) in its first epoch")
+        when = "evaluated with the weights of its last finished epoch" if state.history else "in its first epoch"
+        self.ctx.warn(f"training health: diverged ({diverged}); {when}")
         return state
 
     def stop_early(self) -> TrainingState:

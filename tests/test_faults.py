@@ -40,6 +40,16 @@ def fast_spec(out, method="finetune", **overrides):
                           out=str(out), overrides={**settings, **overrides})
 
 
+def interrupted_run(out, method="finetune"):
+    """A run Ctrl-C'd after its first epoch (checkpointed, status interrupted); returns its folder."""
+    def stop(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(fast_spec(out, method=method), on_epoch_end=stop)
+    return next((out / "runs").iterdir())
+
+
 def invoke(*args: str):
     result = CliRunner().invoke(app, list(args))
     assert "Traceback" not in result.output, result.output
@@ -163,12 +173,7 @@ def test_a_bad_cached_feature_file_is_recomputed_with_a_warning(tmp_path, damage
 
 
 def test_unreadable_checkpoint_on_resume_says_how_to_restart(tmp_path):
-    def stop(entry):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path), on_epoch_end=stop)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = interrupted_run(tmp_path)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     result = invoke("run", "--resume", run_dir.name, "--out", str(tmp_path))
@@ -182,12 +187,7 @@ def test_unreadable_checkpoint_on_resume_says_how_to_restart(tmp_path):
 # ------------------------------------------------------------------ one run, one writer
 
 def test_a_run_held_by_another_process_is_refused(tmp_path):
-    def stop(entry):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path), on_epoch_end=stop)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = interrupted_run(tmp_path)
     log_before = (run_dir / "log.txt").read_text()
     with RunLock(run_dir):  # as another `bench run --resume` of the same run would hold it
         result = invoke("run", "--resume", run_dir.name, "--out", str(tmp_path))
@@ -213,12 +213,7 @@ def test_show_tells_a_dead_run_from_a_running_one(tmp_path):
 # ------------------------------------------------------------------ interrupted writes leave no temp files
 
 def test_temp_files_of_interrupted_writes_are_removed_on_resume(tmp_path):
-    def stop(entry):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path, method="linear_probe"), on_epoch_end=stop)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = interrupted_run(tmp_path, method="linear_probe")
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = os.uname().nodename.replace(".", "_")
@@ -331,12 +326,7 @@ def test_resume_keeps_the_values_the_run_started_with(tmp_path, monkeypatch):
 
     from bench.hparams import HParam
 
-    def stop(entry):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path), on_epoch_end=stop)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = interrupted_run(tmp_path)
     started = json.loads((run_dir / "config.json").read_text())["hparams"]
     declared = METHODS.get("finetune").hparams
     monkeypatch.setitem(declared, "optimizer", HParam("adamw" if started["optimizer"] == "sgd" else "sgd",
