@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -13,11 +15,12 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from bench.data import AUGMENTATIONS
+from bench.data import AUGMENTATIONS, ImageFeed
 from bench.datasets.base import LongTailDataset
 from bench.errors import BenchError
 from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
 from bench.metrics import SHOT_CONVENTIONS
+from bench.pixel_cache import split_pixels
 
 COMMON_OPTIONS: dict[str, HParam] = {
     "image_size": HParam(0, help="input resolution; 0 = the backbone's native size", bounds=NON_NEGATIVE),
@@ -25,10 +28,19 @@ COMMON_OPTIONS: dict[str, HParam] = {
                       "the dataset forbids them)", choices=AUGMENTATIONS),
     "eval_batch_size": HParam(-1, help="batch size for evaluation and feature extraction; -1 = 32 on CPU "
                               "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
-    "num_workers": HParam(-1, help="data-loading workers; -1 = 0 on CPU, 8 on GPU", bounds=AUTO_OR_NON_NEGATIVE),
+    "num_workers": HParam(-1, help="DataLoader workers for splits fed image by image; -1 = 0 on CPU (workers would "
+                          "take the cores the model computes on), on GPU one per CPU this run may use (its Ray "
+                          "trial's share, else the process's CPU affinity) less one, at most 8",
+                          bounds=AUTO_OR_NON_NEGATIVE),
+    "data_cache": HParam("auto", help="auto: splits of small images (one size, sides ≤ 64 px: CIFAR, digits) are "
+                         "decoded once into uint8 pixels and augmented a batch at a time as tensors | off: every "
+                         "split decoded image by image through PIL each epoch", choices=("auto", "off")),
     "amp": HParam("auto", help="mixed precision: auto (bf16 on GPUs and on CPUs with bf16 instructions, which "
                   "are detected; fp16 on older GPUs; fp32 otherwise) | bf16 | fp16 (GPU only) | off (fp32)",
                   choices=("auto", "bf16", "fp16", "off")),
+    "compile": HParam(False, help="torch.compile (inductor) each backbone block before training: a one-off "
+                      "compile of tens of seconds, then faster steps where the compiler wins (measured by "
+                      "scripts/lpt_speed.py --compile; off by default)"),
     "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)",
                         bounds=NON_NEGATIVE),
     "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (best overall "
@@ -53,6 +65,16 @@ def cpu_has_bf16() -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its Ray task's CPU share inside a Ray worker, else its CPU affinity."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; importing it here would cost seconds
+    if ray is not None and ray.is_initialized():
+        share = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if share:
+            return max(1, int(share))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass
 class BackboneRequest:
     name: str
@@ -74,6 +96,8 @@ class RunContext:
     console: Console
     log: logging.Logger
     notes: list[str] = field(default_factory=list)
+    data_paths: dict[str, str] = field(default_factory=dict)  # per split fed so far: how its images were read
+    _feeds: dict[str, ImageFeed] = field(default_factory=dict, repr=False)
 
     @cached_property
     def backbone(self):
@@ -93,7 +117,25 @@ class RunContext:
         requested = self.hparams["num_workers"]
         if requested >= 0:
             return requested
-        return 8 if self.device.type == "cuda" else 0
+        return min(8, max(0, usable_cpus() - 1)) if self.device.type == "cuda" else 0
+
+    def compile_backbone(self) -> None:
+        """torch.compile every block of the backbone in place (parameters and state-dict keys unchanged)."""
+        for block in self.backbone.blocks:
+            block.compile()
+        self.log.info(f"compiled the {len(self.backbone.blocks)} blocks of {self.backbone_request.name}")
+
+    def feed(self, split_name: str) -> ImageFeed:
+        """How `split_name`'s images reach the model (decided once per split, logged, and recorded)."""
+        if split_name not in self._feeds:
+            split = getattr(self.dataset, split_name)
+            pixels, how = None, "image by image (data_cache=off)"
+            if self.hparams["data_cache"] == "auto":
+                pixels, how = split_pixels(split, self.cache_dir, self.console, self.warn)
+            self.data_paths[split_name] = how
+            self.log.info(f"{split_name} images: {how}")
+            self._feeds[split_name] = ImageFeed(split, pixels, self.device, self.num_workers)
+        return self._feeds[split_name]
 
     @property
     def eval_batch_size(self) -> int:

@@ -136,6 +136,8 @@ class Engine:
         ctx = self.ctx
         phases = self.method.phases()
         state, optimizer_state, scaler_state = self._load(phases)
+        if ctx.hparams["compile"]:
+            ctx.compile_backbone()
         if state.resumed:
             ctx.log.info(f"resuming at phase {state.phase} ({phases[min(state.phase, len(phases) - 1)].name}), "
                          f"epoch {state.next_epoch}")

@@ -8,18 +8,17 @@ import json
 import torch
 
 from bench.context import RunContext
-from bench.data import describe_transform, eval_loader, eval_transform
-from bench.datasets.base import Split
+from bench.data import Transform, chunks, eval_transform
 from bench.progress import progress_bars
 from bench.tensor_cache import load_cached, save_cached
 
 
-def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
+def feature_key(ctx: RunContext, split_name: str, transform_text: str) -> str:
     backbone = ctx.backbone
     info = backbone.weights_info
     identity = {
         "backbone": backbone.name, "weights_source": info.source, "weights": info.sha256 or info.location,
-        "transform": transform_text, "split": split.fingerprint, "precision": ctx.precision,
+        "transform": transform_text, "split": getattr(ctx.dataset, split_name).fingerprint, "precision": ctx.precision,
         # random weights differ per seed, so their features do too
         "seed": ctx.seed if not info.pretrained else None,
     }
@@ -27,31 +26,30 @@ def feature_key(ctx: RunContext, split: Split, transform_text: str) -> str:
 
 
 @torch.no_grad()
-def extract_features(ctx: RunContext, split: Split, transform, description: str) -> torch.Tensor:
+def extract_features(ctx: RunContext, split_name: str, transform: Transform) -> torch.Tensor:
     backbone = ctx.backbone.eval()
-    loader = eval_loader(split, transform, ctx.eval_batch_size, ctx.num_workers)
-    chunks = []
+    batches = chunks(range(len(getattr(ctx.dataset, split_name))), ctx.eval_batch_size)
+    features = []
     with progress_bars(ctx.console) as progress:
-        bar = progress.bar(description, len(loader))
-        for images, _ in loader:
-            images = images.to(ctx.device, non_blocking=True)
+        bar = progress.bar(f"features {split_name}", len(batches))
+        for images, _ in ctx.feed(split_name).batches(transform, batches, 0):
             with ctx.autocast():
-                chunks.append(backbone(images).float().cpu())
+                features.append(backbone(images).float().cpu())
             bar.advance()
         bar.close()
-    return torch.cat(chunks) if chunks else torch.zeros(0, backbone.feature_dim)
+    return torch.cat(features) if features else torch.zeros(0, backbone.feature_dim)
 
 
-def cached_features(ctx: RunContext, split: Split) -> torch.Tensor:
-    """[N, feature_dim] float32 features of `split` under the evaluation transform."""
+def cached_features(ctx: RunContext, split_name: str, transform: Transform | None = None) -> torch.Tensor:
+    """[N, feature_dim] float32 features of a split under `transform` (default: the evaluation transform)."""
     backbone = ctx.backbone
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
-    key = feature_key(ctx, split, describe_transform(transform))
+    transform = transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    key = feature_key(ctx, split_name, ctx.feed(split_name).describe(transform))
     path = ctx.cache_dir / "features" / f"{key}.pt"
-    cached = load_cached(path, (len(split), backbone.feature_dim), ctx.warn)
+    cached = load_cached(path, (len(getattr(ctx.dataset, split_name)), backbone.feature_dim), ctx.warn)
     if cached is not None:
-        ctx.log.info(f"features of {split.name} from cache {path.name}")
+        ctx.log.info(f"features of {split_name} from cache {path.name}")
         return cached
-    features = extract_features(ctx, split, transform, f"features {split.name}")
+    features = extract_features(ctx, split_name, transform)
     save_cached(path, features)
     return features

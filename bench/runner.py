@@ -312,7 +312,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "data_wait_share": round(state.data_wait_s / state.train_time_s, 4) if state.train_time_s > 0 else None,
         "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
         else round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
-        "device": manifest["device"], "precision": ctx.precision, "pretrained": backbone.weights_info.pretrained,
+        "device": manifest["device"], "precision": ctx.precision, "data_paths": ctx.data_paths,
+        "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
         "num_classes": dataset.num_classes, "train_size": len(dataset.train),
         "val_split": {"source": dataset.val_source, "size": len(dataset.val),

@@ -1,4 +1,4 @@
-"""Tensors cached on disk (backbone features, class-name text embeddings), each beside a small JSON file with
+"""Tensors cached on disk (backbone features, class-name text embeddings, decoded small images), each beside a small JSON file with
 its checksum, shape and dtype. An entry that is missing its JSON, truncated, garbage or of the wrong shape is
 reported and recomputed, never used."""
 
@@ -31,20 +31,21 @@ def save_cached(path: Path, tensor: torch.Tensor) -> None:
     atomic_write_json(_checksum_path(path), _describe(tensor, path.read_bytes()))
 
 
-def load_cached(path: Path, expected_shape: tuple[int, ...] | None, warn: Callable[[str], None]
-                ) -> torch.Tensor | None:
+def load_cached(path: Path, expected_shape: tuple[int, ...] | None, warn: Callable[[str], None],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     """The cached tensor, or None when there is none or it is bad (then `warn` says why, and the caller
     recomputes it). `expected_shape` entries of -1 match any size."""
     if not path.exists():
         return None
-    tensor, problem = _read_checked(path, expected_shape)
+    tensor, problem = _read_checked(path, expected_shape, dtype)
     if problem is None:
         return tensor
     warn(f"cache entry {path} is bad ({problem}); recomputing it")
     return None
 
 
-def _read_checked(path: Path, expected_shape: tuple[int, ...] | None) -> tuple[torch.Tensor | None, str | None]:
+def _read_checked(path: Path, expected_shape: tuple[int, ...] | None, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor | None, str | None]:
     """(the tensor, None) when the entry matches its checksum file and the expected shape, else (None, why).
     The file is read once."""
     try:
@@ -67,6 +68,6 @@ def _read_checked(path: Path, expected_shape: tuple[int, ...] | None) -> tuple[t
     if expected_shape is not None and (len(expected_shape) != tensor.dim() or any(
             want not in (-1, got) for want, got in zip(expected_shape, tensor.shape, strict=True))):
         return None, f"shape {list(tensor.shape)}, expected {list(expected_shape)}"
-    if tensor.dtype != torch.float32:
-        return None, f"dtype {tensor.dtype}, expected float32"
+    if tensor.dtype != dtype:
+        return None, f"dtype {tensor.dtype}, expected {dtype}"
     return tensor, None

@@ -47,7 +47,7 @@ class ZeroShotClip(Method):
         ctx = self.ctx
         scale = float(ctx.backbone.clip_model.logit_scale.detach().exp())
         self.classifier = TextClassifier(class_text_embeddings(ctx, self.hp["templates"]), scale).to(ctx.device)
-        self.features = {s: cached_features(ctx, getattr(ctx.dataset, s)) for s in ("val", "test")}
+        self.features = {s: cached_features(ctx, s) for s in ("val", "test")}
 
     def model(self) -> nn.Module:
         return self.classifier

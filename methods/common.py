@@ -10,7 +10,7 @@ from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
 from torch import nn
 
 from bench.context import RunContext
-from bench.data import batch_loader, eval_loader, eval_transform, train_loader, train_transform
+from bench.data import chunks, eval_transform, train_transform
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
 from bench.seeding import derived_seed
 
@@ -62,9 +62,9 @@ def image_batches(ctx: RunContext, phase_name: str, sampler: str,
     split = ctx.dataset.train
 
     def batches(epoch: int) -> Iterator:
-        indices = epoch_indices(sampler, split.labels, derived_seed(ctx.seed, phase_name, epoch))
-        for images, labels in train_loader(split, transform, batch_size, ctx.num_workers, indices):
-            yield images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        seed = derived_seed(ctx.seed, phase_name, epoch)
+        indices = epoch_indices(sampler, split.labels, seed)
+        yield from ctx.feed("train").batches(transform, chunks(indices, batch_size), derived_seed(seed, "augment"))
 
     return batches, steps(len(split), batch_size)
 
@@ -96,12 +96,12 @@ def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_cl
     split = ctx.dataset.train
 
     def batches(epoch: int) -> Iterator:
-        rng = np.random.default_rng(derived_seed(ctx.seed, phase_name, epoch))
-        pairs = dual_index_batches(split.labels, batch_size, per_class, rng)
+        seed = derived_seed(ctx.seed, phase_name, epoch)
+        pairs = dual_index_batches(split.labels, batch_size, per_class, np.random.default_rng(seed))
         flat = [indices for pair in pairs for indices in pair]
-        loader = iter(batch_loader(split, transform, flat, ctx.num_workers))
+        loader = iter(ctx.feed("train").batches(transform, flat, derived_seed(seed, "augment")))
         for balanced, uniform in zip(loader, loader, strict=True):
-            yield tuple(t.to(ctx.device, non_blocking=True) for t in (*balanced, *uniform))
+            yield (*balanced, *uniform)
 
     return batches, lambda: dual_steps(len(split), batch_size)
 
@@ -126,12 +126,10 @@ def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Ca
 def predict_images(ctx: RunContext, model: nn.Module, split_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     split = getattr(ctx.dataset, split_name)
     backbone = ctx.backbone
-    loader = eval_loader(split, eval_transform(backbone.image_size, backbone.mean, backbone.std),
-                         ctx.eval_batch_size, ctx.num_workers)
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
     model.eval()
     logits = []
-    for images, _ in loader:
-        images = images.to(ctx.device, non_blocking=True)
+    for images, _ in ctx.feed(split_name).batches(transform, chunks(range(len(split)), ctx.eval_batch_size), 0):
         with ctx.autocast():
             logits.append(model(images).float().cpu())
     return torch.cat(logits), torch.as_tensor(split.labels)

@@ -80,12 +80,11 @@ class Decoupled(Method):
         """Features of every split from the (now fixed) representation; the pretrained one's come from disk."""
         ctx = self.ctx
         if self.hp["repr_epochs"] == 0:
-            self.features = {s: cached_features(ctx, getattr(ctx.dataset, s)) for s in SPLITS}
+            self.features = {s: cached_features(ctx, s) for s in SPLITS}
             return
         backbone = ctx.backbone
         transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
-        self.features = {s: extract_features(ctx, getattr(ctx.dataset, s), transform, f"features {s}")
-                         for s in SPLITS}
+        self.features = {s: extract_features(ctx, s, transform) for s in SPLITS}
 
     def predicts_from_features(self) -> bool:
         return bool(self.features)

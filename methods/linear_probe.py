@@ -39,7 +39,7 @@ class CachedFeatureMethod(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.features = {name: cached_features(ctx, getattr(ctx.dataset, name)) for name in SPLITS}
+        self.features = {name: cached_features(ctx, name) for name in SPLITS}
         self.head = self.build_head().to(ctx.device)
 
     def build_head(self) -> nn.Module:

@@ -263,7 +263,7 @@ def test_bench_eval_reads_the_official_checkpoint_format(tmp_path):
         model.head.weight.copy_(state["module.prompt_learner.head.weight"].t())
     dataset = load_dataset("places", tmp_path / "places", {"split_dir": ""})
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
-    images = torch.stack([transform(dataset.test.images.load(i)) for i in range(len(dataset.test))])
+    images = torch.stack([transform.pil()(dataset.test.images.load(i)) for i in range(len(dataset.test))])
     with torch.no_grad():
         predicted = model(images).argmax(1).numpy()
     expected = 100 * (predicted == dataset.test.labels).mean()

@@ -24,6 +24,7 @@ def test_finetune_run_writes_folder_and_record(tmp_path):
     assert 0.0 <= result.record["data_wait_share"] < 1.0  # the share of training time spent waiting for batches
     history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
     assert all(entry["seconds"] > 0 and 0.0 <= entry["data_wait_share"] < 1.0 for entry in history)
+    assert result.record["data_paths"] == {s: "uint8 pixels in memory 8×8" for s in ("train", "val", "test")}
     for name in ("config.json", "metrics.json", "per_class.csv", "manifest.json", "log.txt", "status.json",
                  "checkpoints/last.pt"):
         assert (result.run_dir / name).exists(), name
@@ -241,3 +242,12 @@ def test_precision_follows_the_cpu_and_is_recorded(tmp_path, monkeypatch):
     bf16 = runner.execute(spec)
     assert bf16.record["precision"] == "bf16"
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 6  # 3 splits × 2 precisions
+
+
+def test_data_cache_off_feeds_images_one_by_one(tmp_path):
+    """The same run through PIL image by image: recorded as such, and close to the tensor path (the paths
+    differ only by interpolation round-off)."""
+    cached = runner.execute(fast_spec(tmp_path, epochs="0"))
+    per_image = runner.execute(fast_spec(tmp_path, epochs="0", data_cache="off"))
+    assert set(per_image.record["data_paths"].values()) == {"image by image (data_cache=off)"}
+    assert abs(per_image.record["test"]["overall"] - cached.record["test"]["overall"]) <= 2.0
