@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for PIL-decoded data")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=150)
     device = torch.device(args.device)
     amp = args.amp
     if amp == "auto":
@@ -204,7 +204,7 @@ def main() -> None:
 def compare_compiled(args, model: LPTModel, batch, dtype, device: torch.device, console: Console) -> None:
     compiled_model = copy.deepcopy(model)
     started = time.perf_counter()
-    for block in compiled_model.backbone.blocks:
+    for block in compiled_model.prompted.backbone.blocks:
         block.compile()
     compiled = Phase2Step(compiled_model, args.classes, dtype, device)
     eager = Phase2Step(model, args.classes, dtype, device)
