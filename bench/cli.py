@@ -1,4 +1,4 @@
-"""`bench`: run, eval, sweep, ablate, list, show."""
+"""`bench`: run, eval, sweep, ablate, benchmark, list, show, report."""
 
 from __future__ import annotations
 
@@ -239,6 +239,61 @@ def ablate(
         _fail(error)
 
 
+@app.command()
+def benchmark(
+    protocol: str = typer.Argument(..., help="a shipped protocol (bench list protocols) or a protocol .toml file"),
+    data_root: str | None = TRIAL_DATA_ROOT,
+    executor: str = typer.Option("local", "--executor", help="local (in-process, no Ray) | ray (Ray Tune)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a benchmark started before; recorded runs are "
+                                "not run again"),
+    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
+    address: str | None = ADDRESS,
+    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
+    out: str | None = RESULTS_OUT,
+    device: str = TRIAL_DEVICE,
+    formats: str = typer.Option("md,html", "--format", "-f", help="report formats: md, html, tex, csv"),
+) -> None:
+    """Run a benchmark protocol: its methods × configurations searched on val × seeds, then its report (one
+    table per protocol, mean ± std over seeds, configurations searched per method)."""
+    from bench import report as reports
+    from bench.benchmark import BenchmarkOptions, run_benchmark
+    from bench.protocols import load_protocol
+    from bench.store import ResultsStore
+    from bench.sweep import EXECUTORS
+
+    try:
+        if executor not in EXECUTORS:
+            raise BenchError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
+        chosen_formats = reports.parse_formats(formats)
+        definition = load_protocol(protocol)
+        options = BenchmarkOptions(data_root=data_root, out=out, executor=executor, resume=resume, device=device,
+                                   cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
+                                   max_failures=max_failures)
+        try:
+            root = run_benchmark(definition, options, console)
+        except KeyboardInterrupt:
+            _say(f"interrupted; finished runs are recorded; continue with: bench benchmark {protocol} --resume"
+                 + (f" --data-root {data_root}" if data_root else "") + (f" --out {out}" if out else ""),
+                 err_console)
+            raise typer.Exit(130) from None
+        tag = f"{definition.name} {definition.hash}"
+        records = [r for r in reports.load_records(ResultsStore(root)) if reports.protocol_of(r) == tag]
+        if not records:
+            raise BenchError(f"benchmark {definition.name}: no run was recorded; see the run logs under {root}/runs")
+        built = reports.build_report(records, reports.method_order(), str(root), published="none")
+        files, blocks = reports.render_report(built, chosen_formats, root)
+        folder = root / "reports" / definition.name
+        written = reports.write_files(folder, files)
+    except BenchError as error:
+        _fail(error)
+    for table in reports.console_tables(blocks):
+        console.print(table)
+    expected = len(definition.methods) * (len(definition.seeds) + max(0, definition.trials - 1))
+    _say(f"{len(records)} runs recorded under protocol {tag} (at most {expected} planned); report: "
+         + ", ".join(str(path) for path in written))
+
+
 def _execute_interruptibly(definition, command: str, resume: bool) -> None:
     from bench.sweep_setup import execute_sweep
 
@@ -279,8 +334,8 @@ def _cell(value) -> str:
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("all", help="methods | datasets | backbones | all")) -> None:
-    """List registered methods, datasets and backbones."""
+def list_(what: str = typer.Argument("all", help="methods | datasets | backbones | protocols | all")) -> None:
+    """List registered methods, datasets and backbones, and the shipped benchmark protocols."""
     import bench.datasets
     import bench.methods  # noqa: F401
     from bench.backbones import BACKBONES
@@ -292,8 +347,8 @@ def list_(what: str = typer.Argument("all", help="methods | datasets | backbones
         "datasets": (DATASETS, lambda spec: spec.description),
         "backbones": (BACKBONES, lambda spec: spec.description),
     }
-    if what != "all" and what not in sections:
-        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, all"))
+    if what != "all" and what not in (*sections, "protocols"):
+        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, protocols, all"))
     for name, (registry, describe) in sections.items():
         if what not in ("all", name):
             continue
@@ -303,6 +358,17 @@ def list_(what: str = typer.Argument("all", help="methods | datasets | backbones
         table.add_column("description")
         for key, entry in registry.items():
             table.add_row(key, ", ".join(registry.aliases_of(key)), describe(entry))
+        console.print(table)
+    if what in ("all", "protocols"):
+        import tomllib
+
+        from bench.protocols import shipped_protocols
+
+        table = Table(title="protocols (bench benchmark NAME)")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for path in shipped_protocols():
+            table.add_row(path.stem, str(tomllib.loads(path.read_text()).get("description", "")))
         console.print(table)
 
 
@@ -353,6 +419,7 @@ def report(
     results: str | None = typer.Option(None, "--results", help="results root (default ./results or "
                                                                 "$BENCH_RESULTS)"),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)"),
+    protocol: str | None = typer.Option(None, "--protocol", help="only the runs of this benchmark protocol"),
     formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
                                                                      "(default md,html)"),
     out: str | None = typer.Option(None, "--out", help="report folder (default <results>/report)"),
@@ -378,6 +445,11 @@ def report(
             root = Path(results).expanduser().resolve()
         try:
             records = reports.load_records(ResultsStore(root), dataset)
+            if protocol is not None:
+                records = [r for r in records if (reports.protocol_of(r) or "").split(" ")[0] == protocol]
+                if not records:
+                    raise reports.NothingToReport(f"no records of protocol {protocol} in {root}/records "
+                                                  "(run `bench benchmark` first)")
         except reports.NothingToReport as nothing:
             err_console.print(str(nothing), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(1) from None

@@ -61,16 +61,16 @@ class Request:
     random_init: bool = False
 
 
-def _absolute(path: str | None) -> str | None:
+def absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
-def _results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path, Path]:
+def results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path, Path]:
     """(results root, where sweep folders go): --out or the default, --storage or <results>/sweeps."""
     from bench.run_folder import default_results_root
 
-    results = Path(_absolute(out)) if out else default_results_root()
-    return results, Path(_absolute(storage)) if storage else results / "sweeps"
+    results = Path(absolute(out)) if out else default_results_root()
+    return results, Path(absolute(storage)) if storage else results / "sweeps"
 
 
 def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, TrialPlan]:
@@ -79,14 +79,14 @@ def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, 
     if request.executor not in EXECUTORS:
         raise BenchError(f"--executor {request.executor}: choose one of {', '.join(EXECUTORS)}")
     check_metric(request.metric)
-    out, storage = _results_and_sweeps_roots(request.out, request.storage)
+    out, storage = results_and_sweeps_roots(request.out, request.storage)
     name = check_name(request.name or default_name)
     if (storage / name).exists():
         raise BenchError(f"sweep {name!r} already exists in {storage}; add --resume to finish it, or choose "
                          "another --name")
     dataset = DATASETS.canonical(request.dataset)
-    plan = TrialPlan(sweep=name, kind=kind, dataset=dataset, out=str(out), weights=_absolute(request.weights),
-                     data_root=_absolute(request.data_root), device=request.device,
+    plan = TrialPlan(sweep=name, kind=kind, dataset=dataset, out=str(out), weights=absolute(request.weights),
+                     data_root=absolute(request.data_root), device=request.device,
                      allow_download=request.allow_download,
                      allow_random_init=request.random_init or is_embedded(request.dataset, request.backbone),
                      cpus_per_trial=request.cpus_per_trial)
@@ -183,7 +183,7 @@ def load_for_resume(name: str | None, storage: str | None, out: str | None) -> S
 
     if not name:
         raise BenchError("--resume needs the sweep's --name (see the folders under <results>/sweeps)")
-    _, root = _results_and_sweeps_roots(out, storage)
+    _, root = results_and_sweeps_roots(out, storage)
     folder = root / name
     if not (folder / SWEEP_FILE).exists():
         raise BenchError(f"no sweep {name!r} in {root} (no {SWEEP_FILE}); check --name and --storage")

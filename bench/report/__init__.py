@@ -18,7 +18,7 @@ from bench.report.render_csv import render_csv
 from bench.report.render_html import render_html
 from bench.report.render_md import render_markdown
 from bench.report.render_tex import render_tex
-from bench.report.tables import Report, build_report
+from bench.report.tables import Report, build_report, protocol_of
 from bench.store import ResultsStore, atomic_write_bytes
 
 FILES = {"md": "leaderboard.md", "html": "report.html", "tex": "leaderboard.tex", "csv": "leaderboard.csv"}
@@ -28,7 +28,7 @@ PLOTTED_FORMATS = ("md", "html")  # the formats that show the plots (markdown li
 PUBLISHED_CHOICES = ("store", "all", "none")
 
 __all__ = ["DEFAULT_FORMATS", "FILES", "PUBLISHED_CHOICES", "NothingToReport", "Report", "build_report",
-           "check_published", "console_tables", "load_records", "method_order", "parse_formats",
+           "check_published", "console_tables", "load_records", "method_order", "parse_formats", "protocol_of",
            "render_report", "write_files"]
 REQUIRED_FIELDS = ("run_id", "method", "dataset")
 

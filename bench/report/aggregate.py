@@ -67,6 +67,12 @@ class Configuration:
     def metric(self, split: str, name: str) -> Stat | None:
         return mean_std((record.get(split) or {}).get(name) for record in self.records)
 
+    def selection_score(self, name: str) -> Stat | None:
+        """Mean val `name` of the runs the choice is made on: a benchmark's search runs where there are any
+        (the protocol chose on them, at its first seed), else every seed."""
+        searched = [r for r in self.records if (r.get("tags") or {}).get("stage") == "search"]
+        return mean_std((record.get("val") or {}).get(name) for record in searched or self.records)
+
     def field(self, name: str) -> Stat | None:
         return mean_std(record.get(name) for record in self.records)
 
@@ -86,7 +92,7 @@ def best_on_val(configurations: Sequence[Configuration], metric: str = "overall"
     """The configuration with the best mean val `metric` (never test) among those whose training was not flagged
     (a flagged one only when every one is); ties: more seeds, then earliest run."""
     def rank(configuration: Configuration) -> tuple:
-        val = configuration.metric("val", metric)
+        val = configuration.selection_score(metric)
         return (bool(configuration.health_flags), val is None, -val.mean if val else 0.0, -configuration.seeds,
                 configuration.earliest)
 

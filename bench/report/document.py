@@ -42,7 +42,8 @@ class Block:
     title: str
     level: int  # 1 report, 2 dataset, 3 a table or the plots
     kind: str  # report | dataset | leaderboard | published | ablation | sweep | plots
-    dataset: str | None = None
+    dataset: str | None = None  # the section's key (a dataset, or a dataset under a protocol)
+    where: str | None = None  # the section's title, for captions: "<dataset> · protocol <name> <hash>"
     paragraphs: list[str] = field(default_factory=list)
     grid: Grid | None = None
     notes: list[str] = field(default_factory=list)  # footnotes below the grid
@@ -54,8 +55,11 @@ def build_document(report: Report, plots: Plots | None = None) -> list[Block]:
     blocks = [Block(TITLE, 1, "report", paragraphs=[
         f"{report.record_count} records read from {report.source}/records.", READING_GUIDE])]
     for section in report.datasets:
-        blocks.append(Block(section.dataset, 2, "dataset", section.dataset))
-        blocks.extend(_dataset_blocks(section, plots))
+        section_blocks = [Block(section.title, 2, "dataset", section.key, paragraphs=section.about),
+                          *_dataset_blocks(section, plots)]
+        for block in section_blocks:
+            block.where = section.title
+        blocks.extend(section_blocks)
     return blocks
 
 
@@ -63,15 +67,15 @@ def _dataset_blocks(section: DatasetReport, plots: Plots) -> list[Block]:
     if section.leaderboard:
         blocks = [leaderboard_block(section)]
     else:
-        blocks = [Block("Leaderboard", 3, "leaderboard", section.dataset,
+        blocks = [Block("Leaderboard", 3, "leaderboard", section.key,
                         paragraphs=["No measured runs of this dataset in the store."])]
     if section.published:
         blocks.append(published_block(section))
-    blocks += [ablation_block(section.dataset, ablation) for ablation in section.ablations]
-    blocks += [sweep_block(section.dataset, sweep) for sweep in section.sweeps]
-    images = [plot for plot in plots.images if plot.dataset == section.dataset]
-    if images or section.dataset in plots.notes:
-        blocks.append(Block("Plots", 3, "plots", section.dataset, notes=plots.notes.get(section.dataset, []),
+    blocks += [ablation_block(section.key, ablation) for ablation in section.ablations]
+    blocks += [sweep_block(section.key, sweep) for sweep in section.sweeps]
+    images = [plot for plot in plots.images if plot.dataset == section.key]
+    if images or section.key in plots.notes:
+        blocks.append(Block("Plots", 3, "plots", section.key, notes=plots.notes.get(section.key, []),
                             images=images))
     return blocks
 
@@ -105,7 +109,7 @@ def leaderboard_block(section: DatasetReport) -> Block:
     notes.append(COST_NOTE)
     header = ["method", "backbone", "px", *METRICS, "n", "configs", "trainable", "train time", "device", "ms/img"]
     numeric = [False, False, *[True] * 9, False, True]
-    return Block("Leaderboard", 3, "leaderboard", section.dataset, grid=Grid(header, rows, numeric),
+    return Block("Leaderboard", 3, "leaderboard", section.key, grid=Grid(header, rows, numeric),
                  notes=notes)
 
 
@@ -126,7 +130,7 @@ def published_block(section: DatasetReport) -> Block:
     rows = [[f"{result.method} (published)", result.overall,
              *(value or fmt.UNDEFINED for value in (result.many, result.medium, result.few)), result.source]
             for result in section.published]
-    return Block("Published (not measured here)", 3, "published", section.dataset,
+    return Block("Published (not measured here)", 3, "published", section.key,
                  paragraphs=[PUBLISHED_NOTE],
                  grid=Grid(["method", *METRICS, "source"], rows, [False, True, True, True, True, False]))
 

@@ -48,7 +48,7 @@ def row_label(row: LeaderboardRow) -> str:
 
 
 def _dataset_plots(section: DatasetReport, results_root: Path | None, plots: Plots) -> None:
-    notes = plots.notes.setdefault(section.dataset, [])
+    notes = plots.notes.setdefault(section.key, [])
     makers: list[tuple[str, str, Callable]] = [
         ("shot_groups", "test accuracy by shot group", _shot_groups),
         ("accuracy_vs_params", "test overall vs trainable parameters", _against("trainable_params",
@@ -60,11 +60,11 @@ def _dataset_plots(section: DatasetReport, results_root: Path | None, plots: Plo
     for kind, title, draw in makers:
         figure = _figure()
         if draw(figure.axes[0], section.leaderboard, notes):
-            figure.axes[0].set_title(f"{section.dataset}: {title}")
-            plots.images.append(Plot(section.dataset, f"plots/{section.dataset}_{kind}.png",
-                                     f"{section.dataset}: {title}", _png(figure)))
+            figure.axes[0].set_title(f"{section.title}: {title}")
+            plots.images.append(Plot(section.key, f"plots/{section.key}_{kind}.png",
+                                     f"{section.title}: {title}", _png(figure)))
     if not notes:
-        del plots.notes[section.dataset]
+        del plots.notes[section.key]
 
 
 def _figure():

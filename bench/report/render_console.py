@@ -17,7 +17,7 @@ def console_tables(blocks: list[Block]) -> list[Table]:
             continue
         grid = block.grid
         shown = [index for index, name in enumerate(grid.header) if name in CONSOLE_COLUMNS]
-        title = f"{block.dataset}: test accuracy, mean ± std over seeds; configuration chosen on val"
+        title = f"{block.where or block.dataset}: test accuracy, mean ± std over seeds; configuration chosen on val"
         table = Table(title=title,
                       box=box.SIMPLE_HEAD, pad_edge=False, caption=" ".join(block.notes),
                       caption_justify="left")

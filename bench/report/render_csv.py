@@ -9,7 +9,7 @@ from bench.report.aggregate import METRICS, Configuration, Stat
 from bench.report.tables import Report
 
 STAT_PARTS = ("mean", "std", "n")
-COLUMNS = ["dataset", "method", "backbone", "image_size", "pretrained", "shot_convention", "seeds", "configs",
+COLUMNS = ["dataset", "protocol", "method", "backbone", "image_size", "pretrained", "shot_convention", "seeds", "configs",
            *(f"test_{metric}_{part}" for metric in METRICS for part in STAT_PARTS),
            *(f"val_overall_{part}" for part in STAT_PARTS),
            "trainable_params", "train_time_s", "device", "test_ms_per_image", "run_ids"]
@@ -23,7 +23,7 @@ def render_csv(report: Report) -> str:
         for row in section.leaderboard:
             configuration = row.configuration
             writer.writerow([
-                section.dataset, configuration.method, configuration.backbone or "",
+                section.dataset, section.protocol or "", configuration.method, configuration.backbone or "",
                 "" if configuration.image_size is None else configuration.image_size,
                 str(configuration.pretrained).lower(), configuration.shot_convention, configuration.seeds,
                 row.candidates,

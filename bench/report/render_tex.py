@@ -26,7 +26,7 @@ def render_tex(blocks: list[Block]) -> str:
 
 
 def _table(block: Block, grid: Grid) -> str:
-    caption = " ".join([f"{block.dataset}: {block.title}.", *block.paragraphs, *block.notes])
+    caption = " ".join([f"{block.where or block.dataset}: {block.title}.", *block.paragraphs, *block.notes])
     lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{escape(caption)}}}",
              f"\\begin{{tabular}}{{{''.join('r' if numeric else 'l' for numeric in grid.numeric)}}}",
              r"\toprule", _row(grid.header), r"\midrule", *(_row(row) for row in grid.rows),

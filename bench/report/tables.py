@@ -56,12 +56,41 @@ class Sweep:
 
 @dataclass
 class DatasetReport:
+    """One dataset's runs under one protocol (`protocol`: "name hash"), or its runs outside any protocol."""
+
     dataset: str
     leaderboard: list[LeaderboardRow]
     stopped_excluded: int
     published: list[PublishedResult]
     ablations: list[Ablation] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
+    protocol: str | None = None
+    outside_protocols: bool = False  # runs outside any protocol, shown apart from the dataset's protocol tables
+
+    @property
+    def key(self) -> str:
+        """Filename-safe identity of the section (plots, anchors)."""
+        if self.protocol:
+            return f"{self.dataset}_{self.protocol.replace(' ', '_')}"
+        return f"{self.dataset}_other" if self.outside_protocols else self.dataset
+
+    @property
+    def title(self) -> str:
+        if self.protocol:
+            return f"{self.dataset} · protocol {self.protocol}"
+        return f"{self.dataset} · runs outside any protocol" if self.outside_protocols else self.dataset
+
+    @property
+    def about(self) -> list[str]:
+        if self.protocol:
+            return [PROTOCOL_NOTE]
+        return [OUTSIDE_NOTE] if self.outside_protocols else []
+
+
+PROTOCOL_NOTE = ("Every row ran under this protocol (`bench benchmark`): the same data and splits, backbone, "
+                 "resolution, training budget, search budget on val, selection rule and seeds.")
+OUTSIDE_NOTE = ("Runs that belong to no protocol: their settings, budgets and searches may differ from row to "
+                "row and from the protocol tables above, so they are not a comparison.")
 
 
 @dataclass
@@ -75,21 +104,31 @@ def build_report(records: Sequence[dict], method_order: Sequence[str], source: s
                  published: str = "store") -> Report:
     """`published`: "store" shows published rows for the datasets that have records, "all" for every dataset
     that has published rows, "none" hides them."""
-    by_dataset: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
-        by_dataset.setdefault(record["dataset"], []).append(record)
-    names = set(by_dataset) | (set(published_datasets()) if published == "all" else set())
+        groups.setdefault((record["dataset"], protocol_of(record) or ""), []).append(record)
+    for dataset in published_datasets() if published == "all" else ():
+        if not any(key[0] == dataset for key in groups):
+            groups[(dataset, "")] = []
     order = method_order_key(method_order)
     sections = []
-    for dataset in sorted(names):
-        dataset_records = by_dataset.get(dataset, [])
-        ranked = [record for record in dataset_records if not stopped_early(record)]
+    for dataset, protocol in sorted(groups, key=lambda key: (key[0], key[1] == "", key[1])):
+        group = groups[(dataset, protocol)]
+        ranked = [record for record in group if not stopped_early(record)]
+        has_protocols = any(key[0] == dataset and key[1] for key in groups)
         sections.append(DatasetReport(
-            dataset=dataset, leaderboard=leaderboard(ranked, order),
-            stopped_excluded=len(dataset_records) - len(ranked),
-            published=published_for(dataset) if published != "none" else [],
-            ablations=ablations(ranked, order), sweeps=sweeps(dataset_records)))
+            dataset=dataset, leaderboard=leaderboard(ranked, order, selection_metric(group)),
+            stopped_excluded=len(group) - len(ranked),
+            published=published_for(dataset) if published != "none" and not protocol else [],
+            ablations=ablations(ranked, order), sweeps=sweeps(group), protocol=protocol or None,
+            outside_protocols=not protocol and has_protocols))
     return Report(source=source, record_count=len(records), datasets=sections)
+
+
+def protocol_of(record: dict) -> str | None:
+    """"name hash" of the protocol a record ran under (bench benchmark), None for any other run."""
+    tags = record.get("tags") or {}
+    return f"{tags['protocol']} {tags.get('protocol_hash', '?')}" if tags.get("protocol") else None
 
 
 def _by_method(records: Sequence[dict], order) -> dict[str, list[Configuration]]:
@@ -99,9 +138,15 @@ def _by_method(records: Sequence[dict], order) -> dict[str, list[Configuration]]
     return {method: methods[method] for method in sorted(methods, key=order)}
 
 
-def leaderboard(records: Sequence[dict], order) -> list[LeaderboardRow]:
-    """One row per method in registry order: its configuration with the best mean val score."""
-    return [LeaderboardRow(best_on_val(configurations, SELECTION_METRIC), len(configurations))
+def selection_metric(records: Sequence[dict]) -> str:
+    """The val metric configurations are chosen on: the protocol's selection rule, else SELECTION_METRIC."""
+    chosen = {(record.get("tags") or {}).get("selection") for record in records} - {None}
+    return chosen.pop().removeprefix("val_") if len(chosen) == 1 else SELECTION_METRIC
+
+
+def leaderboard(records: Sequence[dict], order, metric: str = SELECTION_METRIC) -> list[LeaderboardRow]:
+    """One row per method in registry order: its configuration with the best mean val `metric`."""
+    return [LeaderboardRow(best_on_val(configurations, metric), len(configurations))
             for configurations in _by_method(records, order).values()]
 
 

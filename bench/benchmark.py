@@ -1,0 +1,151 @@
+"""`bench benchmark PROTOCOL`: the protocol's methods × configurations × seeds, run through the sweep executors
+(local or Ray), then its report.
+
+Two stages, each an ordinary sweep with fixed trials and deterministic run ids (so a second invocation re-runs
+nothing recorded and continues what was interrupted):
+- search (only when the protocol searches): every method's configurations at the first seed, the first one its
+  defaults, the rest drawn from its declared space; the best on the protocol's val metric is chosen (healthy
+  runs first, never on test);
+- seeds: the chosen configuration (or the defaults) at every remaining seed.
+Stage folders are named after the protocol and its hash: a changed protocol starts afresh and never mixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.errors import BenchError
+from bench.hparams import as_override
+from bench.protocols import Protocol
+from bench.sweep import Sweep, best_record
+from bench.trial import Trial, TrialPlan
+
+STAGES = ("search", "seeds")
+IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the LA loss): never searched
+
+
+@dataclass
+class BenchmarkOptions:
+    data_root: str | None = None
+    out: str | None = None
+    executor: str = "local"
+    resume: bool = False
+    device: str = "auto"
+    cpus_per_trial: int | None = None
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    max_failures: int = 2
+
+
+def stage_name(protocol: Protocol, stage: str) -> str:
+    return f"{protocol.name}-{protocol.hash[:8]}-{stage}"
+
+
+def protocol_tags(protocol: Protocol, stage: str) -> dict[str, str]:
+    return {"protocol": protocol.name, "protocol_hash": protocol.hash, "stage": stage, "selection": protocol.selection}
+
+
+def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: BenchmarkOptions, out: Path) -> Sweep:
+    from bench.sweep_setup import absolute
+
+    name = stage_name(protocol, stage)
+    plan = TrialPlan(sweep=name, kind="benchmark", dataset=protocol.dataset, out=str(out), weights=protocol.weights_path,
+                     data_root=absolute(options.data_root), device=options.device,
+                     allow_random_init=protocol.random_init, cpus_per_trial=options.cpus_per_trial,
+                     tags=protocol_tags(protocol, stage))
+    base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
+    return Sweep(name=name, storage=str(out / "benchmarks"), plan=plan, base=base, search="fixed", trials=trials,
+                 num_trials=len(trials), metric=protocol.selection, executor=options.executor,
+                 max_failures=options.max_failures, gpus_per_trial=options.gpus_per_trial, address=options.address)
+
+
+def search_trials(protocol: Protocol) -> list[Trial]:
+    """Per method `trials` configurations at the first seed: its defaults, then random draws from its declared
+    space (DomainBed-style streams seeded by the protocol's search seed); neither the protocol's pins nor what
+    defines the method (its loss, its sampler) are searched."""
+    from bench.methods.base import METHODS
+    from bench.search_space import default_space, random_configs
+
+    seed, trials = protocol.seeds[0], []
+    for method in protocol.methods:
+        pins = protocol.overrides(method)
+        space = {k: v for k, v in default_space(METHODS.get(method).hparams).items()
+                 if k not in pins and k not in IDENTITY}
+        draws = random_configs(space, protocol.trials - 1, protocol.search_seed) if space else []
+        for index, values in enumerate([{}, *draws]):
+            overrides = {**pins, **{k: as_override(v) for k, v in values.items()}}
+            trials.append(Trial(key=f"{method}-c{index:02d}-s{seed}", method=method, seed=seed, overrides=overrides,
+                                searched=tuple(sorted(space)), backbone=protocol.backbone))
+    return trials
+
+
+def chosen_configurations(protocol: Protocol, search: Sweep | None, console: Console) -> dict[str, dict[str, str]]:
+    """Per method the --set values of its configuration for the remaining seeds."""
+    if search is None:
+        return {method: protocol.overrides(method) for method in protocol.methods}
+    by_key = {trial.key: trial for trial in search.trials}
+    records = search.records()
+    chosen = {}
+    for method in protocol.methods:
+        best = best_record([r for r in records if r["method"] == method], protocol.selection)
+        if best is None:
+            console.print(f"[yellow]warning:[/] {method}: no search run finished with a {protocol.selection}; "
+                          "it gets no further seeds (see its run logs)")
+            continue
+        chosen[method] = by_key[best["tags"]["trial"]].overrides
+    return chosen
+
+
+def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
+    """Run (or continue) every stage; returns the results root the records went to."""
+    from bench.sweep_setup import execute_sweep, results_and_sweeps_roots
+
+    out, _ = results_and_sweeps_roots(options.out, None)
+    weights = protocol.weights_path
+    if weights and not Path(weights).is_file():
+        raise BenchError(f"protocol {protocol.name}: weights file {weights} not found (weights = "
+                         f"{protocol.weights!r} in {protocol.path})")
+    console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)
+    if protocol.source:
+        console.print(f"source: {protocol.source}", highlight=False, markup=False)
+    search = None
+    if protocol.trials:
+        search = _prepared(_stage(protocol, "search", search_trials(protocol), options, out), options)
+        execute_sweep(search, console, resume=_started(search))
+    configurations = chosen_configurations(protocol, search, console)
+    seeds = protocol.seeds[1:] if search is not None else protocol.seeds
+    trials = [Trial(key=f"{method}-s{seed}", method=method, seed=seed, overrides=overrides,
+                    backbone=protocol.backbone)
+              for seed in seeds for method, overrides in configurations.items()]  # seed-major: a partial run
+    # of a long protocol already has every method at its first seeds
+    if trials:
+        final = _prepared(_stage(protocol, "seeds", trials, options, out), options)
+        execute_sweep(final, console, resume=_started(final))
+    return out
+
+
+def _started(sweep: Sweep) -> bool:
+    from bench.sweep import SWEEP_FILE
+
+    return (sweep.folder / SWEEP_FILE).exists()
+
+
+def _prepared(sweep: Sweep, options: BenchmarkOptions) -> Sweep:
+    """A stage about to run: a new one as defined; one already started only with --resume, and then with its
+    trial list brought up to date (seeds or methods added to the protocol since)."""
+    if not _started(sweep):
+        return sweep
+    if not options.resume:
+        raise BenchError(f"benchmark stage {sweep.name} already exists in {Path(sweep.storage)}; add --resume to "
+                         "continue it (recorded runs are not run again)")
+    saved = Sweep.load(sweep.folder)
+    known = {trial.key for trial in saved.trials}
+    added = [trial for trial in sweep.trials if trial.key not in known]
+    if added:
+        saved.trials = [*saved.trials, *added]
+        saved.num_trials = len(saved.trials)
+        saved.save()
+    return saved

@@ -1,0 +1,211 @@
+"""Benchmark protocols: TOML files that fix everything a comparison depends on, validated on load.
+
+A protocol names the dataset and its options, one backbone and its weights, the settings every method runs
+with (resolution, augmentation, precision, ...), the training budget (one scale applied to every method's
+reference schedule), the search budget on val (the same number of configurations for every method), the
+selection rule, the seeds and the methods. Its hash covers what makes rows comparable (not the seeds, the
+method list or the prose), so adding a seed or a method keeps earlier runs; every run records the protocol's
+name and hash, and reports never put two protocols in one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.hparams import as_override
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "protocols"
+TOP_KEYS = {"name", "description", "source", "dataset", "backbone", "weights", "random_init", "seeds", "methods",
+            "dataset_options", "settings", "budget", "search", "method_settings"}
+REQUIRED = ("name", "description", "dataset", "backbone", "seeds", "methods")
+BUDGET_KEYS = {"epoch_scale"}
+SEARCH_KEYS = {"trials", "seed", "selection"}
+WARMUP = "warmup_epochs"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    path: Path
+    dataset: str
+    backbone: str
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    source: str = ""
+    weights: str | None = None  # a file, as written: relative to the protocol file (its hash uses this text)
+    random_init: bool = False  # a randomly initialised backbone is allowed (said in every report row)
+    dataset_options: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # --set for every method that declares the option
+    epoch_scale: float = 1.0
+    trials: int = 0  # configurations per method searched on val (the first: the method's defaults); 0: none
+    search_seed: int = 0
+    selection: str = "val_overall"
+    method_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        comparable = {"dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
+                      "weights": self.weights, "random_init": self.random_init, "settings": self.settings,
+                      "epoch_scale": self.epoch_scale, "trials": self.trials, "search_seed": self.search_seed,
+                      "selection": self.selection}
+        return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def weights_path(self) -> str | None:
+        return str((self.path.parent / Path(self.weights).expanduser()).resolve()) if self.weights else None
+
+    def overrides(self, method: str) -> dict[str, str]:
+        """The --set values of `method`'s runs: the dataset options, the shared settings it declares, its own
+        settings, and its epoch hyperparameters scaled by the budget."""
+        from bench.runner import declared_options
+
+        declared = declared_options(method, self.dataset)
+        pins = {**self.dataset_options, **{k: v for k, v in self.settings.items() if k in declared},
+                **self.method_settings.get(method, {})}
+        if self.epoch_scale != 1.0:
+            for name, hp in declared.items():
+                if name.endswith("epochs") and name != WARMUP and isinstance(hp.default, int):
+                    reference = int(pins.get(name, hp.default))
+                    pins[name] = str(max(1, round(reference * self.epoch_scale)) if reference else 0)
+            if WARMUP in declared:  # a share of the schedule: rounded down, so it stays below the epochs
+                pins[WARMUP] = str(math.floor(int(pins.get(WARMUP, declared[WARMUP].default)) * self.epoch_scale))
+        return pins
+
+    def describe(self) -> str:
+        search = (f"{self.trials} configurations per method on val (the defaults and {self.trials - 1} random), "
+                  f"chosen by {self.selection}" if self.trials else "each method's defaults (no search)")
+        return (f"{self.name} ({self.hash}): {self.dataset} with {self.backbone}; budget × {self.epoch_scale:g} of "
+                f"each reference schedule; {search}; seeds {', '.join(map(str, self.seeds))}; "
+                f"{len(self.methods)} methods")
+
+
+def find_protocol(name_or_path: str) -> Path:
+    """A shipped protocol's name (protocols/<name>.toml) or a file path."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise BenchError(f"protocol file {path} not found")
+        return path
+    shipped = SHIPPED_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        names = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))) or "none"
+        raise BenchError(f"unknown protocol {name_or_path!r}: give a .toml file or one of the shipped ones ({names})")
+    return shipped
+
+
+def shipped_protocols() -> list[Path]:
+    return sorted(SHIPPED_DIR.glob("*.toml"))
+
+
+def load_protocol(name_or_path: str) -> Protocol:
+    """The protocol, validated: unknown keys, unknown methods, datasets, backbones or options, bad budgets and
+    selection rules are one-line errors naming the file."""
+    path = find_protocol(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise BenchError(f"protocol {path}: not valid TOML ({error})") from None
+    try:
+        return _validated(data, path)
+    except (_Invalid, BenchError) as error:
+        raise BenchError(f"protocol {path}: {error}") from None
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _table(data: dict, key: str, allowed: set[str] | None = None) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _Invalid(f"[{key}] must be a table")
+    unknown = sorted(set(value) - allowed) if allowed is not None else []
+    if unknown:
+        raise _Invalid(f"[{key}] has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _strings(values: dict[str, Any], where: str) -> dict[str, str]:
+    for key, value in values.items():
+        if isinstance(value, (dict, list)):
+            raise _Invalid(f"{where}.{key} must be a single value, not a {type(value).__name__}")
+    return {key: as_override(value) for key, value in values.items()}
+
+
+def _validated(data: dict, path: Path) -> Protocol:
+    import bench.datasets
+    import bench.methods  # noqa: F401  (registers the methods)
+    from bench.backbones import parse_backbone
+    from bench.datasets.base import DATASETS
+    from bench.hparams import resolve
+    from bench.methods.base import METHODS
+    from bench.runner import declared_options
+    from bench.trial import METRICS
+
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise _Invalid(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise _Invalid(f"missing {', '.join(missing)}")
+    if data["name"] != path.stem:
+        raise _Invalid(f"name = {data['name']!r} must match the file name ({path.stem!r})")
+    dataset = DATASETS.canonical(data["dataset"])
+    methods = tuple(METHODS.canonical(m) for m in data["methods"])
+    if not methods or len(set(methods)) != len(methods):
+        raise _Invalid("methods must list at least one method, each once")
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise _Invalid(f"seeds = {seeds!r}: a list of distinct non-negative integers")
+    backbone = str(data["backbone"])
+    parse_backbone(backbone)
+    weights = data.get("weights")
+    if weights is not None and not isinstance(weights, str):
+        raise _Invalid(f"weights = {weights!r}: a file path (relative to the protocol file)")
+    budget = _table(data, "budget", BUDGET_KEYS)
+    scale = budget.get("epoch_scale", 1.0)
+    if not isinstance(scale, (int, float)) or not 0 < scale <= 10:
+        raise _Invalid(f"budget.epoch_scale = {scale!r}: a number in (0, 10]")
+    search = _table(data, "search", SEARCH_KEYS)
+    trials, search_seed = search.get("trials", 0), search.get("seed", 0)
+    if not isinstance(trials, int) or trials < 0:
+        raise _Invalid(f"search.trials = {trials!r}: a non-negative integer (configurations per method)")
+    selection = search.get("selection", "val_overall")
+    if selection not in METRICS:
+        raise _Invalid(f"search.selection = {selection!r}: one of {', '.join(METRICS)} (validation only)")
+    dataset_options = _strings(_table(data, "dataset_options"), "dataset_options")
+    settings = _strings(_table(data, "settings"), "settings")
+    per_method = _table(data, "method_settings")
+    strangers = sorted(set(per_method) - set(methods))
+    if strangers:
+        raise _Invalid(f"[method_settings.{strangers[0]}] is not one of the protocol's methods")
+    method_settings = {METHODS.canonical(m): _strings(_table(per_method, m), f"method_settings.{m}")
+                       for m in per_method}
+    protocol = Protocol(
+        name=data["name"], description=str(data["description"]), path=path, dataset=dataset, backbone=backbone,
+        seeds=tuple(seeds), methods=methods, source=str(data.get("source", "")), weights=weights,
+        random_init=bool(data.get("random_init", False)), dataset_options=dataset_options, settings=settings,
+        epoch_scale=float(scale), trials=trials, search_seed=search_seed, selection=selection,
+        method_settings=method_settings)
+    used = set(dataset_options)
+    for method in methods:
+        declared = declared_options(method, dataset)
+        used |= set(declared)
+        try:
+            resolve(declared, protocol.overrides(method))
+        except BenchError as error:
+            raise _Invalid(f"{method}: {error}") from None
+    unused = sorted(set(settings) - used)
+    if unused:
+        raise _Invalid(f"settings.{unused[0]} is declared by none of the methods or the dataset; "
+                       "see `bench run --help` and each method's options")
+    return protocol

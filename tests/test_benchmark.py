@@ -1,0 +1,142 @@
+"""Benchmark protocols: validated files, `bench benchmark` end to end on the embedded protocol, reports that
+keep protocols apart."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench import runner
+from bench.cli import app
+from bench.errors import BenchError
+from bench.protocols import load_protocol, shipped_protocols
+from bench.store import ResultsStore
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "protocols" / "embedded.toml"
+
+
+def test_every_shipped_protocol_loads():
+    names = {path.stem for path in shipped_protocols()}
+    assert {"embedded", "cifar10_lt_cpu", "places_lt_lpt", "inat2018_lpt", "cifar100_lt_lpt", "imagenet_lt"} <= names
+    for name in names:
+        protocol = load_protocol(name)
+        assert protocol.methods and protocol.seeds and protocol.description
+    for name in ("places_lt_lpt", "inat2018_lpt", "cifar100_lt_lpt", "imagenet_lt"):
+        assert "arXiv" in load_protocol(name).source  # paper protocols cite their source
+
+
+def test_epoch_scale_applies_to_every_reference_schedule():
+    protocol = load_protocol("cifar10_lt_cpu")
+    assert protocol.overrides("lpt")["phase1_epochs"] == "4" and protocol.overrides("lpt")["phase2_epochs"] == "4"
+    assert protocol.overrides("finetune")["epochs"] == "1"
+    assert protocol.overrides("vpt_deep")["epochs"] == "5" and protocol.overrides("vpt_deep")["warmup_epochs"] == "0"
+    assert all(protocol.overrides(m)["image_size"] == "64" for m in protocol.methods)
+
+
+def write(tmp_path: Path, text: str, name: str = "mine") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def variant(**changes) -> str:
+    """The embedded protocol's text with top-level keys replaced (value: TOML text, None: removed)."""
+    text = EMBEDDED.read_text().replace('name = "embedded"', 'name = "mine"')
+    for key, value in changes.items():
+        pattern = re.compile(rf"^{key} = .*$", re.MULTILINE)
+        text = pattern.sub("" if value is None else f"{key} = {value}", text) if pattern.search(text) \
+            else f"{key} = {value}\n" + text
+    return text
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"colour": '"blue"'}, "unknown key(s) colour"),
+    ({"methods": '["lpt", "lpf"]'}, "unknown method 'lpf'"),
+    ({"seeds": "[0, 0]"}, "distinct non-negative integers"),
+    ({"dataset": None}, "missing dataset"),
+    ({"selection": '"test_overall"'}, "search.selection = 'test_overall'"),
+    ({"epoch_scale": "0"}, "budget.epoch_scale = 0"),
+    ({"image_size": '"big"'}, "image_size"),
+    ({"wd_steps": "-3"}, "wd_steps"),
+])
+def test_bad_protocols_are_one_line_errors_naming_the_file(tmp_path, changes, message):
+    path = write(tmp_path, variant(**changes))
+    with pytest.raises(BenchError) as caught:
+        load_protocol(path)
+    text = str(caught.value)
+    assert message in text and path in text and "\n" not in text
+
+
+def test_a_setting_no_method_declares_is_refused(tmp_path):
+    path = write(tmp_path, variant().replace("[settings]", "[settings]\nprompt_lenght = 5"))
+    with pytest.raises(BenchError, match="settings.prompt_lenght is declared by none"):
+        load_protocol(path)
+    with pytest.raises(BenchError, match="must match the file name"):
+        load_protocol(write(tmp_path, variant(), name="other"))
+
+
+def test_the_hash_covers_what_makes_rows_comparable(tmp_path):
+    base = load_protocol(write(tmp_path, variant()))
+    more_seeds = load_protocol(write(tmp_path, variant(seeds="[0, 1, 2]"), "mine"))
+    assert more_seeds.hash == base.hash  # adding seeds (or methods) keeps earlier runs
+    other_size = load_protocol(write(tmp_path, variant(image_size="8"), "mine"))
+    assert other_size.hash != base.hash
+
+
+def test_bench_benchmark_embedded_end_to_end(tmp_path):
+    """Searches 2 configurations per method at seed 0, runs the chosen one at seed 1, reports; a second
+    invocation needs --resume and then re-runs nothing; a run outside the protocol gets its own table."""
+    out = tmp_path / "results"
+    cli = CliRunner()
+    result = cli.invoke(app, ["benchmark", "embedded", "--out", str(out), "--format", "md,csv"])
+    assert result.exit_code == 0, result.output
+    records = ResultsStore(out).records()
+    protocol = load_protocol("embedded")
+    assert len(records) == 4 * 3  # 4 methods × (2 searched configurations + 1 more seed)
+    assert {r["tags"]["protocol"] for r in records} == {"embedded"}
+    assert {r["tags"]["protocol_hash"] for r in records} == {protocol.hash}
+    for method in protocol.methods:
+        searched = [r for r in records if r["method"] == method and r["tags"]["stage"] == "search"]
+        final = [r for r in records if r["method"] == method and r["tags"]["stage"] == "seeds"]
+        assert {r["seed"] for r in searched} == {0} and [r["seed"] for r in final] == [1]
+        best = max(searched, key=lambda r: (r["health"]["ok"], r["val"]["overall"]))
+        assert final[0]["hparams"] == best["hparams"]  # the seed-1 run uses the configuration chosen on val
+    report = (out / "reports" / "embedded" / "leaderboard.md").read_text()
+    assert f"protocol embedded {protocol.hash}" in report and "± " in report
+    csv_rows = (out / "reports" / "embedded" / "leaderboard.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 4 and all(f"embedded {protocol.hash}" in row for row in csv_rows[1:])
+    assert all(",2,2," in row for row in csv_rows[1:])  # 2 seeds, 2 configurations searched per method
+
+    again = cli.invoke(app, ["benchmark", "embedded", "--out", str(out)])
+    assert again.exit_code == 2 and "add --resume" in again.output
+    resumed = cli.invoke(app, ["benchmark", "embedded", "--out", str(out), "--resume", "--format", "md"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(ResultsStore(out).records()) == 12  # nothing re-run
+
+    # a second protocol on the same dataset (one method, one seed, no search) and a run outside any protocol
+    other = write(tmp_path, 'name = "mine"\ndescription = "the probe at 8 px"\ndataset = "digits_lt"\n'
+                  'backbone = "vit_micro"\nrandom_init = true\nseeds = [0]\nmethods = ["linear_probe"]\n'
+                  '[settings]\nimage_size = 8\nwd_steps = 2\n')
+    second = cli.invoke(app, ["benchmark", other, "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    runner.execute(runner.RunSpec(method="finetune", dataset="digits_lt", backbone="vit_micro",
+                                  allow_random_init=True, out=str(out), overrides={"epochs": "1", "image_size": "16"}))
+    both = cli.invoke(app, ["report", "--results", str(out), "--format", "csv", "--out", str(tmp_path / "rep")])
+    assert both.exit_code == 0, both.output
+    rows = (tmp_path / "rep" / "leaderboard.csv").read_text().splitlines()[1:]
+    assert sum(f"embedded {protocol.hash}" in row for row in rows) == 4
+    assert sum(row.startswith("digits_lt,mine ") for row in rows) == 1
+    outside = [row for row in rows if row.startswith("digits_lt,,")]
+    assert len(outside) == 1 and outside[0].startswith("digits_lt,,finetune")
+    shown = cli.invoke(app, ["report", "--results", str(out), "--format", "md", "--out", str(tmp_path / "rep")])
+    for title in ("digits_lt · protocol embedded", "digits_lt · protocol mine", "digits_lt · runs outside any protocol"):
+        assert title in shown.output
+    only = cli.invoke(app, ["report", "--results", str(out), "--protocol", "embedded", "--format", "csv",
+                            "--out", str(tmp_path / "only")])
+    assert only.exit_code == 0 and len((tmp_path / "only" / "leaderboard.csv").read_text().splitlines()) == 5
+    config = json.loads(next((out / "runs").glob("embedded-*-seeds-lpt-s1/config.json")).read_text())
+    assert config["hparams"]["phase1_epochs"] == 3
