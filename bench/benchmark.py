@@ -99,15 +99,26 @@ def chosen_configurations(protocol: Protocol, search: Sweep | None, console: Con
     return chosen
 
 
+def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
+    """What would make every run fail, said once before any starts: the weights file, the dataset."""
+    from bench.datasets.base import DATASETS, load_dataset
+    from bench.hparams import resolve
+
+    weights = protocol.weights_path
+    if weights and not Path(weights).is_file():
+        raise BenchError(f"protocol {protocol.name}: weights file {weights} not found (weights = "
+                         f"{protocol.weights!r} in {protocol.path})")
+    spec = DATASETS.get(protocol.dataset)
+    load_dataset(protocol.dataset, options.data_root, resolve(spec.options, {
+        k: v for k, v in protocol.dataset_options.items() if k in spec.options}))
+
+
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
     """Run (or continue) every stage; returns the results root the records went to."""
     from bench.sweep_setup import execute_sweep, results_and_sweeps_roots
 
     out, _ = results_and_sweeps_roots(options.out, None)
-    weights = protocol.weights_path
-    if weights and not Path(weights).is_file():
-        raise BenchError(f"protocol {protocol.name}: weights file {weights} not found (weights = "
-                         f"{protocol.weights!r} in {protocol.path})")
+    preflight(protocol, options)
     console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)
     if protocol.source:
         console.print(f"source: {protocol.source}", highlight=False, markup=False)

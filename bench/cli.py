@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import signal
 import threading
 from collections.abc import Iterator
@@ -16,11 +17,26 @@ from rich.text import Text
 
 from bench.errors import BenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="Long-tailed classification benchmark harness.")
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False,
+                  help="Long-tailed classification benchmark harness.")
 console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_METHOD = "lpt"
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        _say(f"bench {version('lt-bench')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the installed version and exit")) -> None:
+    """Long-tailed classification benchmark harness."""
 
 
 def _fail(error: BenchError) -> None:
@@ -34,10 +50,8 @@ def _say(text: str, to: Console = console) -> None:
 
 
 @contextmanager
-def _interruptible_run() -> Iterator[None]:
-    """Ctrl-C or SIGTERM (a cluster's pre-emption) during a run: exit 130 with the command that continues it.
-    BenchError: one line, exit 2."""
-    from bench.errors import RunInterrupted
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster's pre-emption) raises KeyboardInterrupt, as Ctrl-C does, while the block runs."""
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -46,6 +60,19 @@ def _interruptible_run() -> Iterator[None]:
         else None
     try:
         yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _interruptible_run() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a run: exit 130 with the command that continues it. BenchError: one line, exit 2."""
+    from bench.errors import RunInterrupted
+
+    try:
+        with _sigterm_as_interrupt():
+            yield
     except BenchError as error:
         _fail(error)
     except RunInterrupted as interrupted:
@@ -54,9 +81,6 @@ def _interruptible_run() -> Iterator[None]:
     except KeyboardInterrupt:
         _say("interrupted before the run started; nothing was written", err_console)
         raise typer.Exit(130) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -271,11 +295,12 @@ def benchmark(
                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
                                    max_failures=max_failures)
         try:
-            root = run_benchmark(definition, options, console)
+            with _sigterm_as_interrupt():
+                root = run_benchmark(definition, options, console)
         except KeyboardInterrupt:
-            _say(f"interrupted; finished runs are recorded; continue with: bench benchmark {protocol} --resume"
-                 + (f" --data-root {data_root}" if data_root else "") + (f" --out {out}" if out else ""),
-                 err_console)
+            again = ["bench", "benchmark", protocol, "--resume", *(["--data-root", data_root] if data_root else []),
+                     *(["--out", out] if out else []), *(["--executor", executor] if executor != "local" else [])]
+            _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
             raise typer.Exit(130) from None
         tag = f"{definition.name} {definition.hash}"
         records = [r for r in reports.load_records(ResultsStore(root)) if reports.protocol_of(r) == tag]
@@ -333,14 +358,47 @@ def _cell(value) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def hparams_table(method: str, dataset: str) -> Table:
+    """Every --set key of (method, dataset): default, search space, declared by, help (which cites its source)."""
+    from bench.datasets.base import DATASETS
+    from bench.methods.base import METHODS
+    from bench.runner import COMMON_OPTIONS
+    from bench.search_space import describe
+
+    table = Table(title=f"options of {method} on {dataset} (bench run --set KEY=VALUE; bench sweep searches the "
+                        "spaces shown)")
+    for column in ("option", "default", "search space", "declared by", "help"):
+        table.add_column(column, overflow="fold", style="bold" if column == "option" else None)
+    groups = (("method " + method, METHODS.get(method).hparams), ("dataset " + dataset, DATASETS.get(dataset).options),
+              ("common", COMMON_OPTIONS))
+    for where, declared in groups:
+        for name, hp in declared.items():
+            space = describe({name: hp.space}).split(" ", 1)[1] if hp.space is not None else ""
+            default = str(hp.default).lower() if isinstance(hp.default, bool) else str(hp.default)
+            table.add_row(name, default, space, where, hp.help)
+    return table
+
+
 @app.command("list")
-def list_(what: str = typer.Argument("all", help="methods | datasets | backbones | protocols | all")) -> None:
-    """List registered methods, datasets and backbones, and the shipped benchmark protocols."""
+def list_(
+    what: str = typer.Argument("all", help="methods | datasets | backbones | protocols | hparams | all"),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="with hparams: the method"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset"),
+) -> None:
+    """List registered methods, datasets and backbones, the shipped benchmark protocols, or (hparams) every
+    option a method and dataset declare: default, search space, where it is declared and its help."""
     import bench.datasets
     import bench.methods  # noqa: F401
     from bench.backbones import BACKBONES
     from bench.datasets.base import DATASETS
     from bench.methods.base import METHODS
+
+    if what == "hparams":
+        try:
+            console.print(hparams_table(METHODS.canonical(method), DATASETS.canonical(dataset)))
+        except BenchError as error:
+            _fail(error)
+        return
 
     sections = {
         "methods": (METHODS, lambda cls: cls.description),
@@ -348,7 +406,7 @@ def list_(what: str = typer.Argument("all", help="methods | datasets | backbones
         "backbones": (BACKBONES, lambda spec: spec.description),
     }
     if what != "all" and what not in (*sections, "protocols"):
-        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, protocols, all"))
+        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, protocols, hparams, all"))
     for name, (registry, describe) in sections.items():
         if what not in ("all", name):
             continue

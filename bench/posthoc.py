@@ -23,18 +23,10 @@ def log_prior(counts) -> np.ndarray:
     return np.log(values / values.sum())
 
 
-def adjust(logits, counts, tau: float):
-    """logits - tau * log(prior); a torch tensor stays a tensor (same device and dtype), anything else is
-    numpy."""
-    offset = tau * log_prior(counts)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of the harness
-        torch = None
-    if torch is not None and isinstance(logits, torch.Tensor):
-        return logits - torch.as_tensor(offset, device=logits.device, dtype=logits.dtype)
+def adjust(logits, counts, tau: float) -> np.ndarray:
+    """logits - tau * log(prior), as numpy."""
     logits = np.asarray(logits)
-    return logits - offset.astype(np.result_type(logits.dtype, np.float32), copy=False)
+    return logits - (tau * log_prior(counts)).astype(np.result_type(logits.dtype, np.float32), copy=False)
 
 
 def _to_numpy(values) -> np.ndarray:

@@ -3,9 +3,9 @@
 A protocol names the dataset and its options, one backbone and its weights, the settings every method runs
 with (resolution, augmentation, precision, ...), the training budget (one scale applied to every method's
 reference schedule), the search budget on val (the same number of configurations for every method), the
-selection rule, the seeds and the methods. Its hash covers what makes rows comparable (not the seeds, the
-method list or the prose), so adding a seed or a method keeps earlier runs; every run records the protocol's
-name and hash, and reports never put two protocols in one table.
+selection rule, the seeds and the methods. Its hash covers what makes rows comparable and what a run is (not
+the seeds, the method list or the prose), so adding a seed or a method keeps earlier runs; every run records the
+protocol's name and hash, and reports never put two protocols in one table.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class Protocol:
                       "weights": self.weights, "random_init": self.random_init, "settings": self.settings,
                       "epoch_scale": self.epoch_scale, "trials": self.trials, "search_seed": self.search_seed,
                       "selection": self.selection}
+        if self.method_settings:
+            comparable["method_settings"] = self.method_settings
         return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

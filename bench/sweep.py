@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,19 +119,20 @@ def best_record(records: list[dict], metric: str) -> dict | None:
 
 
 def rerun_command(record: dict, sweep: Sweep, embedded_preset: dict[str, str]) -> str:
-    """The `bench run` command that repeats a trial (the embedded preset is re-applied by `bench run` itself)."""
+    """The `bench run` command that repeats a trial (the embedded preset is re-applied by `bench run` itself),
+    quoted for a POSIX shell (paths with spaces)."""
     plan = sweep.plan
-    parts = ["bench run", f"--method {record['method']}", f"--dataset {plan.dataset}"]
+    parts = ["bench", "run", "--method", record["method"], "--dataset", plan.dataset]
     overrides = sweep.make_trial("", {name: record["hparams"][name] for name in sweep.space}).overrides
     if not embedded_preset:
-        parts.append(f"--backbone {record['backbone']}")
+        parts += ["--backbone", record["backbone"]]
     for flag, value in (("--weights", plan.weights), ("--data-root", plan.data_root)):
         if value:
-            parts.append(f"{flag} {value}")
+            parts += [flag, value]
     for key, value in sorted(overrides.items()):
         if embedded_preset.get(key) != value:
-            parts.append(f"--set {key}={value}")
-    parts.append(f"--seed {record['seed']}")
+            parts += ["--set", f"{key}={value}"]
+    parts += ["--seed", str(record["seed"])]
     if plan.allow_random_init and not embedded_preset:
         parts.append("--random-init")
-    return " ".join(parts)
+    return shlex.join(parts)

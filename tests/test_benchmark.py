@@ -17,6 +17,17 @@ from bench.protocols import load_protocol, shipped_protocols
 from bench.store import ResultsStore
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "protocols" / "embedded.toml"
+PROBE_ONLY = """name = "mine"
+description = "the probe at 8 px, one seed, no search"
+dataset = "digits_lt"
+backbone = "vit_micro"
+random_init = true
+seeds = [0]
+methods = ["linear_probe"]
+[settings]
+image_size = 8
+wd_steps = 2
+"""
 
 
 def test_every_shipped_protocol_loads():
@@ -80,11 +91,14 @@ def test_a_setting_no_method_declares_is_refused(tmp_path):
 
 
 def test_the_hash_covers_what_makes_rows_comparable(tmp_path):
+    """Run ids carry the hash, so a run is reused only by a protocol that would run it the same way."""
     base = load_protocol(write(tmp_path, variant()))
     more_seeds = load_protocol(write(tmp_path, variant(seeds="[0, 1, 2]"), "mine"))
     assert more_seeds.hash == base.hash  # adding seeds (or methods) keeps earlier runs
     other_size = load_protocol(write(tmp_path, variant(image_size="8"), "mine"))
     assert other_size.hash != base.hash
+    other_lpt = load_protocol(write(tmp_path, variant().replace("lr = 0.05", "lr = 0.1"), "mine"))
+    assert other_lpt.hash != base.hash  # a method's own pins change what its runs are
 
 
 def test_bench_benchmark_embedded_end_to_end(tmp_path):
@@ -118,9 +132,7 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     assert len(ResultsStore(out).records()) == 12  # nothing re-run
 
     # a second protocol on the same dataset (one method, one seed, no search) and a run outside any protocol
-    other = write(tmp_path, 'name = "mine"\ndescription = "the probe at 8 px"\ndataset = "digits_lt"\n'
-                  'backbone = "vit_micro"\nrandom_init = true\nseeds = [0]\nmethods = ["linear_probe"]\n'
-                  '[settings]\nimage_size = 8\nwd_steps = 2\n')
+    other = write(tmp_path, PROBE_ONLY)
     second = cli.invoke(app, ["benchmark", other, "--out", str(out)])
     assert second.exit_code == 0, second.output
     runner.execute(runner.RunSpec(method="finetune", dataset="digits_lt", backbone="vit_micro",
@@ -140,3 +152,23 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     assert only.exit_code == 0 and len((tmp_path / "only" / "leaderboard.csv").read_text().splitlines()) == 5
     config = json.loads(next((out / "runs").glob("embedded-*-seeds-lpt-s1/config.json")).read_text())
     assert config["hparams"]["phase1_epochs"] == 3
+
+
+def test_benchmark_through_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "results"
+    try:
+        result = CliRunner().invoke(app, ["benchmark", write(tmp_path, PROBE_ONLY), "--out", str(out), "--executor",
+                                          "ray", "--cpus-per-trial", "1", "--format", "md"])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    (record,) = ResultsStore(out).records()
+    assert record["tags"]["protocol"] == "mine" and record["tags"]["stage"] == "seeds" and record["seed"] == 0
+
+
+def test_a_protocol_without_its_data_fails_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    result = CliRunner().invoke(app, ["benchmark", "places_lt_lpt", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "places_lt needs its data" in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "benchmarks").exists()

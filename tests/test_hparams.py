@@ -81,3 +81,31 @@ def test_a_space_file_range_outside_the_bounds_is_refused(tmp_path):
         apply_space_file({}, {"lr": {"log_uniform": [0.0, 0.1]}}, declared, "space.yaml")
     with pytest.raises(BenchError, match="epochs must lie"):
         apply_space_file({}, {"epochs": {"int": [-3, 5]}}, declared, "space.yaml")
+
+
+def test_list_hparams_shows_every_declared_option_with_its_source():
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["list", "hparams", "--method", "lpt", "--dataset", "cifar10_lt"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 5}
+    assert {"phase2_epochs", "lr", "imbalance_factor", "amp", "data_cache"} <= set(rows)
+    assert "official default 90" in rows["phase2_epochs"] and "method lpt" in rows["phase2_epochs"]
+    assert "log-uniform[0.002, 0.2]" in rows["lr"]
+    assert "dataset cifar10_lt" in rows["imbalance_factor"] and "common" in rows["amp"]
+    unknown = CliRunner().invoke(app, ["list", "hparams", "--method", "lpf"])
+    assert unknown.exit_code == 2 and "unknown method 'lpf'" in unknown.output
+
+
+def test_version_is_the_installed_one():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"bench {version('lt-bench')}"

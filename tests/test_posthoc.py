@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bench.metrics import evaluate_logits
 from bench.posthoc import adjust, choose_tau, posthoc_report
@@ -33,9 +32,6 @@ def test_adjust_subtracts_tau_log_prior():
     np.testing.assert_allclose(adjust(logits, [3, 1], 0.5), expected, atol=1e-12)
     # The tail column is raised more than the head one (sign check): [0, 0] → tail wins after adjustment.
     assert adjust(logits, [3, 1], 1.0)[0].argmax() == 1
-    tensor = adjust(torch.tensor(logits, dtype=torch.float32), [3, 1], 0.5)
-    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
-    np.testing.assert_allclose(tensor.numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(adjust(logits, [3, 1], 0.0), logits)
 
 

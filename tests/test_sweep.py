@@ -248,3 +248,18 @@ def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     for record in records_after:  # ASHA's stops are evaluated; a trial the interrupt cut short ran to the end
         assert record["epochs_trained"] == 20 or record["stopped_early"]["reason"] == "asha"
     assert "re-run it: bench run --method clip_probe" in resumed.stdout
+
+
+def test_rerun_command_quotes_paths_with_spaces(tmp_path):
+    import shlex
+
+    from bench.sweep import Sweep, rerun_command
+    from bench.trial import Trial, TrialPlan
+
+    plan = TrialPlan(sweep="s", kind="sweep", dataset="folder", out=str(tmp_path), data_root="/data/my images")
+    sweep = Sweep(name="s", storage=str(tmp_path), plan=plan, base=Trial(key="", method="linear_probe", seed=0,
+                                                                          overrides={"wd_steps": "2"}))
+    record = {"method": "linear_probe", "hparams": {}, "backbone": "vit_tiny_patch16_224", "seed": 3}
+    words = shlex.split(rerun_command(record, sweep, {}))
+    assert words[words.index("--data-root") + 1] == "/data/my images"
+    assert words[:2] == ["bench", "run"] and words[words.index("--seed") + 1] == "3"
