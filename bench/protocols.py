@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ REQUIRED = ("name", "description", "dataset", "backbone", "seeds", "methods")
 BUDGET_KEYS = {"epoch_scale"}
 SEARCH_KEYS = {"trials", "seed", "selection"}
 WARMUP = "warmup_epochs"
+BUDGET_RULE = 2  # how epoch_scale maps to each method's epochs (in the hash: a new rule never reuses old runs)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Protocol:
 
     @property
     def hash(self) -> str:
-        comparable = {"dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
+        comparable = {"budget_rule": BUDGET_RULE, "dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
                       "weights": self.weights, "random_init": self.random_init, "settings": self.settings,
                       "epoch_scale": self.epoch_scale, "trials": self.trials, "search_seed": self.search_seed,
                       "selection": self.selection}
@@ -73,12 +73,15 @@ class Protocol:
         pins = {**self.dataset_options, **{k: v for k, v in self.settings.items() if k in declared},
                 **self.method_settings.get(method, {})}
         if self.epoch_scale != 1.0:
+            scaled = []
             for name, hp in declared.items():
                 if name.endswith("epochs") and name != WARMUP and isinstance(hp.default, int):
                     reference = int(pins.get(name, hp.default))
                     pins[name] = str(max(1, round(reference * self.epoch_scale)) if reference else 0)
-            if WARMUP in declared:  # a share of the schedule: rounded down, so it stays below the epochs
-                pins[WARMUP] = str(math.floor(int(pins.get(WARMUP, declared[WARMUP].default)) * self.epoch_scale))
+                    scaled += [int(pins[name])] if reference else []
+            if WARMUP in declared:
+                pins[WARMUP] = str(scaled_warmup(int(pins.get(WARMUP, declared[WARMUP].default)), self.epoch_scale,
+                                                 min(scaled, default=0)))
         return pins
 
     def describe(self) -> str:
@@ -87,6 +90,15 @@ class Protocol:
         return (f"{self.name} ({self.hash}): {self.dataset} with {self.backbone}; budget × {self.epoch_scale:g} of "
                 f"each reference schedule; {search}; seeds {', '.join(map(str, self.seeds))}; "
                 f"{len(self.methods)} methods")
+
+
+def scaled_warmup(reference: int, scale: float, shortest_phase: int) -> int:
+    """A reference warm-up scaled with its schedule, kept (at least one epoch) where the reference has one —
+    dropping it can wreck a recipe that relies on it (VPT's head starts with huge logits) — and always shorter
+    than the shortest scaled phase."""
+    if reference == 0:
+        return 0
+    return max(0, min(max(1, round(reference * scale)), shortest_phase - 1))
 
 
 def find_protocol(name_or_path: str) -> Path:

@@ -44,8 +44,18 @@ def test_epoch_scale_applies_to_every_reference_schedule():
     protocol = load_protocol("cifar10_lt_cpu")
     assert protocol.overrides("lpt")["phase1_epochs"] == "4" and protocol.overrides("lpt")["phase2_epochs"] == "4"
     assert protocol.overrides("finetune")["epochs"] == "1"
-    assert protocol.overrides("vpt_deep")["epochs"] == "5" and protocol.overrides("vpt_deep")["warmup_epochs"] == "0"
+    assert protocol.overrides("vpt_deep")["epochs"] == "5" and protocol.overrides("vpt_deep")["warmup_epochs"] == "1"
+    assert protocol.overrides("lpt")["warmup_epochs"] == "1" and protocol.overrides("la")["warmup_epochs"] == "0"
     assert all(protocol.overrides(m)["image_size"] == "64" for m in protocol.methods)
+
+
+def test_a_reference_warmup_is_scaled_kept_and_shorter_than_every_phase():
+    from bench.protocols import scaled_warmup
+
+    assert scaled_warmup(10, 0.05, 5) == 1  # VPT: 10 of 100 → 1 of 5, not dropped
+    assert scaled_warmup(10, 0.5, 50) == 5
+    assert scaled_warmup(1, 0.05, 1) == 0  # a one-epoch phase has no room for warm-up
+    assert scaled_warmup(0, 0.5, 45) == 0
 
 
 def write(tmp_path: Path, text: str, name: str = "mine") -> str:
