@@ -474,13 +474,13 @@ def show(
 
 @app.command()
 def report(
-    results: str | None = typer.Option(None, "--results", help="results root (default ./results or "
-                                                                "$BENCH_RESULTS)"),
+    results: str | None = RESULTS_OUT,
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)"),
     protocol: str | None = typer.Option(None, "--protocol", help="only the runs of this benchmark protocol"),
     formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
                                                                      "(default md,html)"),
-    out: str | None = typer.Option(None, "--out", help="report folder (default <results>/report)"),
+    report_dir: str | None = typer.Option(None, "--report-dir", help="where the report goes (default "
+                                          "<results>/report)"),
     published: str = typer.Option("store", "--published", help="published reference rows for: store (the "
                                                                 "datasets with records) | all | none"),
 ) -> None:
@@ -514,7 +514,7 @@ def report(
         source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
         built = reports.build_report(records, reports.method_order(), str(source), published)
         files, blocks = reports.render_report(built, chosen_formats, root)
-        folder = Path(out).expanduser().resolve() if out else root / "report"
+        folder = Path(report_dir).expanduser().resolve() if report_dir else root / "report"
         written = reports.write_files(folder, files)
     except BenchError as error:
         _fail(error)

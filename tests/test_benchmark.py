@@ -147,18 +147,18 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     assert second.exit_code == 0, second.output
     runner.execute(runner.RunSpec(method="finetune", dataset="digits_lt", backbone="vit_micro",
                                   allow_random_init=True, out=str(out), overrides={"epochs": "1", "image_size": "16"}))
-    both = cli.invoke(app, ["report", "--results", str(out), "--format", "csv", "--out", str(tmp_path / "rep")])
+    both = cli.invoke(app, ["report", "--out", str(out), "--format", "csv", "--report-dir", str(tmp_path / "rep")])
     assert both.exit_code == 0, both.output
     rows = (tmp_path / "rep" / "leaderboard.csv").read_text().splitlines()[1:]
     assert sum(f"embedded {protocol.hash}" in row for row in rows) == 4
     assert sum(row.startswith("digits_lt,mine ") for row in rows) == 1
     outside = [row for row in rows if row.startswith("digits_lt,,")]
     assert len(outside) == 1 and outside[0].startswith("digits_lt,,finetune")
-    shown = cli.invoke(app, ["report", "--results", str(out), "--format", "md", "--out", str(tmp_path / "rep")])
+    shown = cli.invoke(app, ["report", "--out", str(out), "--format", "md", "--report-dir", str(tmp_path / "rep")])
     for title in ("digits_lt · protocol embedded", "digits_lt · protocol mine", "digits_lt · runs outside any protocol"):
         assert title in shown.output
-    only = cli.invoke(app, ["report", "--results", str(out), "--protocol", "embedded", "--format", "csv",
-                            "--out", str(tmp_path / "only")])
+    only = cli.invoke(app, ["report", "--out", str(out), "--protocol", "embedded", "--format", "csv",
+                            "--report-dir", str(tmp_path / "only")])
     assert only.exit_code == 0 and len((tmp_path / "only" / "leaderboard.csv").read_text().splitlines()) == 5
     config = json.loads(next((out / "runs").glob("embedded-*-seeds-lpt-s1/config.json")).read_text())
     assert config["hparams"]["phase1_epochs"] == 3

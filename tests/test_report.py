@@ -315,7 +315,7 @@ def test_empty_or_missing_store_says_so(tmp_path):
 
 def test_cli_writes_the_requested_formats(fixed_store, tmp_path):
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["report", "--results", str(fixed_store.root), "--out", str(out),
+    result = CliRunner().invoke(app, ["report", "--out", str(fixed_store.root), "--report-dir", str(out),
                                       "--format", "md,html,tex,csv", "--dataset", "places"])
     assert result.exit_code == 0, result.output
     assert {path.name for path in out.iterdir()} == {*FILES.values(), "plots"}
@@ -324,14 +324,14 @@ def test_cli_writes_the_requested_formats(fixed_store, tmp_path):
 
 
 def test_cli_on_an_empty_store_exits_1_and_writes_nothing(tmp_path):
-    result = CliRunner().invoke(app, ["report", "--results", str(tmp_path / "missing")])
+    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "no records in" in result.output and "run `bench run` first" in result.output
     assert not (tmp_path / "missing").exists()
 
 
 def test_cli_unknown_format_exits_2_and_writes_nothing(fixed_store, tmp_path):
-    result = CliRunner().invoke(app, ["report", "--results", str(fixed_store.root), "--format", "md,docx",
+    result = CliRunner().invoke(app, ["report", "--out", str(fixed_store.root), "--format", "md,docx",
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "unknown report format docx" in result.output
     assert not (tmp_path / "out").exists()
