@@ -39,6 +39,21 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Long-tailed classification benchmark harness."""
 
 
+RESUME_KEEPS = {"run": {"resume", "out"}, "sweep": {"resume", "name", "storage", "out"},
+                "ablate": {"resume", "name", "storage", "out"}}
+
+
+def _refuse_ignored_with_resume(ctx: typer.Context, command: str) -> None:
+    """--resume continues what was configured: an option it would ignore is refused, not dropped silently."""
+    ignored = [param.opts[0] for param in ctx.command.params
+               if param.name not in RESUME_KEEPS[command]
+               and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"]
+    if ignored:
+        raise BenchError(f"--resume continues the {command} as it was started, so {', '.join(ignored)} would be "
+                         f"ignored; drop {'it' if len(ignored) == 1 else 'them'} (only "
+                         f"{', '.join('--' + k for k in sorted(RESUME_KEEPS[command]))} go with --resume)")
+
+
 def _fail(error: BenchError) -> None:
     err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -85,6 +100,7 @@ def _interruptible_run() -> Iterator[None]:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
@@ -107,6 +123,7 @@ def run(
 
     with _interruptible_run():
         if resume:
+            _refuse_ignored_with_resume(ctx, "run")
             result = runner.resume(resume, console, out)
         else:
             overrides = parse_assignments(assignments)
@@ -165,6 +182,7 @@ RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initia
 
 @app.command()
 def sweep(
+    ctx: typer.Context,
     method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept"),
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
@@ -202,6 +220,7 @@ def sweep(
 
     try:
         if resume:
+            _refuse_ignored_with_resume(ctx, "sweep")
             definition = load_for_resume(name, storage, out)
         else:
             request = Request(
@@ -220,6 +239,7 @@ def sweep(
 
 @app.command()
 def ablate(
+    ctx: typer.Context,
     method: str = typer.Option("lptpp", "--method", "-m", help="the full method"),
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
@@ -248,6 +268,7 @@ def ablate(
 
     try:
         if resume:
+            _refuse_ignored_with_resume(ctx, "ablate")
             definition = load_for_resume(name, storage, out)
         else:
             request = Request(

@@ -109,3 +109,18 @@ def test_version_is_the_installed_one():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"bench {version('lt-bench')}"
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["run", "--resume", "some-run", "--set", "lr=1", "--seed", "3"], "--set, --seed"),
+    (["sweep", "--resume", "--name", "s", "--trials", "3"], "--trials"),
+    (["ablate", "--resume", "--name", "a", "--seeds", "4"], "--seeds"),
+])
+def test_resume_refuses_options_it_would_ignore(args, named, tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and f"so {named} would be ignored" in result.output
+    assert not any(tmp_path.iterdir())  # nothing written
