@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 
 import typer
 from rich.console import Console
@@ -16,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.errors import BenchError
+from bench.report import PUBLISHED_CHOICES
+from bench.sweep import EXECUTORS, SCHEDULERS, SEARCHES
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Long-tailed classification benchmark harness.")
@@ -23,6 +26,18 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_METHOD = "lpt"
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typed choice: help lists the values, and any other value is a usage error (exit 2)."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Executor = _choices("Executor", EXECUTORS)
+Search = _choices("Search", SEARCHES)
+Scheduler = _choices("Scheduler", SCHEDULERS)
+Published = _choices("Published", PUBLISHED_CHOICES)
+ListWhat = _choices("ListWhat", ("all", "methods", "datasets", "backbones", "protocols", "hparams"))
 
 
 def _version(shown: bool) -> None:
@@ -169,7 +184,7 @@ def eval_(
 
 
 # Options `bench sweep` and `bench ablate` share.
-EXECUTOR = typer.Option("ray", "--executor", help="ray (Ray Tune) | local (in-process, no Ray)")
+EXECUTOR = typer.Option(Executor.ray, "--executor", help="ray (Ray Tune) or local (in-process, no Ray)")
 ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
 TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)")
 TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
@@ -188,11 +203,11 @@ def sweep(
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
     metric: str = typer.Option("val_overall", "--metric", help="validation metric to maximise: val_overall | "
                                "val_many | val_medium | val_few | val_worst_class | val_harmonic_mean | val_macro_f1"),
-    search: str = typer.Option("optuna", "--search", help="optuna (TPE) | random | grid"),
-    scheduler: str = typer.Option("asha", "--scheduler", help="asha (stop poor trials early) | none"),
+    search: Search = typer.Option(Search.optuna, "--search", help="optuna (TPE), random or grid"),
+    scheduler: Scheduler = typer.Option(Scheduler.asha, "--scheduler", help="asha (stop poor trials early) or none"),
     space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),
     assignments: list[str] = typer.Option([], "--set", help="key=value pinned in every trial (repeatable)"),
-    executor: str = EXECUTOR,
+    executor: Executor = EXECUTOR,
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial",
                                               help="CPUs (torch threads) per trial; default 1 on Ray, all locally"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial (fractions share a card)"),
@@ -225,11 +240,11 @@ def sweep(
         else:
             request = Request(
                 method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
-                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor,
+                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor.value,
                 metric=metric, max_failures=max_failures, cpus_per_trial=cpus_per_trial,
                 gpus_per_trial=gpus_per_trial, address=address, device=device, allow_download=allow_download,
                 random_init=random_init)
-            definition = define_sweep(request, trials, search, scheduler, space, search_seed, grace_period,
+            definition = define_sweep(request, trials, search.value, scheduler.value, space, search_seed, grace_period,
                                       reduction_factor)
         _execute_interruptibly(definition, "sweep", resume)
         sweep_summary(definition, console)
@@ -245,7 +260,7 @@ def ablate(
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
                                         "and all its registered variants)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
-    executor: str = EXECUTOR,
+    executor: Executor = EXECUTOR,
     assignments: list[str] = typer.Option([], "--set", help="key=value for every run (repeatable)"),
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
@@ -273,7 +288,7 @@ def ablate(
         else:
             request = Request(
                 method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
-                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor,
+                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor.value,
                 max_failures=max_failures, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 address=address, device=device, allow_download=allow_download, random_init=random_init)
             chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
@@ -288,7 +303,8 @@ def ablate(
 def benchmark(
     protocol: str = typer.Argument(..., help="a shipped protocol (bench list protocols) or a protocol .toml file"),
     data_root: str | None = TRIAL_DATA_ROOT,
-    executor: str = typer.Option("local", "--executor", help="local (in-process, no Ray) | ray (Ray Tune)"),
+    executor: Executor = typer.Option(Executor.local, "--executor", help="local (in-process, no Ray) or ray "
+                                      "(Ray Tune)"),
     resume: bool = typer.Option(False, "--resume", help="continue a benchmark started before; recorded runs are "
                                 "not run again"),
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
@@ -305,14 +321,11 @@ def benchmark(
     from bench.benchmark import BenchmarkOptions, run_benchmark
     from bench.protocols import load_protocol
     from bench.store import ResultsStore
-    from bench.sweep import EXECUTORS
 
     try:
-        if executor not in EXECUTORS:
-            raise BenchError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
         chosen_formats = reports.parse_formats(formats)
         definition = load_protocol(protocol)
-        options = BenchmarkOptions(data_root=data_root, out=out, executor=executor, resume=resume, device=device,
+        options = BenchmarkOptions(data_root=data_root, out=out, executor=executor.value, resume=resume, device=device,
                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
                                    max_failures=max_failures)
         try:
@@ -402,7 +415,7 @@ def hparams_table(method: str, dataset: str) -> Table:
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("all", help="methods | datasets | backbones | protocols | hparams | all"),
+    what: ListWhat = typer.Argument(ListWhat.all, help="what to list", show_default=True),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="with hparams: the method"),
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset"),
 ) -> None:
@@ -414,6 +427,7 @@ def list_(
     from bench.datasets.base import DATASETS
     from bench.methods.base import METHODS
 
+    what = what.value
     if what == "hparams":
         try:
             console.print(hparams_table(METHODS.canonical(method), DATASETS.canonical(dataset)))
@@ -426,8 +440,6 @@ def list_(
         "datasets": (DATASETS, lambda spec: spec.description),
         "backbones": (BACKBONES, lambda spec: spec.description),
     }
-    if what != "all" and what not in (*sections, "protocols"):
-        _fail(BenchError(f"bench list {what}: choose one of methods, datasets, backbones, protocols, hparams, all"))
     for name, (registry, describe) in sections.items():
         if what not in ("all", name):
             continue
@@ -502,8 +514,8 @@ def report(
                                                                      "(default md,html)"),
     report_dir: str | None = typer.Option(None, "--report-dir", help="where the report goes (default "
                                           "<results>/report)"),
-    published: str = typer.Option("store", "--published", help="published reference rows for: store (the "
-                                                                "datasets with records) | all | none"),
+    published: Published = typer.Option(Published.store, "--published", help="published reference rows for the "
+                                        "datasets with records (store), for every dataset that has some (all), or none"),
 ) -> None:
     """Leaderboards, ablation tables, sweep summaries and plots, read from the results store's records only.
 
@@ -515,7 +527,7 @@ def report(
 
     try:
         chosen_formats = reports.parse_formats(formats or reports.DEFAULT_FORMATS)
-        reports.check_published(published)
+        published = published.value
         if results is None:
             from bench.run_folder import default_results_root
 

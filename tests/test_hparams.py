@@ -124,3 +124,15 @@ def test_resume_refuses_options_it_would_ignore(args, named, tmp_path):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 2 and f"so {named} would be ignored" in result.output
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("args", [["sweep", "--executor", "nope"], ["sweep", "--search", "bayes"],
+                                  ["sweep", "--scheduler", "hyperband"], ["report", "--published", "some"],
+                                  ["list", "bogus"], ["benchmark", "embedded", "--executor", "slurm"]])
+def test_choices_are_typed_usage_errors(args):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Invalid value" in result.output

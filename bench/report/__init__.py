@@ -28,7 +28,7 @@ PLOTTED_FORMATS = ("md", "html")  # the formats that show the plots (markdown li
 PUBLISHED_CHOICES = ("store", "all", "none")
 
 __all__ = ["DEFAULT_FORMATS", "FILES", "PUBLISHED_CHOICES", "NothingToReport", "Report", "build_report",
-           "check_published", "console_tables", "load_records", "method_order", "parse_formats", "protocol_of",
+           "console_tables", "load_records", "method_order", "parse_formats", "protocol_of",
            "render_report", "write_files"]
 REQUIRED_FIELDS = ("run_id", "method", "dataset")
 
@@ -44,12 +44,6 @@ def parse_formats(text: str) -> list[str]:
         raise BenchError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from "
                          f"{', '.join(FILES)} (comma-separated)")
     return names
-
-
-def check_published(choice: str) -> str:
-    if choice not in PUBLISHED_CHOICES:
-        raise BenchError(f"--published {choice}: choose one of {', '.join(PUBLISHED_CHOICES)}")
-    return choice
 
 
 def load_records(store: ResultsStore, dataset: str | None = None) -> list[dict]:
