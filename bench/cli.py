@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from bench.report import PUBLISHED_CHOICES
 from bench.sweep import EXECUTORS, SCHEDULERS, SEARCHES
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False,
+app = typer.Typer(add_completion=True, no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Long-tailed classification benchmark harness.")
 console = Console()
 err_console = Console(stderr=True)
@@ -31,6 +31,23 @@ DEFAULT_METHOD = "lpt"
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A typed choice: help lists the values, and any other value is a usage error (exit 2)."""
     return Enum(name, {value: value for value in values}, type=str)
+
+
+def _names(kind: str):
+    """Shell completion of registered names (`bench --install-completion` sets it up)."""
+
+    def complete(incomplete: str) -> list[str]:
+        import bench.datasets
+        import bench.methods  # noqa: F401  (registers the names)
+        from bench.backbones import BACKBONES
+        from bench.datasets.base import DATASETS
+        from bench.methods.base import METHODS
+
+        registry = {"method": METHODS, "dataset": DATASETS, "backbone": BACKBONES}[kind]
+        names = [*registry.names(), *(alias for name in registry.names() for alias in registry.aliases_of(name))]
+        return [name for name in names if name.startswith(incomplete)]
+
+    return complete
 
 
 Executor = _choices("Executor", EXECUTORS)
@@ -116,9 +133,9 @@ def _interruptible_run() -> Iterator[None]:
 @app.command()
 def run(
     ctx: typer.Context,
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name (bench list backbones); "
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", autocompletion=_names("method"), help="method name (bench list methods)"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone name (bench list backbones); "
                                            "default: vit_micro on the embedded dataset, elsewhere "
                                            "the method's own (CLIP ViT-B/16 for lptpp_vl) or the in21k ViT-B/16"),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
@@ -161,9 +178,9 @@ def run(
 @app.command("eval")
 def eval_(
     checkpoint: str = typer.Option(..., "--checkpoint", help="trained checkpoint, e.g. the official LPT_places.pth"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (bench list datasets)"),
-    method: str = typer.Option("lpt", "--method", "-m", help="method whose checkpoint format to read"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name; default the in21k ViT-B/16"),
+    dataset: str = typer.Option(..., "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
+    method: str = typer.Option("lpt", "--method", "-m", autocompletion=_names("method"), help="method whose checkpoint format to read"),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone name; default the in21k ViT-B/16"),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights, when the checkpoint lacks them"),
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
     assignments: list[str] = typer.Option([], "--set", help="key=value, e.g. shot_convention=lpt (repeatable)"),
@@ -186,7 +203,7 @@ def eval_(
 # Options `bench sweep` and `bench ablate` share.
 EXECUTOR = typer.Option(Executor.ray, "--executor", help="ray (Ray Tune) or local (in-process, no Ray)")
 ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
-TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)")
+TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone (as for bench run)")
 TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
 TRIAL_DATA_ROOT = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)")
 RESULTS_OUT = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)")
@@ -198,8 +215,8 @@ RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initia
 @app.command()
 def sweep(
     ctx: typer.Context,
-    method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
+    method: str = typer.Option("lpt", "--method", "-m", autocompletion=_names("method"), help="method whose declared search space is swept"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
     metric: str = typer.Option("val_overall", "--metric", help="validation metric to maximise: val_overall | "
                                "val_many | val_medium | val_few | val_worst_class | val_harmonic_mean | val_macro_f1"),
@@ -255,8 +272,8 @@ def sweep(
 @app.command()
 def ablate(
     ctx: typer.Context,
-    method: str = typer.Option("lptpp", "--method", "-m", help="the full method"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)"),
+    method: str = typer.Option("lptpp", "--method", "-m", autocompletion=_names("method"), help="the full method"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
                                         "and all its registered variants)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
@@ -416,8 +433,8 @@ def hparams_table(method: str, dataset: str) -> Table:
 @app.command("list")
 def list_(
     what: ListWhat = typer.Argument(ListWhat.all, help="what to list", show_default=True),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="with hparams: the method"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset"),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", autocompletion=_names("method"), help="with hparams: the method"),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="with hparams: the dataset"),
 ) -> None:
     """List registered methods, datasets and backbones, the shipped benchmark protocols, or (hparams) every
     option a method and dataset declare: default, search space, where it is declared and its help."""
@@ -508,7 +525,7 @@ def show(
 @app.command()
 def report(
     results: str | None = RESULTS_OUT,
-    dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)"),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", autocompletion=_names("dataset"), help="only this dataset (name or alias)"),
     protocol: str | None = typer.Option(None, "--protocol", help="only the runs of this benchmark protocol"),
     formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
                                                                      "(default md,html)"),

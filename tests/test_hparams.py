@@ -136,3 +136,11 @@ def test_choices_are_typed_usage_errors(args):
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_shell_completion_offers_registered_names_and_aliases():
+    from bench.cli import _names
+
+    assert {"cifar10_lt", "cifar100_lt", "cifar10", "cifar100"} <= set(_names("dataset")("cif"))
+    assert "lpt" in _names("method")("lp") and "vit_micro" in _names("backbone")("vit_m")
+    assert _names("method")("zzz") == []
