@@ -46,8 +46,9 @@ COMMON_OPTIONS: dict[str, HParam] = {
                         bounds=NON_NEGATIVE),
     "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (best overall "
                               "top-1 on val among validated epochs) | last", choices=("best_val", "last")),
-    "shot_convention": HParam("standard", help="many/medium/few thresholds",
-                              choices=tuple(SHOT_CONVENTIONS)),
+    "shot_convention": HParam("standard", help="many/medium/few thresholds: " + " | ".join(
+        f"{name} ({convention.description})" for name, convention in SHOT_CONVENTIONS.items()),
+        choices=tuple(SHOT_CONVENTIONS)),
 }
 
 

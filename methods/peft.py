@@ -2,11 +2,10 @@
 
 - `PromptedBackbone`: VPT-deep / VPT-shallow prompts, with a general `forward_tokens` that LPT reuses
   (per-block extra tokens supplied by a callable, appended after the patch tokens, outputs dropped).
-- `add_adapters` / `remove_adapters`: AdaptFormer parallel bottleneck adapters on every block's MLP branch,
+- `add_adapters`: AdaptFormer parallel bottleneck adapters on every block's MLP branch,
   attached with forward hooks, so the backbone's modules, parameters and state_dict keys stay untouched.
 - `bitfit_parameters`: the bias terms of a backbone (BitFit).
 - `CosineClassifier`: bias-free cosine head (raw cosine logits; the scale lives with the caller).
-- `count_trainable`: trainable-parameter count of modules / parameters.
 
 Nothing here changes a backbone weight: prompts and adapters are separate parameters, and the only
 mutation of a backbone is `requires_grad_(False)` (PromptedBackbone, `freeze=True`) and the adapter hooks.
@@ -228,7 +227,7 @@ def add_adapters(backbone: nn.Module, bottleneck: int = 64, scale: float = 0.1, 
     They are created on the backbone's device and dtype. Raises if the backbone already has adapters.
     """
     if backbone.__dict__.get("_adapters"):
-        raise RuntimeError("backbone already has adapters; call remove_adapters(backbone) first")
+        raise RuntimeError("backbone already has adapters: they are attached once per backbone")
     indices = list(range(backbone.num_blocks)) if blocks is None else sorted(set(blocks))
     for index in indices:
         if not 0 <= index < backbone.num_blocks:
@@ -248,20 +247,6 @@ def add_adapters(backbone: nn.Module, bottleneck: int = 64, scale: float = 0.1, 
         adapters.append(adapter)
     backbone.__dict__["_adapters"] = adapters  # plain attribute: not a submodule
     return adapters
-
-
-def remove_adapters(backbone: nn.Module) -> list[Adapter]:
-    """Detach the adapters added by `add_adapters`; the backbone computes its plain forward again."""
-    adapters = backbone.__dict__.pop("_adapters", None) or []
-    for adapter in adapters:
-        for handle in adapter._handles:
-            handle.remove()
-        adapter._handles.clear()
-    return adapters
-
-
-def adapters_of(backbone: nn.Module) -> list[Adapter]:
-    return list(backbone.__dict__.get("_adapters") or [])
 
 
 @contextmanager
@@ -296,16 +281,15 @@ class CosineClassifier(nn.Module):
     """Bias-free cosine classifier: ``logits[b, c] = cos(x_b, w_c)`` in [-1, 1].
 
     ``weight`` is stored [C, D] (nn.Linear convention, like text embeddings); LPT's checkpoint stores
-    [D, C]: transpose it on import (`from_lpt_weight`). Rows are unit-norm at init (random normal, or
-    ``init_weight`` [C, D] normalised) and the weight is normalised again in every forward.
-    The logit is the raw cosine; ``scale`` (default 20, LPT's s) is an attribute for the loss to apply.
-    ``dropout`` is applied to the input feature (LPT: 0.1 during training).
+    [D, C] (transposed on import). Rows are unit-norm at init (random normal, or ``init_weight`` [C, D]
+    normalised) and the weight is normalised again in every forward. The logit is the raw cosine: the scale
+    belongs to the loss or the caller. ``dropout`` is applied to the input feature (LPT: 0.1 during training).
     """
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 20.0, dropout: float = 0.0,
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0,
                  init_weight: torch.Tensor | None = None):
         super().__init__()
-        self.in_features, self.num_classes, self.scale = in_features, num_classes, float(scale)
+        self.in_features, self.num_classes = in_features, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if init_weight is None:
@@ -323,37 +307,12 @@ class CosineClassifier(nn.Module):
                              f"{tuple(self.weight.shape)}")
         self.weight.copy_(F.normalize(weight.to(self.weight), dim=1))
 
-    @classmethod
-    def from_lpt_weight(cls, weight_dc: torch.Tensor, **kwargs) -> CosineClassifier:
-        """A classifier from LPT's [D, C] head weight (normalised per class)."""
-        dim, classes = weight_dc.shape
-        return cls(dim, classes, init_weight=weight_dc.t(), **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.dropout(x), dim=-1)
         return F.linear(x, F.normalize(self.weight, dim=1).to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}"
-
-
-# ------------------------------------------------------------------------------------------- counting
-
-
-def count_trainable(modules_or_params) -> int:
-    """Number of trainable (requires_grad) parameter elements, each parameter counted once.
-
-    Accepts a module, a parameter, or an iterable mixing modules and parameters.
-    """
-    single = isinstance(modules_or_params, (nn.Module, torch.Tensor))
-    items = [modules_or_params] if single else modules_or_params
-    seen: dict[int, torch.Tensor] = {}
-    for item in items:
-        params = item.parameters() if isinstance(item, nn.Module) else [item]
-        for p in params:
-            if p.requires_grad:
-                seen[id(p)] = p
-    return sum(p.numel() for p in seen.values())
+        return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
 __all__ = [
@@ -363,9 +322,6 @@ __all__ = [
     "CosineClassifier",
     "PromptedBackbone",
     "adapters_disabled",
-    "adapters_of",
     "add_adapters",
     "bitfit_parameters",
-    "count_trainable",
-    "remove_adapters",
 ]

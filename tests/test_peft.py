@@ -8,17 +8,26 @@ import torch.nn.functional as F
 from bench.methods.peft import (
     CosineClassifier,
     PromptedBackbone,
-    adapters_of,
+    adapters_disabled,
     add_adapters,
     bitfit_parameters,
-    count_trainable,
-    remove_adapters,
 )
 from torch import nn
 
 from bench.backbones import create_backbone
 
 FAMILIES = ["vit_micro", "clip_micro"]
+
+
+def count_trainable(*items) -> int:
+    """Trainable elements of modules, parameters and lists of them, each parameter once."""
+    params = {}
+    for item in items:
+        if isinstance(item, list):
+            item = nn.ModuleList(item) if all(isinstance(i, nn.Module) for i in item) else nn.ParameterList(item)
+        for p in item.parameters() if isinstance(item, nn.Module) else [item]:
+            params[id(p)] = p
+    return sum(p.numel() for p in params.values() if p.requires_grad)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -171,13 +180,13 @@ def test_vpt_parameter_counts():
 
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("variant", ["norm", "residual"])
-def test_adapters_zero_init_exact_and_removable(name, variant):
+def test_adapters_zero_init_exact_and_switchable(name, variant):
     backbone = make(name)
     x = images()
     plain = backbone(x)
     keys = list(backbone.state_dict())
     adapters = add_adapters(backbone, bottleneck=8, input=variant)
-    assert len(adapters) == backbone.num_blocks and adapters_of(backbone) == adapters
+    assert len(adapters) == backbone.num_blocks
     assert list(backbone.state_dict()) == keys  # adapters live outside the backbone
     assert torch.equal(backbone(x), plain)
     with torch.no_grad():
@@ -186,9 +195,9 @@ def test_adapters_zero_init_exact_and_removable(name, variant):
     assert not torch.allclose(backbone(x), plain)
     with pytest.raises(RuntimeError, match="already has adapters"):
         add_adapters(backbone)
-    remove_adapters(backbone)
-    assert torch.equal(backbone(x), plain)
-    add_adapters(backbone, blocks=[0])  # allowed again after removal
+    with adapters_disabled(adapters):  # the plain backbone inside, as LPT++'s query pass runs it
+        assert torch.equal(backbone(x), plain)
+    assert not torch.allclose(backbone(x), plain)
 
 
 @pytest.mark.parametrize("variant", ["norm", "residual"])
@@ -222,13 +231,10 @@ def test_adapter_steps_change_only_adapters_and_head(name, learnable):
 
 
 def test_adapter_parameter_counts():
-    backbone = make("vit_micro")
     r, per_block = 16, 64 * 16 + 16 + 16 * 64 + 64
-    assert count_trainable(add_adapters(backbone, bottleneck=r)) == 4 * per_block
-    remove_adapters(backbone)
-    assert count_trainable(add_adapters(backbone, bottleneck=r, learnable_scale=True)) == 4 * (per_block + 1)
-    remove_adapters(backbone)
-    assert count_trainable(add_adapters(backbone, bottleneck=r, blocks=[1, 3])) == 2 * per_block
+    assert count_trainable(add_adapters(make("vit_micro"), bottleneck=r)) == 4 * per_block
+    assert count_trainable(add_adapters(make("vit_micro"), bottleneck=r, learnable_scale=True)) == 4 * (per_block + 1)
+    assert count_trainable(add_adapters(make("vit_micro"), bottleneck=r, blocks=[1, 3])) == 2 * per_block
 
 
 # --------------------------------------------------------------------------------------------- BitFit
@@ -260,7 +266,7 @@ def test_bitfit_step_changes_only_biases(name):
 def test_cosine_classifier():
     torch.manual_seed(0)
     head = CosineClassifier(64, 10, dropout=0.1)
-    assert head.weight.shape == (10, 64) and head.scale == 20.0
+    assert head.weight.shape == (10, 64)
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
     head.eval()
     logits = head(torch.randn(7, 64) * 50)
@@ -270,15 +276,6 @@ def test_cosine_classifier():
     torch.testing.assert_close(seeded.weight, F.normalize(text, dim=1))
     torch.testing.assert_close(seeded(text), F.normalize(text, dim=1) @ F.normalize(text, dim=1).t())
     assert torch.allclose(seeded(text).diagonal(), torch.ones(10))
-    lpt = CosineClassifier.from_lpt_weight(text.t())
-    torch.testing.assert_close(lpt.weight, seeded.weight)
     with pytest.raises(ValueError, match="expected"):
         CosineClassifier(64, 10, init_weight=text.t())
     assert count_trainable(head) == 640
-
-
-def test_count_trainable_mixed_and_deduplicated():
-    a, b = nn.Linear(4, 3), nn.Linear(3, 2)
-    b.bias.requires_grad_(False)
-    assert count_trainable([a, b, a.weight, b.weight]) == 4 * 3 + 3 + 3 * 2
-    assert count_trainable(a.weight) == 12
