@@ -1,10 +1,12 @@
 """Small-image splits as uint8 pixels [N, H, W, 3], decoded once: in-memory arrays (CIFAR pickles, digits) as
-they are, image files (a CIFAR JPEG tree, a small ImageFolder) decoded and cached on disk by the split's hash.
+they are, image files (a CIFAR JPEG tree, a small ImageFolder) decoded and cached on disk by their folder and the
+split's hash.
 Training then augments tensors a batch at a time (`bench.data.ImageFeed`) instead of decoding every image
 every epoch."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def split_pixels(split: Split, cache_dir: Path, console: Console, warn: Callable
         return None, (f"image by image (the pixel cache takes images of one size with sides ≤ {SMALL_IMAGE_SIDE}; "
                       f"first images: {', '.join('?' if s is None else f'{s[0]}×{s[1]}' for s in sorted(sizes, key=str))})")
     width, height = next(iter(sizes))
-    path = cache_dir / "pixels" / f"{split.fingerprint[:32]}.pt"
+    key = hashlib.sha256(f"{images.root.resolve()}\n{split.fingerprint}".encode()).hexdigest()[:32]
+    path = cache_dir / "pixels" / f"{key}.pt"  # by folder and split: another copy of the tree is decoded anew
     cached = load_cached(path, (len(split), height, width, 3), warn, dtype=torch.uint8)
     if cached is not None:
         return cached, f"uint8 pixel cache {height}×{width} ({path.name})"

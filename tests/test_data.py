@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,9 @@ def test_pixel_cache_decodes_small_images_once(tmp_path):
     assert np.array_equal(pixels[2].numpy(), np.asarray(Image.open(tmp_path / paths[2]).convert("RGB")))
     again, how = split_pixels(split, tmp_path / "cache", Console(quiet=True), warnings.append)
     assert torch.equal(again, pixels) and "decoded now" not in how and not warnings
+    shutil.copytree(tmp_path / "img", tmp_path / "copy" / "img")  # the same split in another folder
+    other = Split("train", FileImages(tmp_path / "copy", tuple(paths)), np.zeros(4))
+    assert "decoded now" in split_pixels(other, tmp_path / "cache", Console(quiet=True), warnings.append)[1]
 
 
 def test_pixel_cache_refuses_mixed_or_large_images(tmp_path):
