@@ -52,7 +52,8 @@ def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: Benchma
     from bench.sweep_setup import absolute
 
     name = stage_name(protocol, stage)
-    plan = TrialPlan(sweep=name, kind="benchmark", dataset=protocol.dataset, out=str(out), weights=protocol.weights_path,
+    plan = TrialPlan(sweep=name, kind="benchmark", dataset=protocol.dataset, out=str(out),
+                     weights=protocol.weights_path,
                      data_root=absolute(options.data_root), device=options.device,
                      allow_random_init=protocol.random_init, cpus_per_trial=options.cpus_per_trial,
                      tags=protocol_tags(protocol, stage))

@@ -133,11 +133,14 @@ def _interruptible_run() -> Iterator[None]:
 @app.command()
 def run(
     ctx: typer.Context,
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", autocompletion=_names("method"), help="method name (bench list methods)"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone name (bench list backbones); "
-                                           "default: vit_micro on the embedded dataset, elsewhere "
-                                           "the method's own (CLIP ViT-B/16 for lptpp_vl) or the in21k ViT-B/16"),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)",
+        autocompletion=_names("method")),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
+        autocompletion=_names("dataset")),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"),
+                                        help="backbone name (bench list backbones); default: vit_micro on the "
+                                        "embedded dataset, elsewhere the method's own (CLIP ViT-B/16 for lptpp_vl) "
+                                        "or the in21k ViT-B/16"),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
     assignments: list[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
@@ -147,6 +150,8 @@ def run(
     allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
     random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
     resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
+    config: str | None = typer.Option(None, "--config", help="settings from a file: a run's config.json (an exact "
+                                      "re-run) or a .toml/.yaml; options given here override it"),
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
@@ -159,6 +164,21 @@ def run(
             result = runner.resume(resume, console, out)
         else:
             overrides = parse_assignments(assignments)
+            if config:
+                from bench.run_config import load_run_config
+
+                given = load_run_config(config)
+
+                def chosen(name: str, value, key: str | None = None):
+                    on_line = getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+                    return value if on_line else given.get(key or name, value)
+
+                method, dataset, backbone = chosen("method", method), chosen("dataset", dataset), \
+                    chosen("backbone", backbone)
+                weights, data_root, seed = chosen("weights", weights), chosen("data_root", data_root), \
+                    chosen("seed", seed)
+                random_init = chosen("random_init", random_init)
+                overrides = {**given["overrides"], **overrides}
             embedded = is_embedded(dataset, backbone)
             if embedded:
                 backbone, preset = applicable_preset(method, dataset, overrides)
@@ -178,9 +198,12 @@ def run(
 @app.command("eval")
 def eval_(
     checkpoint: str = typer.Option(..., "--checkpoint", help="trained checkpoint, e.g. the official LPT_places.pth"),
-    dataset: str = typer.Option(..., "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
-    method: str = typer.Option("lpt", "--method", "-m", autocompletion=_names("method"), help="method whose checkpoint format to read"),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone name; default the in21k ViT-B/16"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (bench list datasets)",
+        autocompletion=_names("dataset")),
+    method: str = typer.Option("lpt", "--method", "-m", help="method whose checkpoint format to read",
+        autocompletion=_names("method")),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name; default the in21k ViT-B/16",
+        autocompletion=_names("backbone")),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights, when the checkpoint lacks them"),
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
     assignments: list[str] = typer.Option([], "--set", help="key=value, e.g. shot_convention=lpt (repeatable)"),
@@ -203,7 +226,8 @@ def eval_(
 # Options `bench sweep` and `bench ablate` share.
 EXECUTOR = typer.Option(Executor.ray, "--executor", help="ray (Ray Tune) or local (in-process, no Ray)")
 ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
-TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"), help="backbone (as for bench run)")
+TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)",
+        autocompletion=_names("backbone"))
 TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
 TRIAL_DATA_ROOT = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)")
 RESULTS_OUT = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)")
@@ -215,8 +239,10 @@ RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initia
 @app.command()
 def sweep(
     ctx: typer.Context,
-    method: str = typer.Option("lpt", "--method", "-m", autocompletion=_names("method"), help="method whose declared search space is swept"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
+    method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept",
+        autocompletion=_names("method")),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
+        autocompletion=_names("dataset")),
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
     metric: str = typer.Option("val_overall", "--metric", help="validation metric to maximise: val_overall | "
                                "val_many | val_medium | val_few | val_worst_class | val_harmonic_mean | val_macro_f1"),
@@ -272,8 +298,10 @@ def sweep(
 @app.command()
 def ablate(
     ctx: typer.Context,
-    method: str = typer.Option("lptpp", "--method", "-m", autocompletion=_names("method"), help="the full method"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="dataset name (bench list datasets)"),
+    method: str = typer.Option("lptpp", "--method", "-m", help="the full method",
+        autocompletion=_names("method")),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
+        autocompletion=_names("dataset")),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
                                         "and all its registered variants)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
@@ -433,8 +461,10 @@ def hparams_table(method: str, dataset: str) -> Table:
 @app.command("list")
 def list_(
     what: ListWhat = typer.Argument(ListWhat.all, help="what to list", show_default=True),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", autocompletion=_names("method"), help="with hparams: the method"),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", autocompletion=_names("dataset"), help="with hparams: the dataset"),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="with hparams: the method",
+        autocompletion=_names("method")),
+    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset",
+        autocompletion=_names("dataset")),
 ) -> None:
     """List registered methods, datasets and backbones, the shipped benchmark protocols, or (hparams) every
     option a method and dataset declare: default, search space, where it is declared and its help."""
@@ -525,14 +555,17 @@ def show(
 @app.command()
 def report(
     results: str | None = RESULTS_OUT,
-    dataset: str | None = typer.Option(None, "--dataset", "-d", autocompletion=_names("dataset"), help="only this dataset (name or alias)"),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)",
+        autocompletion=_names("dataset")),
     protocol: str | None = typer.Option(None, "--protocol", help="only the runs of this benchmark protocol"),
     formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
                                                                      "(default md,html)"),
     report_dir: str | None = typer.Option(None, "--report-dir", help="where the report goes (default "
                                           "<results>/report)"),
-    published: Published = typer.Option(Published.store, "--published", help="published reference rows for the "
-                                        "datasets with records (store), for every dataset that has some (all), or none"),
+    published: Published = typer.Option(
+        Published.store, "--published",
+        help="published reference rows for the datasets with records (store), for every dataset that has some (all), "
+             "or none"),
 ) -> None:
     """Leaderboards, ablation tables, sweep summaries and plots, read from the results store's records only.
 

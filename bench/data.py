@@ -98,7 +98,8 @@ def rrc_boxes(height: int, width: int, count: int, generator: torch.Generator | 
     """`count` (top, left, h, w) crops drawn as torchvision's RandomResizedCrop draws them: up to 10 tries of
     a random area and log-uniform aspect ratio, else the whole image clipped to the ratio range."""
     area = height * width
-    target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(count, RRC_ATTEMPTS, generator=generator))
+    fraction = torch.rand(count, RRC_ATTEMPTS, generator=generator)
+    target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * fraction)
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
     ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(count, RRC_ATTEMPTS, generator=generator))
     w = torch.sqrt(target * ratio).round().long()

@@ -40,7 +40,7 @@ def split_pixels(split: Split, cache_dir: Path, console: Console, warn: Callable
     sizes = {_header_size(images.root / images.relpaths[i]) for i in range(min(PROBED, len(images)))}
     if None in sizes or len(sizes) != 1 or max(next(iter(sizes))) > SMALL_IMAGE_SIDE:
         return None, (f"image by image (the pixel cache takes images of one size with sides ≤ {SMALL_IMAGE_SIDE}; "
-                      f"first images: {', '.join('?' if s is None else f'{s[0]}×{s[1]}' for s in sorted(sizes, key=str))})")
+                      f"first images: {', '.join(_size_text(s) for s in sorted(sizes, key=str))})")
     width, height = next(iter(sizes))
     key = hashlib.sha256(f"{images.root.resolve()}\n{split.fingerprint}".encode()).hexdigest()[:32]
     path = cache_dir / "pixels" / f"{key}.pt"  # by folder and split: another copy of the tree is decoded anew
@@ -53,6 +53,10 @@ def split_pixels(split: Split, cache_dir: Path, console: Console, warn: Callable
         return None, f"image by image ({odd})"
     save_cached(path, pixels)
     return pixels, f"uint8 pixel cache {height}×{width} (decoded now, {path.name})"
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "?" if size is None else f"{size[0]}×{size[1]}"
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
@@ -73,7 +77,8 @@ def _decode(split: Split, size: tuple[int, int], console: Console) -> tuple[torc
             image = split.images.load(i)
             if image.size != size:
                 bar.close()
-                return None, f"image {split.images.describe(i)} is {image.size[0]}×{image.size[1]}, not {width}×{height}"
+                return None, (f"image {split.images.describe(i)} is {_size_text(image.size)}, not "
+                              f"{_size_text(size)}")
             out[i] = np.asarray(image)
             bar.advance()
         bar.close()

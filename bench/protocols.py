@@ -52,7 +52,8 @@ class Protocol:
 
     @property
     def hash(self) -> str:
-        comparable = {"budget_rule": BUDGET_RULE, "dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
+        comparable = {"budget_rule": BUDGET_RULE, "dataset": self.dataset, "dataset_options": self.dataset_options,
+                      "backbone": self.backbone,
                       "weights": self.weights, "random_init": self.random_init, "settings": self.settings,
                       "epoch_scale": self.epoch_scale, "trials": self.trials, "search_seed": self.search_seed,
                       "selection": self.selection}

@@ -304,7 +304,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
         "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
         "selected": state.selected, "epochs_trained": len(state.history),
-        "health": {"ok": not health, "flags": health}, "stopped_early": stopped_early, "trainable_params": count_parameters(phases),
+        "health": {"ok": not health, "flags": health}, "stopped_early": stopped_early,
+        "trainable_params": count_parameters(phases),
         "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint
         else None,
         "total_params": sum(p.numel() for p in method.model().parameters()),

@@ -1,5 +1,5 @@
-"""Tensors cached on disk (backbone features, class-name text embeddings, decoded small images), each beside a small JSON file with
-its checksum, shape and dtype. An entry that is missing its JSON, truncated, garbage or of the wrong shape is
+"""Tensors cached on disk (backbone features, class-name text embeddings, decoded small images), each beside a
+small JSON file with its checksum, shape and dtype. An entry that is missing its JSON, truncated, garbage or of the wrong shape is
 reported and recomputed, never used."""
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="backbone weights file (default: resolved as `bench run`)")
     parser.add_argument("--image-size", default="32")
     parser.add_argument("--methods", default="linear_probe,lpt")
-    parser.add_argument("--set", dest="assignments", action="append", default=["phase1_epochs=1", "phase2_epochs=0", "warmup_epochs=0"],
-                        help="KEY=VALUE for every run (default: one LPT epoch without warm-up: phase1_epochs=1 phase2_epochs=0 warmup_epochs=0)")
+    parser.add_argument("--set", dest="assignments", action="append",
+                        default=["phase1_epochs=1", "phase2_epochs=0", "warmup_epochs=0"],
+                        help="KEY=VALUE for every run, after the defaults (one LPT epoch without warm-up: "
+                             "phase1_epochs=1 phase2_epochs=0 warmup_epochs=0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/parity")
     args = parser.parse_args()

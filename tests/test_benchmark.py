@@ -155,7 +155,8 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     outside = [row for row in rows if row.startswith("digits_lt,,")]
     assert len(outside) == 1 and outside[0].startswith("digits_lt,,finetune")
     shown = cli.invoke(app, ["report", "--out", str(out), "--format", "md", "--report-dir", str(tmp_path / "rep")])
-    for title in ("digits_lt · protocol embedded", "digits_lt · protocol mine", "digits_lt · runs outside any protocol"):
+    for title in ("digits_lt · protocol embedded", "digits_lt · protocol mine",
+                  "digits_lt · runs outside any protocol"):
         assert title in shown.output
     only = cli.invoke(app, ["report", "--out", str(out), "--protocol", "embedded", "--format", "csv",
                             "--report-dir", str(tmp_path / "only")])

@@ -24,7 +24,8 @@ def noise(count: int, side: int = 32, seed: int = 0) -> np.ndarray:
 
 def to_pixels(x: torch.Tensor, transform: Transform) -> torch.Tensor:
     """Normalised images back to 0..255 values."""
-    return x * torch.tensor(transform.std).view(1, -1, 1, 1) * 255 + torch.tensor(transform.mean).view(1, -1, 1, 1) * 255
+    std, mean = (torch.tensor(v).view(1, -1, 1, 1) * 255 for v in (transform.std, transform.mean))
+    return x * std + mean
 
 
 @pytest.mark.parametrize("size", [16, 24, 48, 112])

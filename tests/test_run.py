@@ -253,3 +253,28 @@ def test_data_cache_off_feeds_images_one_by_one(tmp_path):
     per_image = runner.execute(fast_spec(tmp_path, epochs="0", data_cache="off"))
     assert set(per_image.record["data_paths"].values()) == {"image by image (data_cache=off)"}
     assert abs(per_image.record["test"]["overall"] - cached.record["test"]["overall"]) <= 2.0
+
+
+def test_config_file_reruns_a_run_exactly_and_reads_toml(tmp_path):
+    first = runner.execute(fast_spec(tmp_path / "a", epochs="1"))
+    result = CliRunner().invoke(app, ["run", "--config", str(first.run_dir / "config.json"),
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    (again,) = ResultsStore(tmp_path / "b").records()
+    assert again["hparams"] == first.record["hparams"] and again["test"] == first.record["test"]
+    assert again["backbone"] == "vit_micro" and again["method"] == "finetune"
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('method = "linear_probe"\ndataset = "digits_lt"\nbackbone = "vit_micro"\nrandom_init = true\n'
+                    "[set]\nimage_size = 8\nwd_steps = 2\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(toml), "--out", str(tmp_path / "c"),
+                                      "--set", "wd_steps=3"])  # the command line overrides the file
+    assert result.exit_code == 0, result.output
+    (record,) = ResultsStore(tmp_path / "c").records()
+    assert record["method"] == "linear_probe" and record["hparams"]["image_size"] == 8
+    assert record["hparams"]["wd_steps"] == 3
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('methd = "lpt"\n')
+    result = CliRunner().invoke(app, ["run", "--config", str(bad), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "unknown key(s) methd" in result.output

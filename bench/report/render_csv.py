@@ -9,7 +9,8 @@ from bench.report.aggregate import METRICS, Configuration, Stat
 from bench.report.tables import Report
 
 STAT_PARTS = ("mean", "std", "n")
-COLUMNS = ["dataset", "protocol", "method", "backbone", "image_size", "pretrained", "shot_convention", "seeds", "configs",
+COLUMNS = ["dataset", "protocol", "method", "backbone", "image_size", "pretrained", "shot_convention", "seeds",
+           "configs",
            *(f"test_{metric}_{part}" for metric in METRICS for part in STAT_PARTS),
            *(f"val_overall_{part}" for part in STAT_PARTS),
            "trainable_params", "train_time_s", "device", "test_ms_per_image", "run_ids"]
