@@ -23,7 +23,6 @@ from bench.protocols import Protocol
 from bench.sweep import Sweep, best_record
 from bench.trial import Trial, TrialPlan
 
-STAGES = ("search", "seeds")
 IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the LA loss): never searched
 
 
