@@ -40,10 +40,10 @@ def extract_features(ctx: RunContext, split_name: str, transform: Transform) -> 
     return torch.cat(features) if features else torch.zeros(0, backbone.feature_dim)
 
 
-def cached_features(ctx: RunContext, split_name: str, transform: Transform | None = None) -> torch.Tensor:
-    """[N, feature_dim] float32 features of a split under `transform` (default: the evaluation transform)."""
+def cached_features(ctx: RunContext, split_name: str) -> torch.Tensor:
+    """[N, feature_dim] float32 features of a split under the evaluation transform."""
     backbone = ctx.backbone
-    transform = transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
     key = feature_key(ctx, split_name, ctx.feed(split_name).describe(transform))
     path = ctx.cache_dir / "features" / f"{key}.pt"
     cached = load_cached(path, (len(getattr(ctx.dataset, split_name)), backbone.feature_dim), ctx.warn)
