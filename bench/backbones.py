@@ -5,25 +5,28 @@ methods insert tokens or modules between blocks without re-implementing a ViT.
 
 Weights resolve in this order, and `weights_info` records which one was used:
 explicit file → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for
-url-only weights) → download, only with allow_download → random init, only with allow_random_init.
+url-only weights) → download, only with allow_download → random init, only with allow_random_init. A file
+found in the cache is handed to timm / open_clip by its path, so they make no network lookup for it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench.data import RESIZE_MODES, Preprocessing
 from bench.errors import BenchError, first_line, shorten
-from bench.manifest import file_sha256
 from bench.registry import Registry, nearest
+from bench.store import file_sha256
 
 OPEN_CLIP_PREFIX = "open_clip:"
+MICRO_CONFIGS = Path(__file__).with_name("open_clip_configs")  # open_clip model configs of the micro towers
 WEIGHT_FIXES = ("pass --weights FILE, populate the Hugging Face cache (HF_HOME) on a connected machine, "
                 "or pass --allow-download")
 
@@ -65,7 +68,16 @@ _preset("open_clip:ViT-B-32@openai", "open_clip", "ViT-B-32-quickgelu", "CLIP Vi
 _preset("vit_micro", "timm", "vit_micro", "tiny random-init ViT (4 blocks, width 64, 32 px) for CPU tests",
         img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4)
 _preset("clip_micro", "open_clip", "clip_micro", "tiny random-init CLIP (2 blocks, width 64, 32 px) for CPU tests",
-        image_size=32, patch_size=4, width=64, layers=2, embed_dim=32)
+        **json.loads((MICRO_CONFIGS / "clip_micro.json").read_text()))
+
+
+@functools.cache
+def import_open_clip():
+    """open_clip, with the micro towers' configs registered, so that its factory and tokenizer know them."""
+    import open_clip
+
+    open_clip.add_model_config(MICRO_CONFIGS)
+    return open_clip
 
 
 def _suggest(name: str, vocabulary: list[str]) -> str:
@@ -77,8 +89,7 @@ def parse_backbone(name: str) -> BackboneSpec:
     if name in BACKBONES.names():
         return BACKBONES.get(name)
     if name.startswith(OPEN_CLIP_PREFIX):
-        import open_clip
-
+        open_clip = import_open_clip()
         arch, _, tag = name[len(OPEN_CLIP_PREFIX):].partition("@")
         if arch not in open_clip.list_models():
             raise BenchError(f"unknown open_clip model {arch!r}: {nearest(arch, open_clip.list_models())}")
@@ -106,14 +117,15 @@ class TokenBackbone(nn.Module):
     `model` is the real timm VisionTransformer or open_clip image tower; `blocks` is its own block list (a
     view, not re-registered, so state_dict keys are the model's). For open_clip, `clip_model` holds the whole
     CLIP model (text tower, logit_scale) outside this module's parameters, for class-name embeddings.
+    `preprocessing` is what the tower's library says its images need.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_info: WeightsInfo, mean, std,
-                 clip_model: nn.Module | None = None):
+    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_info: WeightsInfo,
+                 preprocessing: Preprocessing, clip_model: nn.Module | None = None):
         super().__init__()
         self.name, self.family, self.weights_info = spec.name, spec.family, weights_info
         self.model = model
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.preprocessing = preprocessing
         self.__dict__["clip_model"] = clip_model  # not a submodule: its text tower is not the backbone's
         if spec.family == "timm":
             self.embed_dim = model.embed_dim
@@ -129,6 +141,14 @@ class TokenBackbone(nn.Module):
             self.patch_size = int(model.conv1.kernel_size[0])
             self.num_prefix_tokens = 1
         self.num_blocks = len(self.blocks)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
 
     @property
     def blocks(self) -> nn.Module:
@@ -158,20 +178,6 @@ class TokenBackbone(nn.Module):
         for index in range(self.num_blocks):
             tokens = self.run_block(index, tokens)
         return self.pool(tokens)
-
-
-@contextmanager
-def hub_offline(offline: bool = True) -> Iterator[None]:
-    """Force huggingface_hub offline for the enclosed calls. HF_HUB_OFFLINE in the environment is read only
-    when huggingface_hub is imported; the hub consults `constants.HF_HUB_OFFLINE` at each request."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = offline or before
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 RUN_CHECKPOINT_KEYS = {"phase", "next_epoch", "model", "optimizer"}  # what bench.engine saves as last.pt
@@ -217,38 +223,43 @@ def _check_fit(model: nn.Module, state: dict, spec: BackboneSpec, path: Path, as
                              f"({shown}); pick the matching --backbone")
 
 
-def _create_timm(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
+def _create_timm(spec: BackboneSpec, image_size: int | None, pretrained: bool, file: str | None = None
+                 ) -> nn.Module:
+    """`pretrained` with a `file`: the library loads that local file; without: it fetches its weights."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     if spec.micro:
         return VisionTransformer(num_classes=0, **dict(spec.micro, img_size=image_size or spec.micro["img_size"]))
     kwargs = {"img_size": image_size} if image_size else {}
+    if file:
+        kwargs["pretrained_cfg_overlay"] = {"file": file}
     model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0, **kwargs)
     if not isinstance(model, VisionTransformer):
         raise BenchError(f"backbone {spec.name} is not a timm VisionTransformer; prompt methods need a ViT")
     return model
 
 
-def _create_open_clip(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
+def _create_open_clip(spec: BackboneSpec, image_size: int | None, pretrained: bool, file: str | None = None
+                      ) -> nn.Module:
+    """As `_create_timm`; the tag's normalisation and activation apply whatever the weights' source."""
     import open_clip
 
-    if spec.micro:
-        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    if spec.micro:  # its open_clip config (bench/open_clip_configs), without the factory's weight lookup
+        from open_clip.model import CLIP
 
-        micro = spec.micro
-        vision = CLIPVisionCfg(layers=micro["layers"], width=micro["width"], patch_size=micro["patch_size"],
-                               image_size=image_size or micro["image_size"], head_width=32)
-        text = CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
-        return CLIP(embed_dim=micro["embed_dim"], vision_cfg=vision, text_cfg=text)
+        vision = spec.micro["vision_cfg"]
+        return CLIP(**dict(spec.micro, vision_cfg=dict(vision, image_size=image_size or vision["image_size"])))
     tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else {}
     kwargs = {"force_image_size": image_size} if image_size else {}
-    return open_clip.create_model(spec.arch, pretrained=spec.tag if pretrained else None,
-                                  force_quick_gelu=bool(tag_cfg.get("quick_gelu")), **kwargs)
+    return open_clip.create_model(spec.arch, pretrained=file or (spec.tag if pretrained else None),
+                                  force_quick_gelu=bool(tag_cfg.get("quick_gelu")),
+                                  force_preprocess_cfg=tag_cfg, **kwargs)
 
 
-def _create(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> nn.Module:
-    return (_create_timm if spec.family == "timm" else _create_open_clip)(spec, image_size, pretrained)
+def _create(spec: BackboneSpec, image_size: int | None, pretrained: bool, file: str | None = None
+            ) -> nn.Module:
+    return (_create_timm if spec.family == "timm" else _create_open_clip)(spec, image_size, pretrained, file)
 
 
 def _load_file(spec: BackboneSpec, image_size: int | None, path: Path, ignore_prefixes: tuple[str, ...] = ()
@@ -331,19 +342,18 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
     cached, wanted = library_weights(spec)
     if cached is None and not allow_download:
         if allow_random_init:
-            with hub_offline():
-                return _create(spec, image_size, False), WeightsInfo(False, "random", f"random init; missing {wanted}")
+            info = WeightsInfo(False, "random", f"random init; missing {wanted}")
+            return _create(spec, image_size, False), info
         raise BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
                          "(or --random-init to run without)")
-    with hub_offline(cached is not None):  # a cache hit never touches the network, even with allow_download
-        try:
-            model = _create(spec, image_size, True)
-        except BenchError:
-            raise
-        except Exception as error:  # noqa: BLE001  (timm / open_clip / the hub raise many kinds)
-            verb = "load cached" if cached else "download"
-            raise BenchError(f"could not {verb} weights for {spec.name} ({cached or wanted}): "
-                             f"{first_line(error)}") from None
+    try:  # a cache hit is loaded from its path and never touches the network, even with allow_download
+        model = _create(spec, image_size, True, cached)
+    except BenchError:
+        raise
+    except Exception as error:  # noqa: BLE001  (timm / open_clip / the hub raise many kinds)
+        verb = "load cached" if cached else "download"
+        raise BenchError(f"could not {verb} weights for {spec.name} ({cached or wanted}): "
+                         f"{first_line(error)}") from None
     if cached:
         return model, WeightsInfo(True, "hf_cache", cached)
     return model, WeightsInfo(True, "download", library_weights(spec)[0] or wanted)
@@ -366,15 +376,14 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
         if not allow_random_init:
             what = "is a random-init test model" if spec.micro else "names no pretrained tag (open_clip:ARCH@TAG)"
             raise BenchError(f"backbone {name} {what}: pass --weights FILE, or --random-init to run without")
-        with hub_offline():
-            model, info = _create(spec, image_size, False), WeightsInfo(False, "random", "random init")
+        model, info = _create(spec, image_size, False), WeightsInfo(False, "random", "random init")
     else:
         model, info = _from_library(spec, image_size, allow_download, allow_random_init)
     if spec.family == "timm":
         config = getattr(model, "pretrained_cfg", None) or {}
-        return TokenBackbone(spec, model, info, config.get("mean", (0.5,) * 3), config.get("std", (0.5,) * 3))
+        return TokenBackbone(spec, model, info, Preprocessing(config.get("mean", (0.5,) * 3),
+                                                              config.get("std", (0.5,) * 3)))
     import open_clip
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     visual = model.visual
     plain = isinstance(visual, open_clip.transformer.VisionTransformer)
@@ -382,5 +391,20 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
         kind = "attention pooling" if plain else type(visual).__name__
         raise BenchError(f"backbone {name}: the token view needs a plain open_clip ViT image tower, not {kind}; "
                          "pick a ViT-* model")
-    return TokenBackbone(spec, visual, info, getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
-                         getattr(visual, "image_std", None) or OPENAI_DATASET_STD, clip_model=model)
+    return TokenBackbone(spec, visual, info, open_clip_preprocessing(spec, model), clip_model=model)
+
+
+def open_clip_preprocessing(spec: BackboneSpec, model: nn.Module) -> Preprocessing:
+    """open_clip's eval preprocessing of the model (`image_transform`): its preprocess_cfg (the tag's, which
+    `_create_open_clip` forces whatever the weights' source) over open_clip's defaults; no crop margin
+    (open_clip resizes to the image size, then crops it)."""
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    config = merge_preprocess_dict(PreprocessCfg(), import_open_clip().get_model_preprocess_cfg(model))
+    if config["resize_mode"] not in RESIZE_MODES:
+        raise BenchError(f"backbone {spec.name}: open_clip resizes its images with resize_mode "
+                         f"{config['resize_mode']!r}, which this harness does not implement (only "
+                         f"{' | '.join(RESIZE_MODES)})")
+    mean, std = ((v,) * 3 if isinstance(v, (int, float)) else v for v in (config["mean"], config["std"]))
+    interpolation = "bilinear" if config["interpolation"] == "bilinear" else "bicubic"  # as open_clip's eval
+    return Preprocessing(mean, std, interpolation, config["resize_mode"], crop_fraction=1.0)

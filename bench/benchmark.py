@@ -17,11 +17,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 from bench.protocols import Protocol
-from bench.sweep import Sweep, best_record
-from bench.trial import Trial, TrialPlan
+from bench.run_spec import RunSpec
+from bench.sweeps.model import Sweep, best_record
+from bench.sweeps.trial import Trial, TrialPlan
 
 IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the LA loss): never searched
 
@@ -48,14 +49,14 @@ def protocol_tags(protocol: Protocol, stage: str) -> dict[str, str]:
 
 
 def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: BenchmarkOptions, out: Path) -> Sweep:
-    from bench.sweep_setup import absolute
+    from bench.sweeps.define import absolute
 
     name = stage_name(protocol, stage)
-    plan = TrialPlan(sweep=name, kind="benchmark", dataset=protocol.dataset, out=str(out),
-                     weights=protocol.weights_path,
-                     data_root=absolute(options.data_root), device=options.device,
-                     allow_random_init=protocol.random_init, cpus_per_trial=options.cpus_per_trial,
-                     tags=protocol_tags(protocol, stage))
+    run = RunSpec(method=protocol.methods[0], dataset=protocol.dataset, backbone=protocol.backbone,
+                  weights=protocol.weights_path, data_root=absolute(options.data_root), out=str(out),
+                  device=options.device, allow_random_init=protocol.random_init, sweep=name,
+                  tags=protocol_tags(protocol, stage))
+    plan = TrialPlan("benchmark", run, options.cpus_per_trial)
     base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
     return Sweep(name=name, storage=str(out / "benchmarks"), plan=plan, base=base, search="fixed", trials=trials,
                  num_trials=len(trials), metric=protocol.selection, executor=options.executor,
@@ -67,7 +68,7 @@ def search_trials(protocol: Protocol) -> list[Trial]:
     space (DomainBed-style streams seeded by the protocol's search seed); neither the protocol's pins nor what
     defines the method (its loss, its sampler) are searched."""
     from bench.methods.base import METHODS
-    from bench.search_space import default_space, random_configs
+    from bench.sweeps.space import default_space, random_configs
 
     seed, trials = protocol.seeds[0], []
     for method in protocol.methods:
@@ -115,7 +116,7 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
 
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
     """Run (or continue) every stage; returns the results root the records went to."""
-    from bench.sweep_setup import execute_sweep, results_and_sweeps_roots
+    from bench.sweeps.define import execute_sweep, results_and_sweeps_roots
 
     out, _ = results_and_sweeps_roots(options.out, None)
     preflight(protocol, options)
@@ -139,7 +140,7 @@ def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Consol
 
 
 def _started(sweep: Sweep) -> bool:
-    from bench.sweep import SWEEP_FILE
+    from bench.sweeps.model import SWEEP_FILE
 
     return (sweep.folder / SWEEP_FILE).exists()
 
@@ -150,7 +151,7 @@ def _prepared(sweep: Sweep, options: BenchmarkOptions) -> Sweep:
     if not _started(sweep):
         return sweep
     if not options.resume:
-        raise BenchError(f"benchmark stage {sweep.name} already exists in {Path(sweep.storage)}; add --resume to "
+        raise UsageError(f"benchmark stage {sweep.name} already exists in {Path(sweep.storage)}; add --resume to "
                          "continue it (recorded runs are not run again)")
     saved = Sweep.load(sweep.folder)
     known = {trial.key for trial in saved.trials}

@@ -16,9 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bench.errors import BenchError
+from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
 from bench.report import PUBLISHED_CHOICES
-from bench.sweep import EXECUTORS, SCHEDULERS, SEARCHES
+from bench.sweeps.model import EXECUTORS, SCHEDULERS, SEARCHES
 
 app = typer.Typer(add_completion=True, no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Long-tailed classification benchmark harness.")
@@ -81,14 +81,15 @@ def _refuse_ignored_with_resume(ctx: typer.Context, command: str) -> None:
                if param.name not in RESUME_KEEPS[command]
                and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"]
     if ignored:
-        raise BenchError(f"--resume continues the {command} as it was started, so {', '.join(ignored)} would be "
+        raise UsageError(f"--resume continues the {command} as it was started, so {', '.join(ignored)} would be "
                          f"ignored; drop {'it' if len(ignored) == 1 else 'them'} (only "
                          f"{', '.join('--' + k for k in sorted(RESUME_KEEPS[command]))} go with --resume)")
 
 
 def _fail(error: BenchError) -> None:
+    """One line, then the error's exit code: EXIT_USAGE for a wrong command, EXIT_RUNTIME otherwise."""
     err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(error.exit_code)
 
 
 def _say(text: str, to: Console = console) -> None:
@@ -114,7 +115,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def _interruptible_run() -> Iterator[None]:
-    """Ctrl-C or SIGTERM during a run: exit 130 with the command that continues it. BenchError: one line, exit 2."""
+    """Ctrl-C or SIGTERM during a run: exit 130 with the command that continues it. BenchError: one line, exit 1
+    (2 for a usage error)."""
     from bench.errors import RunInterrupted
 
     try:
@@ -124,10 +126,10 @@ def _interruptible_run() -> Iterator[None]:
         _fail(error)
     except RunInterrupted as interrupted:
         _say(str(interrupted), err_console)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         _say("interrupted before the run started; nothing was written", err_console)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @app.command()
@@ -155,7 +157,6 @@ def run(
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
-    from bench.embedded import EMBEDDED_DATASET, applicable_preset, is_embedded
     from bench.hparams import parse_assignments
 
     with _interruptible_run():
@@ -179,16 +180,10 @@ def run(
                     chosen("seed", seed)
                 random_init = chosen("random_init", random_init)
                 overrides = {**given["overrides"], **overrides}
-            embedded = is_embedded(dataset, backbone)
-            if embedded:
-                backbone, preset = applicable_preset(method, dataset, overrides)
-                _say(f"embedded default: {backbone} (random init) on {EMBEDDED_DATASET}, preset "
-                     + " ".join(f"{k}={v}" for k, v in preset.items()))
-                overrides = {**preset, **overrides}
             spec = runner.RunSpec(
                 method=method, dataset=dataset, backbone=backbone,
                 weights=weights, data_root=data_root, overrides=overrides, seed=seed,
-                out=out, device=device, allow_download=allow_download, allow_random_init=random_init or embedded,
+                out=out, device=device, allow_download=allow_download, allow_random_init=random_init,
             )
             result = runner.execute(spec, console)
     console.print(metrics_table(result.record))
@@ -236,6 +231,18 @@ ALLOW_DOWNLOAD = typer.Option(False, "--allow-download", help="let timm/open_cli
 RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initialised backbone")
 
 
+def _trial_settings(method: str, dataset: str, backbone: str | None, weights: str | None, data_root: str | None,
+                    assignments: list[str], seed: int, out: str | None, device: str, allow_download: bool,
+                    random_init: bool):
+    """The run settings every trial of a sweep or ablation shares, from its options."""
+    from bench.hparams import parse_assignments
+    from bench.run_spec import RunSpec
+
+    return RunSpec(method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
+                   overrides=parse_assignments(assignments), seed=seed, out=out, device=device,
+                   allow_download=allow_download, allow_random_init=random_init)
+
+
 @app.command()
 def sweep(
     ctx: typer.Context,
@@ -274,19 +281,19 @@ def sweep(
 ) -> None:
     """Sweep a method's hyperparameters (Optuna/random/grid, ASHA) with Ray Tune or in-process; every trial is
     an ordinary run tagged with the sweep's name."""
-    from bench.sweep_setup import Request, define_sweep, load_for_resume, sweep_summary
+    from bench.sweeps.define import Request, define_sweep, load_for_resume
+    from bench.sweeps.summary import sweep_summary
 
     try:
         if resume:
             _refuse_ignored_with_resume(ctx, "sweep")
             definition = load_for_resume(name, storage, out)
         else:
-            request = Request(
-                method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
-                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor.value,
-                metric=metric, max_failures=max_failures, cpus_per_trial=cpus_per_trial,
-                gpus_per_trial=gpus_per_trial, address=address, device=device, allow_download=allow_download,
-                random_init=random_init)
+            run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
+                                  allow_download, random_init)
+            request = Request(run, storage=storage, name=name, executor=executor.value, metric=metric,
+                              max_failures=max_failures, cpus_per_trial=cpus_per_trial,
+                              gpus_per_trial=gpus_per_trial, address=address)
             definition = define_sweep(request, trials, search.value, scheduler.value, space, search_seed, grace_period,
                                       reduction_factor)
         _execute_interruptibly(definition, "sweep", resume)
@@ -324,18 +331,18 @@ def ablate(
     random_init: bool = RANDOM_INIT,
 ) -> None:
     """Run a method and its registered ablation variants × seeds through the sweep executors."""
-    from bench.sweep_setup import Request, ablation_summary, define_ablation, load_for_resume
+    from bench.sweeps.define import Request, define_ablation, load_for_resume
+    from bench.sweeps.summary import ablation_summary
 
     try:
         if resume:
             _refuse_ignored_with_resume(ctx, "ablate")
             definition = load_for_resume(name, storage, out)
         else:
-            request = Request(
-                method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
-                assignments=assignments, seed=seed, out=out, storage=storage, name=name, executor=executor.value,
-                max_failures=max_failures, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                address=address, device=device, allow_download=allow_download, random_init=random_init)
+            run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
+                                  allow_download, random_init)
+            request = Request(run, storage=storage, name=name, executor=executor.value, max_failures=max_failures,
+                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address)
             chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
             definition = define_ablation(request, chosen, seeds)
         _execute_interruptibly(definition, "ablate", resume)
@@ -380,7 +387,7 @@ def benchmark(
             again = ["bench", "benchmark", protocol, "--resume", *(["--data-root", data_root] if data_root else []),
                      *(["--out", out] if out else []), *(["--executor", executor] if executor != "local" else [])]
             _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         tag = f"{definition.name} {definition.hash}"
         records = [r for r in reports.load_records(ResultsStore(root)) if reports.protocol_of(r) == tag]
         if not records:
@@ -399,14 +406,14 @@ def benchmark(
 
 
 def _execute_interruptibly(definition, command: str, resume: bool) -> None:
-    from bench.sweep_setup import execute_sweep
+    from bench.sweeps.define import execute_sweep
 
     hint = f"finish it with: bench {command} --name {definition.name} --resume"
     try:
         execute_sweep(definition, console, resume)
     except KeyboardInterrupt:
         _say(f"interrupted; finished trials are recorded; {hint}", err_console)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     recorded = len(definition.records())
     if recorded < definition.num_trials:
         _say(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
@@ -442,7 +449,7 @@ def hparams_table(method: str, dataset: str) -> Table:
     from bench.datasets.base import DATASETS
     from bench.methods.base import METHODS
     from bench.runner import COMMON_OPTIONS
-    from bench.search_space import describe
+    from bench.sweeps.space import describe
 
     table = Table(title=f"options of {method} on {dataset} (bench run --set KEY=VALUE; bench sweep searches the "
                         "spaces shown)")
@@ -516,8 +523,7 @@ def show(
     out: str | None = typer.Option(None, "--out", help="results root"),
 ) -> None:
     """Show a run's state, configuration and metrics."""
-    from bench.run_folder import describe_status
-    from bench.runner import find_run
+    from bench.run_folder import describe_status, find_run
     from bench.store import ResultsStore, read_json
 
     try:
@@ -593,7 +599,7 @@ def report(
                                                   "(run `bench benchmark` first)")
         except reports.NothingToReport as nothing:
             err_console.print(str(nothing), highlight=False, soft_wrap=True, markup=False)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_RUNTIME) from None
         source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
         built = reports.build_report(records, reports.method_order(), str(source), published)
         files, blocks = reports.render_report(built, chosen_formats, root)

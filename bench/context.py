@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -15,9 +17,9 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from bench.data import AUGMENTATIONS, ImageFeed
+from bench.data import AUGMENTATIONS, ImageFeed, Preprocessing, Transform
 from bench.datasets.base import LongTailDataset
-from bench.errors import BenchError
+from bench.errors import UsageError
 from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
 from bench.metrics import SHOT_CONVENTIONS
 from bench.pixel_cache import split_pixels
@@ -99,6 +101,7 @@ class RunContext:
     log: logging.Logger
     notes: list[str] = field(default_factory=list)
     data_paths: dict[str, str] = field(default_factory=dict)  # per split fed so far: how its images were read
+    method_preprocessing: Mapping[str, Any] = field(default_factory=dict)  # the method's `preprocessing`
     _feeds: dict[str, ImageFeed] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -113,6 +116,20 @@ class RunContext:
         if not backbone.weights_info.pretrained:
             self.warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
         return backbone.to(self.device)
+
+    def preprocessing(self, backbone=None) -> Preprocessing:
+        """How images are prepared for `backbone` (default: the run's): the tower's own preprocessing, with
+        the fields the method's recipe fixes over it."""
+        backbone = self.backbone if backbone is None else backbone
+        return dataclasses.replace(backbone.preprocessing, **self.method_preprocessing)
+
+    def transform(self, train: bool = False, backbone=None) -> Transform:
+        """`backbone`'s (default: the run's) eval transform, or with `train` its augmented one."""
+        backbone = self.backbone if backbone is None else backbone
+        preprocessing = self.preprocessing(backbone)
+        if not train:
+            return Transform(backbone.image_size, preprocessing)
+        return Transform(backbone.image_size, preprocessing, self.hparams["augment"], self.dataset.hflip_ok)
 
     @property
     def num_workers(self) -> int:
@@ -157,7 +174,7 @@ class RunContext:
                 return torch.float16
             return torch.bfloat16 if choice == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
         if choice == "fp16":
-            raise BenchError("amp=fp16 needs a GPU; on a CPU use amp=bf16 (where the CPU has bf16 instructions) or "
+            raise UsageError("amp=fp16 needs a GPU; on a CPU use amp=bf16 (where the CPU has bf16 instructions) or "
                              "amp=off")
         if cpu_has_bf16():
             return torch.bfloat16

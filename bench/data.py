@@ -3,8 +3,12 @@
 A split whose images are small and all one size is fed from its uint8 pixels (decoded once, `pixel_cache`),
 transformed a batch at a time with tensor operations: no per-image decoding, no PIL, no loader workers, and on
 a GPU the augmentation runs there. Any other split goes image by image through PIL and a DataLoader. Both
-paths apply the same transform (bicubic, antialiased, rounded to uint8 as PIL does); their outputs differ only
-by interpolation round-off, and caches keyed by the transform tell them apart.
+paths apply the same transform (the tower's filter, antialiased, rounded to uint8 as PIL does); their outputs
+differ only by interpolation round-off, and caches keyed by the transform tell them apart.
+
+Each tower states its own `Preprocessing` (normalisation, filter, eval geometry:
+`TokenBackbone.preprocessing`, read from timm or open_clip) and a method's recipe may fix some of it
+(`Method.preprocessing`); the run context resolves the two, and the run records the result per tower.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,37 +27,73 @@ from torchvision import transforms as T
 from bench.datasets.base import Split
 
 AUGMENTATIONS = ("rrc_flip", "crop_flip", "none")
+INTERPOLATIONS = ("bicubic", "bilinear")
+RESIZE_MODES = ("squash", "shortest")
 RRC_SCALE, RRC_RATIO, RRC_ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10  # torchvision RandomResizedCrop's defaults
 
 
 @dataclass(frozen=True)
-class Transform:
-    """LPT's transforms. eval (`augment="none"`): square resize to size·256/224, then centre crop. rrc_flip:
-    random resized crop. crop_flip: square resize to size, then a random crop with size/8 reflect padding.
-    Random horizontal flip after either where `hflip`. Then [0, 1] scaling and normalisation."""
+class Preprocessing:
+    """What a tower expects of its images: normalisation (`mean`, `std` of [0, 1] pixels), the resampling
+    filter (antialiased) of every resize, and the eval geometry: `resize_mode` squash (both sides resized to
+    size / crop_fraction) or shortest (the shorter side resized to it, aspect kept), then a centre crop of
+    size. The defaults are the harness's (and timm's usual 224/256 crop)."""
 
-    size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "squash"
+    crop_fraction: float = 224 / 256
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.interpolation not in INTERPOLATIONS or self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unsupported preprocessing: interpolation {self.interpolation!r} (one of "
+                             f"{INTERPOLATIONS}), resize_mode {self.resize_mode!r} (one of {RESIZE_MODES})")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], not {self.crop_fraction}")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A tower's transforms at `size`. eval (`augment="none"`): resize as `preprocessing.resize_mode` says,
+    then centre crop. rrc_flip: random resized crop. crop_flip: square resize to size, then a random crop with
+    size/8 reflect padding. Random horizontal flip after either where `hflip`. Every resize with the
+    preprocessing's filter; then [0, 1] scaling and its normalisation."""
+
+    size: int
+    preprocessing: Preprocessing
     augment: str = "none"
     hflip: bool = False
 
     @property
     def resize_to(self) -> int:
-        return round(self.size * 256 / 224)
+        """The eval resize's target: the side (squash) or the shorter side (shortest)."""
+        return round(self.size / self.preprocessing.crop_fraction)
+
+    def eval_resized(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image has after the eval resize, as torchvision's Resize computes it."""
+        side = self.resize_to
+        if self.preprocessing.resize_mode == "squash":
+            return side, side
+        if width <= height:
+            return int(side * height / width), side
+        return side, int(side * width / height)
 
     def pil(self) -> T.Compose:
-        bicubic = T.InterpolationMode.BICUBIC
+        interpolation = T.InterpolationMode(self.preprocessing.interpolation)
         if self.augment == "rrc_flip":
-            steps = [T.RandomResizedCrop(self.size, interpolation=bicubic)]
+            steps = [T.RandomResizedCrop(self.size, interpolation=interpolation)]
         elif self.augment == "crop_flip":
-            steps = [T.Resize((self.size, self.size), interpolation=bicubic),
+            steps = [T.Resize((self.size, self.size), interpolation=interpolation),
                      T.RandomCrop(self.size, padding=self.size // 8, padding_mode="reflect")]
         else:
-            steps = [T.Resize((self.resize_to,) * 2, interpolation=bicubic), T.CenterCrop(self.size)]
+            side = self.resize_to if self.preprocessing.resize_mode == "shortest" else (self.resize_to,) * 2
+            steps = [T.Resize(side, interpolation=interpolation), T.CenterCrop(self.size)]
         if self.hflip and self.augment != "none":
             steps.append(T.RandomHorizontalFlip())
-        return T.Compose(steps + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(self.preprocessing.mean, self.preprocessing.std)])
 
     def describe(self, from_pixels: bool) -> str:
         """What the transform does, including which path applies it (the paths round differently)."""
@@ -63,34 +103,34 @@ class Transform:
     def batch(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """[B, H, W, 3] uint8 → [B, 3, size, size] normalised float; random choices drawn from `generator`
         (on the CPU), the pixels transformed on their own device."""
-        x = pixels.permute(0, 3, 1, 2)
+        x, mode, size = pixels.permute(0, 3, 1, 2), self.preprocessing.interpolation, self.size
         if self.augment == "rrc_flip":
-            x = torch.cat([_resize(x[i:i + 1, :, t:t + h, l:l + w], (self.size, self.size))
+            x = torch.cat([_resize(x[i:i + 1, :, t:t + h, l:l + w], (size, size), mode)
                            for i, (t, l, h, w) in enumerate(rrc_boxes(x.shape[2], x.shape[3], len(x), generator))])
         elif self.augment == "crop_flip":
-            pad = self.size // 8
-            x = F.pad(_resize(x, (self.size, self.size)), (pad,) * 4, mode="reflect")
+            pad = size // 8
+            x = F.pad(_resize(x, (size, size), mode), (pad,) * 4, mode="reflect")
             offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator).tolist()
-            x = torch.stack([x[i, :, t:t + self.size, l:l + self.size] for i, (t, l) in enumerate(offsets)])
+            x = torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(offsets)])
         else:
-            x = _resize(x, (self.resize_to,) * 2)
-            top = round((self.resize_to - self.size) / 2.0)  # torchvision CenterCrop's offset
-            x = x[:, :, top:top + self.size, top:top + self.size]
+            x = _resize(x, self.eval_resized(x.shape[2], x.shape[3]), mode)
+            top, left = (round((side - size) / 2.0) for side in x.shape[2:])  # as torchvision's CenterCrop
+            x = x[:, :, top:top + size, left:left + size]
         if self.hflip and self.augment != "none":
             flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1) * 255
+        mean = torch.tensor(self.preprocessing.mean, device=x.device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(self.preprocessing.std, device=x.device).view(1, -1, 1, 1) * 255
         return ((x - mean) / std).contiguous()
 
 
-def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [B, 3, H, W] → float [B, 3, *size] holding whole numbers 0..255: PIL's antialiased bicubic. On the
-    CPU torch resizes uint8 as PIL does (both passes rounded to uint8: equal to within 1); elsewhere it resizes
-    floats and rounds once."""
+def _resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """uint8 [B, 3, H, W] → float [B, 3, *size] holding whole numbers 0..255: PIL's antialiased `mode`
+    (bicubic or bilinear). On the CPU torch resizes uint8 as PIL does (both passes rounded to uint8: equal to
+    within 1); elsewhere it resizes floats and rounds once."""
     if pixels.device.type == "cpu":
-        return F.interpolate(pixels, size=size, mode="bicubic", antialias=True).float()
-    resized = F.interpolate(pixels.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+        return F.interpolate(pixels, size=size, mode=mode, antialias=True).float()
+    resized = F.interpolate(pixels.float(), size=size, mode=mode, antialias=True, align_corners=False)
     return resized.clamp_(0, 255).round_()
 
 
@@ -129,16 +169,37 @@ def _central_box(height: int, width: int) -> tuple[int, int]:
     return height, width
 
 
-def eval_transform(size: int, mean, std) -> Transform:
-    return Transform(size, tuple(mean), tuple(std))
+def views(transform: Transform | tuple[Transform, ...], apply, get_state, set_state):
+    """`apply(transform)`; for a tuple of transforms (one per tower) a tuple of `apply(view)`, each from the
+    same random state (`get_state` / `set_state` of the generator `apply` draws from): the same crops and
+    flips in every view. Equal views are computed once."""
+    if isinstance(transform, Transform):
+        return apply(transform)
+    state, done = get_state(), {}
+    for view in dict.fromkeys(transform):
+        set_state(state)
+        done[view] = apply(view)
+    return tuple(done[view] for view in transform)
 
 
-def train_transform(size: int, mean, std, augment: str, hflip: bool) -> Transform:
-    return Transform(size, tuple(mean), tuple(std), augment, hflip)
+@dataclass
+class PilViews:
+    """The PIL path of a transform or of a tuple of them (torchvision draws from torch's global generator)."""
+
+    transform: Transform | tuple[Transform, ...]
+    pipelines: dict = field(init=False)
+
+    def __post_init__(self):
+        every = (self.transform,) if isinstance(self.transform, Transform) else self.transform
+        self.pipelines = {view: view.pil() for view in every}
+
+    def __call__(self, image):
+        return views(self.transform, lambda view: self.pipelines[view](image), torch.get_rng_state,
+                     torch.set_rng_state)
 
 
 class ImageDataset(Dataset):
-    def __init__(self, split: Split, transform: T.Compose):
+    def __init__(self, split: Split, transform: PilViews):
         self.split = split
         self.transform = transform
 
@@ -162,8 +223,11 @@ class ImageFeed:
     def describe(self, transform: Transform) -> str:
         return transform.describe(self.pixels is not None)
 
-    def batches(self, transform: Transform, index_batches: Sequence[Sequence[int]], seed: int) -> Iterator:
-        """(images, labels) per entry of `index_batches`, in that order; augmentation fixed by `seed`."""
+    def batches(self, transform: Transform | tuple[Transform, ...], index_batches: Sequence[Sequence[int]],
+                seed: int) -> Iterator:
+        """(images, labels) per entry of `index_batches`, in that order; augmentation fixed by `seed`. A tuple
+        of transforms (one per tower) gives a tuple of images per batch: views with the same crops and
+        flips."""
         if self.pixels is None:
             yield from self._loader_batches(transform, index_batches)
             return
@@ -174,14 +238,19 @@ class ImageFeed:
             pixels = self.pixels[idx]
             if self.device.type == "cuda":
                 pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-            yield transform.batch(pixels, generator), labels[idx].to(self.device, non_blocking=True)
+            images = views(transform, lambda view, x=pixels: view.batch(x, generator), generator.get_state,
+                           generator.set_state)
+            yield images, labels[idx].to(self.device, non_blocking=True)
 
-    def _loader_batches(self, transform: Transform, index_batches: Sequence[Sequence[int]]) -> Iterator:
+    def _loader_batches(self, transform: Transform | tuple[Transform, ...],
+                        index_batches: Sequence[Sequence[int]]) -> Iterator:
         cuda = self.device.type == "cuda"
-        loader = DataLoader(ImageDataset(self.split, transform.pil()), batch_sampler=index_batches,
+        loader = DataLoader(ImageDataset(self.split, PilViews(transform)), batch_sampler=index_batches,
                             num_workers=self.num_workers, worker_init_fn=_seed_worker, pin_memory=cuda)
         for images, labels in loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True) if isinstance(images, torch.Tensor) else \
+                tuple(view.to(self.device, non_blocking=True) for view in images)
+            yield images, labels.to(self.device, non_blocking=True)
 
 
 def chunks(indices: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bench.callbacks import Callback
 from bench.context import RunContext
 from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits
@@ -23,7 +24,6 @@ from bench.store import atomic_torch_save
 if TYPE_CHECKING:
     from bench.methods.base import Method, Phase
 
-EpochCallback = Callable[[dict], None]
 SYNC_EVERY = 25  # steps between host syncs (loss shown, finiteness checked); also at every epoch's end
 EXPLOSION_FACTOR = 10.0  # an epoch whose mean loss exceeds this multiple of its phase's first epoch's is flagged
 
@@ -81,10 +81,10 @@ def unreadable_checkpoint(path: Path, run_dir: Path, error: BaseException) -> Be
 
 
 class Engine:
-    def __init__(self, method: Method, ctx: RunContext, on_epoch_end: EpochCallback | None = None):
+    def __init__(self, method: Method, ctx: RunContext, callbacks: Sequence[Callback] = ()):
         self.method = method
         self.ctx = ctx
-        self.on_epoch_end = on_epoch_end
+        self.callbacks = tuple(callbacks)
         self.checkpoint_path = ctx.run_dir / "checkpoints" / "last.pt"
         self.best_path = ctx.run_dir / "checkpoints" / "best.pt"
 
@@ -182,11 +182,15 @@ class Engine:
                         self._track_best(state, index, epoch, entry["val"], phases)
                     state.history.append(entry)
                     state.next_epoch = epoch + 1
-                    if state.next_epoch == phase.epochs:
+                    phase_done = state.next_epoch == phase.epochs
+                    if phase_done:
                         self._select(state, index, phase, phases)
                         state.phase, state.next_epoch = index + 1, 0
                     self._save(state, optimizer, scaler, phases)
                     self._report(entry)
+                    if phase_done:
+                        for callback in self.callbacks:
+                            callback.on_phase_end(phase.name, state.selected[-1], ctx.run_dir)
                 state.phase, state.next_epoch = index + 1, 0
         return state
 
@@ -314,5 +318,5 @@ class Engine:
         lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
         self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown} "
                           f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data)")
-        if self.on_epoch_end:
-            self.on_epoch_end(entry)
+        for callback in self.callbacks:
+            callback.on_epoch_end(entry, self.ctx.run_dir)

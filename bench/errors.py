@@ -2,8 +2,22 @@
 library messages inside such a line."""
 
 
+EXIT_RUNTIME = 1  # the command was well formed but could not be done (missing data or weights, a failed run)
+EXIT_USAGE = 2  # the command itself is wrong (as Click's own usage errors)
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention)
+
+
 class BenchError(Exception):
-    """A user-facing error. The CLI prints its message on one line and exits non-zero."""
+    """A user-facing error. The CLI prints its message on one line and exits EXIT_RUNTIME."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class UsageError(BenchError):
+    """The command's input is wrong: an unknown name, an ill-typed, out-of-range or conflicting option or
+    --set value, a malformed settings, space or protocol file. The CLI exits EXIT_USAGE."""
+
+    exit_code = EXIT_USAGE
 
 
 def shorten(text: str, limit: int = 200) -> str:

@@ -8,7 +8,7 @@ import json
 import torch
 
 from bench.context import RunContext
-from bench.data import Transform, chunks, eval_transform
+from bench.data import Transform, chunks
 from bench.progress import progress_bars
 from bench.tensor_cache import load_cached, save_cached
 
@@ -43,7 +43,7 @@ def extract_features(ctx: RunContext, split_name: str, transform: Transform) -> 
 def cached_features(ctx: RunContext, split_name: str) -> torch.Tensor:
     """[N, feature_dim] float32 features of a split under the evaluation transform."""
     backbone = ctx.backbone
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    transform = ctx.transform()
     key = feature_key(ctx, split_name, ctx.feed(split_name).describe(transform))
     path = ctx.cache_dir / "features" / f"{key}.pt"
     cached = load_cached(path, (len(getattr(ctx.dataset, split_name)), backbone.feature_dim), ctx.warn)

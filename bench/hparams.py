@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import UsageError
 from bench.registry import nearest
 
 
@@ -122,11 +122,11 @@ def parse_value(name: str, text: str, declared: HParam) -> Any:
         else:
             value = text
     except ValueError:
-        raise BenchError(
+        raise UsageError(
             f"--set {name}={text}: expected {kind.__name__} (default {declared.default!r})"
         ) from None
     if declared.choices is not None and value not in declared.choices:
-        raise BenchError(f"--set {name}={text}: must be one of {', '.join(map(str, declared.choices))}")
+        raise UsageError(f"--set {name}={text}: must be one of {', '.join(map(str, declared.choices))}")
     check_value(name, value, declared, f"--set {name}={text}")
     return value
 
@@ -136,9 +136,9 @@ def check_value(name: str, value: Any, declared: HParam, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise BenchError(f"{where}: must be a finite number")
+        raise UsageError(f"{where}: must be a finite number")
     if declared.bounds is not None and not declared.bounds.admits(value):
-        raise BenchError(f"{where}: {name} must lie in {declared.bounds}")
+        raise UsageError(f"{where}: {name} must lie in {declared.bounds}")
 
 
 def as_override(value: Any) -> str:
@@ -150,7 +150,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in assignments:
         if "=" not in item:
-            raise BenchError(f"--set {item!r}: expected key=value, e.g. --set lr=0.01")
+            raise UsageError(f"--set {item!r}: expected key=value, e.g. --set lr=0.01")
         key, value = item.split("=", 1)
         pairs[key.strip()] = value.strip()
     return pairs
@@ -161,7 +161,7 @@ def resolve(declared: Mapping[str, HParam], overrides: Mapping[str, str]) -> dic
     unknown = [key for key in overrides if key not in declared]
     if unknown:
         key = unknown[0]
-        raise BenchError(f"--set {key}: unknown key; {nearest(key, list(declared))}")
+        raise UsageError(f"--set {key}: unknown key; {nearest(key, list(declared))}")
     values = {name: hp.default for name, hp in declared.items()}
     for key, text in overrides.items():
         values[key] = parse_value(key, text, declared[key])

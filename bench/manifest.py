@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -11,15 +10,9 @@ from pathlib import Path
 
 import torch
 
+from bench.store import file_sha256
+
 PACKAGES = ("lt-bench", "torch", "torchvision", "timm", "open_clip_torch", "numpy", "polars", "scikit-learn")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:

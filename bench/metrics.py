@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 
 GROUPS = ("many", "medium", "few")
 HEADLINE = ("overall", "mean_per_class", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
@@ -39,7 +39,7 @@ def _convention(name: str) -> ShotConvention:
         return SHOT_CONVENTIONS[name]
     except KeyError:
         known = ", ".join(SHOT_CONVENTIONS)
-        raise BenchError(f"unknown shot convention {name!r}; choose one of {known}") from None
+        raise UsageError(f"unknown shot convention {name!r}; choose one of {known}") from None
 
 
 def shot_groups(train_counts: np.ndarray, convention: str = DEFAULT_CONVENTION) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "protocols"
@@ -107,12 +107,12 @@ def find_protocol(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise BenchError(f"protocol file {path} not found")
+            raise UsageError(f"protocol file {path} not found")
         return path
     shipped = SHIPPED_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():
         names = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))) or "none"
-        raise BenchError(f"unknown protocol {name_or_path!r}: give a .toml file or one of the shipped ones ({names})")
+        raise UsageError(f"unknown protocol {name_or_path!r}: give a .toml file or one of the shipped ones ({names})")
     return shipped
 
 
@@ -127,11 +127,11 @@ def load_protocol(name_or_path: str) -> Protocol:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise BenchError(f"protocol {path}: not valid TOML ({error})") from None
+        raise UsageError(f"protocol {path}: not valid TOML ({error})") from None
     try:
         return _validated(data, path)
     except (_Invalid, BenchError) as error:
-        raise BenchError(f"protocol {path}: {error}") from None
+        raise UsageError(f"protocol {path}: {error}") from None
 
 
 class _Invalid(Exception):
@@ -163,7 +163,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     from bench.hparams import resolve
     from bench.methods.base import METHODS
     from bench.runner import declared_options
-    from bench.trial import METRICS
+    from bench.sweeps.trial import METRICS
 
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:

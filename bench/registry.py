@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Generic, TypeVar
 
-from bench.errors import BenchError
+from bench.errors import UsageError
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class Registry(Generic[T]):
         if name in self._aliases:
             return self._aliases[name]
         hint = nearest(name, list(self._entries) + list(self._aliases))
-        raise BenchError(f"unknown {self.kind} {name!r}: {hint} (see `bench list {self.kind}s`)")
+        raise UsageError(f"unknown {self.kind} {name!r}: {hint} (see `bench list {self.kind}s`)")
 
     def get(self, name: str) -> T:
         return self._entries[self.canonical(name)]

@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, first_line
+from bench.errors import UsageError, first_line
 from bench.hparams import as_override
 
 KEYS = ("method", "dataset", "backbone", "weights", "data_root", "seed", "random_init", "set")
@@ -34,7 +34,7 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as error:
-        raise BenchError(f"--config {path}: cannot read it ({first_line(error)})") from None
+        raise UsageError(f"--config {path}: cannot read it ({first_line(error)})") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -45,13 +45,13 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            raise BenchError(f"--config {path}: use a run's config.json, a .toml or a .yaml file")
+            raise UsageError(f"--config {path}: use a run's config.json, a .toml or a .yaml file")
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise BenchError(f"--config {path}: not valid {path.suffix[1:].upper()} ({first_line(error)})") from None
+        raise UsageError(f"--config {path}: not valid {path.suffix[1:].upper()} ({first_line(error)})") from None
     except ImportError:
-        raise BenchError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        raise UsageError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
     if not isinstance(data, dict):
-        raise BenchError(f"--config {path}: expected a table of settings at the top")
+        raise UsageError(f"--config {path}: expected a table of settings at the top")
     return _from_run(data) if "spec" in data and "hparams" in data else _from_file(data, path)
 
 
@@ -68,10 +68,10 @@ def _from_run(config: dict) -> dict[str, Any]:
 def _from_file(data: dict, path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise BenchError(f"--config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     settings = data.get("set", {})
     if not isinstance(settings, dict) or any(isinstance(v, (dict, list)) for v in settings.values()):
-        raise BenchError(f"--config {path}: [set] must be a table of single values (key = value)")
+        raise UsageError(f"--config {path}: [set] must be a table of single values (key = value)")
     config = {key: data[key] for key in KEYS[:-1] if key in data}
     for key in ("weights", "data_root"):
         if config.get(key):

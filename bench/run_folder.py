@@ -1,13 +1,16 @@
 """A run folder's life outside training: the results root, the one process allowed to write a run (a lock),
 its status (`status.json`: running with pid and host, complete, failed, interrupted, stopped), and the exact
-command that continues it. Light on purpose: `bench show` reads it without importing torch."""
+command that continues it; run ids, and finding a run by folder, id or prefix. Light on purpose: `bench show`
+and `bench report` read it without importing torch."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shlex
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
@@ -99,3 +102,22 @@ class RunLock:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+def new_run_id(method: str, dataset: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{dataset}-{method}-{stamp}-{secrets.token_hex(3)}"
+
+
+def find_run(run: str | Path, out: str | None = None) -> Path:
+    candidate = Path(run).expanduser()
+    if (candidate / "config.json").exists():
+        return candidate.resolve()
+    root = Path(out).expanduser().resolve() if out else default_results_root()
+    by_id = root / "runs" / str(run)
+    if (by_id / "config.json").exists():
+        return by_id
+    matches = sorted((root / "runs").glob(f"{run}*")) if (root / "runs").is_dir() else []
+    if len(matches) == 1 and (matches[0] / "config.json").exists():
+        return matches[0]
+    raise BenchError(f"no run {run!r} under {root / 'runs'}; pass a run folder or an id from the store")

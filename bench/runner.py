@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +18,32 @@ from rich.logging import RichHandler
 
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
+from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
-from bench.engine import Engine, TrainingDiverged, TrainingState, count_parameters
-from bench.errors import BenchError, RunInterrupted, first_line
+from bench.embedded import EMBEDDED_DATASET, EMBEDDED_PRESET, is_embedded
+from bench.engine import Engine, TrainingDiverged, TrainingState
+from bench.errors import BenchError, RunInterrupted, UsageError, first_line
 from bench.hparams import HParam, as_override, merge_declarations, resolve
-from bench.manifest import build_manifest, file_sha256
+from bench.manifest import build_manifest
 from bench.methods.base import METHODS
 from bench.posthoc import posthoc_report
+from bench.record import build_record, write_per_class
 from bench.run_folder import (
     RESULTS_ENV,
     RunLock,
     default_results_root,
+    find_run,
+    new_run_id,
     read_status,
     resume_command,
     write_status,
 )
+from bench.run_spec import RunSpec
 from bench.seeding import derived_seed, seed_everything
-from bench.store import ResultsStore, atomic_write_json, atomic_write_text, read_json, remove_temp_files
+from bench.store import ResultsStore, atomic_write_json, read_json, remove_temp_files
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
-
-
-@dataclass
-class RunSpec:
-    method: str
-    dataset: str
-    backbone: str | None = None  # None: the method's default backbone, else DEFAULT_BACKBONE
-    weights: str | None = None
-    data_root: str | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
-    out: str | None = None
-    device: str = "auto"
-    allow_download: bool = False
-    allow_random_init: bool = False
-    sweep: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    checkpoint: str | None = None  # evaluate this trained checkpoint (method format) instead of training
 
 
 @dataclass
@@ -71,7 +57,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError(f"--device {name}: no CUDA device is visible; use --device cpu")
+        raise UsageError(f"--device {name}: no CUDA device is visible; use --device cpu")
     return torch.device(name)
 
 
@@ -92,9 +78,20 @@ def split_options(spec: RunSpec):
     return method_cls, dataset_spec, hparams, dataset_options
 
 
-def new_run_id(method: str, dataset: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{dataset}-{method}-{stamp}-{secrets.token_hex(3)}"
+def with_embedded_preset(spec: RunSpec) -> tuple[RunSpec, str | None]:
+    """On the embedded default (its dataset, no --backbone): the method's micro tower, random init, and the
+    embedded preset (the common one and the method's own) for every declared key not given; and a line saying
+    so. Elsewhere the spec as it is."""
+    if not is_embedded(spec.dataset, spec.backbone):
+        return spec, None
+    method_cls = METHODS.get(spec.method)
+    declared = declared_options(spec.method, spec.dataset)
+    preset = {key: value for key, value in {**EMBEDDED_PRESET, **method_cls.embedded_preset}.items()
+              if key in declared and key not in spec.overrides}
+    note = (f"embedded default: {method_cls.embedded_backbone} (random init) on {EMBEDDED_DATASET}, preset "
+            + " ".join(f"{key}={value}" for key, value in preset.items()))
+    return dataclasses.replace(spec, backbone=method_cls.embedded_backbone, overrides={**preset, **spec.overrides},
+                               allow_random_init=True), note
 
 
 def _logger(run_id: str, console: Console) -> logging.Logger:
@@ -107,11 +104,13 @@ def _logger(run_id: str, console: Console) -> logging.Logger:
 
 
 def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None = None,
-            on_epoch_end: Callable[[dict], None] | None = None, stopped_early: dict | None = None) -> RunResult:
+            callbacks: Sequence[Callback] = (), stopped_early: dict | None = None) -> RunResult:
     """Run `spec` to completion. Passing the `run_dir` of an interrupted run resumes it (or starts a fresh run
-    in that folder). `stopped_early` (a scheduler's decision, e.g. {"reason": "asha", "epoch": 3}) ends the run
-    at its last checkpoint instead: it is evaluated as it stands and its record says so."""
+    in that folder). `callbacks` hook into training (epoch and phase ends). `stopped_early` (a scheduler's
+    decision, e.g. {"reason": "asha", "epoch": 3}) ends the run at its last checkpoint instead: it is evaluated
+    as it stands and its record says so."""
     console = console or Console()
+    spec, preset_note = with_embedded_preset(spec)
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
     spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
     device = pick_device(spec.device)
@@ -130,15 +129,19 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
                      cache_dir=out_root / "cache", console=console, log=log,
                      backbone_request=BackboneRequest(
                          spec.backbone, spec.weights or spec.checkpoint, spec.allow_download,
-                         spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()))
+                         spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()),
+                     method_preprocessing=method_cls.preprocessing)
     ctx.notes.extend(dataset.notes)
+    if preset_note:
+        ctx.notes.append(preset_note)
+        log.info(preset_note)
     seed_everything(spec.seed)
     ctx.backbone  # noqa: B018  (weights and precision are resolved before any folder is written)
     ctx.amp_dtype  # noqa: B018
 
     with RunLock(run_dir):
         if read_status(run_dir)["state"] == "complete":
-            raise BenchError(f"run {run_id} is already complete; see `bench show {run_id}`")
+            raise UsageError(f"run {run_id} is already complete; see `bench show {run_id}`")
         handler = None
         try:
             handler = _file_handler(run_dir)
@@ -151,7 +154,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
             atomic_write_json(run_dir / "config.json", config)
             _write_manifest(ctx, device, dataset)
             write_status(run_dir, "running")
-            record = _train_and_record(spec, ctx, method_cls, config, on_epoch_end, out_root, stopped_early)
+            record = _train_and_record(spec, ctx, method_cls, config, callbacks, out_root, stopped_early)
         except SystemExit:  # how Ray Tune ends a trial its scheduler stopped
             _try_write_status(run_dir, "stopped")
             log.info("run stopped by its process (a sweep scheduler's decision or an exit); resumable")
@@ -244,9 +247,9 @@ def _try_write_status(run_dir: Path, state: str, **details) -> None:
         pass
 
 
-def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, out_root: Path,
+def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequence[Callback], out_root: Path,
                       stopped_early: dict | None) -> dict:
-    dataset, backbone = ctx.dataset, ctx.backbone
+    dataset = ctx.dataset
     ctx.log.info(f"run {ctx.run_dir.name}: {method_cls.name} on {dataset.name} with {spec.backbone} "
                  f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test, "
                  f"{dataset.num_classes} classes) on {ctx.device}")
@@ -258,7 +261,11 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
     method = method_cls(ctx)
     seed_everything(derived_seed(spec.seed, "setup"))  # new modules initialise alike whatever ran before
     method.setup()
-    engine = Engine(method, ctx, on_epoch_end)
+    # each tower's preprocessing as resolved for this run (its library's, under the method's recipe)
+    config["preprocessing"] = {tower.name: dataclasses.asdict(ctx.preprocessing(tower))
+                               for tower in method.towers()}
+    atomic_write_json(ctx.run_dir / "config.json", config)
+    engine = Engine(method, ctx, callbacks)
     if spec.checkpoint:
         method.import_checkpoint(Path(spec.checkpoint))
         ctx.log.info(f"evaluating checkpoint {spec.checkpoint} (no training)")
@@ -293,36 +300,9 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, on_epoch_end, o
 
     atomic_write_json(ctx.run_dir / "metrics.json", {"val": val.as_dict(), "test": test.as_dict(), "posthoc": posthoc,
                                                       "history": state.history, "selected": state.selected})
-    _write_per_class(ctx, val, test)
-    manifest = read_json(ctx.run_dir / "manifest.json")
-    phases = method.phases()
-    if method.predicts_from_features():
-        ctx.notes.append("test time per image not recorded: predictions come from precomputed features")
-    record = {
-        "run_id": ctx.run_dir.name, "method": method_cls.name, "dataset": dataset.name,
-        "backbone": spec.backbone, "seed": spec.seed, "sweep": spec.sweep, "tags": spec.tags,
-        "hparams": config["hparams"], "dataset_options": config["dataset_options"],
-        "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
-        "selected": state.selected, "epochs_trained": len(state.history),
-        "health": {"ok": not health, "flags": health}, "stopped_early": stopped_early,
-        "trainable_params": count_parameters(phases),
-        "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint
-        else None,
-        "total_params": sum(p.numel() for p in method.model().parameters()),
-        "train_time_s": round(state.train_time_s, 3), "wall_time_s": round(wall, 3),
-        "data_wait_share": round(state.data_wait_s / state.train_time_s, 4) if state.train_time_s > 0 else None,
-        "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
-        else round(1000 * test_seconds / max(1, len(dataset.test)), 3),  # with data loading
-        "device": manifest["device"], "precision": ctx.precision, "data_paths": ctx.data_paths,
-        "pretrained": backbone.weights_info.pretrained,
-        "weights_source": backbone.weights_info.source, "shot_convention": ctx.hparams["shot_convention"],
-        "num_classes": dataset.num_classes, "train_size": len(dataset.train),
-        "val_split": {"source": dataset.val_source, "size": len(dataset.val),
-                      **({"carve": dataset.val_carve.as_record()} if dataset.val_carve is not None else {})},
-        "notes": ctx.notes, "run_dir": str(ctx.run_dir),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **method.extra_record(),
-    }
+    write_per_class(ctx, val, test)
+    record = build_record(spec, ctx, method, config, state, val, test, posthoc, health, stopped_early,
+                          wall_s=wall, test_s=test_seconds)
     ResultsStore(out_root).add(record, overwrite=True)
     write_status(ctx.run_dir, "complete")
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
@@ -334,28 +314,12 @@ def _checkpoint_path(spec: RunSpec, method_cls) -> Path | None:
     if not spec.checkpoint:
         return None
     if not hasattr(method_cls, "import_checkpoint"):
-        raise BenchError(f"method {method_cls.name} cannot import checkpoints; `bench eval` supports: "
+        raise UsageError(f"method {method_cls.name} cannot import checkpoints; `bench eval` supports: "
                          + ", ".join(n for n, cls in METHODS.items() if hasattr(cls, "import_checkpoint")))
     path = Path(spec.checkpoint).expanduser().resolve()
     if not path.is_file():
-        raise BenchError(f"checkpoint not found: {path}")
+        raise UsageError(f"checkpoint not found: {path}")
     return path
-
-
-def _write_per_class(ctx: RunContext, val, test) -> None:
-    dataset = ctx.dataset
-    from bench.metrics import shot_groups
-
-    groups = shot_groups(dataset.train_counts, ctx.hparams["shot_convention"])
-    val_counts = np.bincount(dataset.val.labels, minlength=dataset.num_classes)
-    carve = dataset.val_carve
-    lines = ["class,name,train_count,group,val_count,val_from_train,val_acc,test_acc"]
-    for c in range(dataset.num_classes):
-        name = dataset.class_names[c].replace('"', "'")
-        lines.append(f'{c},"{name}",{dataset.train_counts[c]},{groups[c]},{val_counts[c]},'
-                     f"{carve.from_train[c] if carve is not None else 0},"
-                     f"{_fmt(val.per_class[c])},{_fmt(test.per_class[c])}")
-    atomic_write_text(ctx.run_dir / "per_class.csv", "\n".join(lines) + "\n")
 
 
 COLLAPSE_SHARE = 0.95  # val predictions this concentrated on one class mean the model collapsed
@@ -384,14 +348,10 @@ def describe_carve(dataset) -> str:
     return text + (f", … ({more} more classes: see per_class.csv and the record's val_split)" if more else "")
 
 
-def _fmt(value: float) -> str:
-    return "" if np.isnan(value) else f"{value:.4f}"
-
-
 def resume(run: str | Path, console: Console | None = None, out: str | None = None) -> RunResult:
     run_dir = find_run(run, out)
     if read_status(run_dir)["state"] == "complete":
-        raise BenchError(f"run {run_dir.name} is already complete; see `bench show {run_dir.name}`")
+        raise UsageError(f"run {run_dir.name} is already complete; see `bench show {run_dir.name}`")
     try:
         config = read_json(run_dir / "config.json")
         spec = RunSpec(**config["spec"])
@@ -407,17 +367,3 @@ def resume(run: str | Path, console: Console | None = None, out: str | None = No
         if "--set" in str(error):
             raise BenchError(f"run {run_dir.name} cannot resume with this version of the harness: {error}") from None
         raise
-
-
-def find_run(run: str | Path, out: str | None = None) -> Path:
-    candidate = Path(run).expanduser()
-    if (candidate / "config.json").exists():
-        return candidate.resolve()
-    root = Path(out).expanduser().resolve() if out else default_results_root()
-    by_id = root / "runs" / str(run)
-    if (by_id / "config.json").exists():
-        return by_id
-    matches = sorted((root / "runs").glob(f"{run}*")) if (root / "runs").is_dir() else []
-    if len(matches) == 1 and (matches[0] / "config.json").exists():
-        return matches[0]
-    raise BenchError(f"no run {run!r} under {root / 'runs'}; pass a run folder or an id from the store")

@@ -7,6 +7,7 @@ in the same folder, fsynced, then renamed (or hard-linked, when it must not repl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,14 @@ from bench.errors import BenchError
 
 if TYPE_CHECKING:
     import polars as pl
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -1,4 +1,5 @@
-"""Class-name text embeddings from an open_clip text tower: computed once per (model, names, templates), cached."""
+"""Class-name text embeddings from an open_clip text tower, with open_clip's own tokenizer and zero-shot
+classifier builder: computed once per (model, names, templates), cached."""
 
 from __future__ import annotations
 
@@ -23,10 +24,17 @@ def templates(name: str) -> tuple[str, ...]:
 
 
 def tokenizer_for(backbone):
-    import open_clip
+    """open_clip's tokenizer for the backbone's text tower. Those from the Hugging Face hub are refused: this
+    harness does not download them."""
+    from bench.backbones import import_open_clip, parse_backbone
 
-    context_length = backbone.clip_model.context_length
-    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    open_clip, arch = import_open_clip(), parse_backbone(backbone.name).arch
+    hub_tokenizer = open_clip.get_model_config(arch)["text_cfg"].get("hf_tokenizer_name")
+    if hub_tokenizer:
+        raise BenchError(f"backbone {backbone.name}: its text tower needs the Hugging Face tokenizer "
+                         f"{hub_tokenizer}, which is not loaded offline; use a CLIP tower with open_clip's "
+                         "own tokenizer (e.g. open_clip:ViT-B-16-quickgelu@openai) or --set head_init=random")
+    return open_clip.get_tokenizer(arch, context_length=backbone.clip_model.context_length)
 
 
 @torch.no_grad()
@@ -47,12 +55,11 @@ def class_text_embeddings(ctx: RunContext, template_set: str = "openai", backbon
     cached = load_cached(path, (len(ctx.dataset.class_names), -1), ctx.warn)
     if cached is not None:
         return cached.to(ctx.device)
-    model, tokenize = backbone.clip_model.to(ctx.device).eval(), tokenizer_for(backbone)
-    rows = []
-    for name in ctx.dataset.class_names:
-        tokens = tokenize([template.format(name) for template in prompts]).to(ctx.device)
-        encoded = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-        rows.append(torch.nn.functional.normalize(encoded.mean(0), dim=-1))
-    embeddings = torch.stack(rows)
+    from open_clip import build_zero_shot_classifier
+
+    model = backbone.clip_model.to(ctx.device).eval()
+    classifier = build_zero_shot_classifier(model, tokenizer_for(backbone), ctx.dataset.class_names, prompts,
+                                            device=ctx.device)  # [D, C]
+    embeddings = classifier.T.float().contiguous()
     save_cached(path, embeddings)
     return embeddings

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from bench.embedded import EMBEDDED_BACKBONE
 from bench.hparams import HParam
+from bench.method_order import METHOD_ORDER
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -47,6 +49,14 @@ class Method:
     checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
     default_backbone: str | None = None  # when --backbone is not given (None: the harness default)
     variant_of: str | None = None  # an ablation variant of this method (`bench ablate` runs them side by side)
+    # fields of bench.data.Preprocessing the method's recipe fixes over each tower's own (empty: every tower
+    # gets the preprocessing its library states)
+    preprocessing: Mapping[str, Any] = {}
+    # On the embedded default (digits, no --backbone) the runner builds this random-init micro tower and adds the
+    # method's preset to the common one (bench.embedded.EMBEDDED_PRESET); sweeps there search this space instead.
+    embedded_backbone: str = EMBEDDED_BACKBONE
+    embedded_preset: Mapping[str, str] = {}
+    embedded_space: Mapping[str, object] = {}
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -61,6 +71,11 @@ class Method:
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
+
+    def towers(self) -> list[nn.Module]:
+        """The frozen towers images are prepared for, each in its own preprocessing (recorded per tower): the
+        run's backbone, unless the method builds more."""
+        return [self.ctx.backbone]
 
     def predicts_from_features(self) -> bool:
         """True when predictions come from features computed beforehand (the backbone's forward pass is not
@@ -81,6 +96,9 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Method]], type[Method]]:
+    if name not in METHOD_ORDER:
+        raise ValueError(f"method {name!r} has no place in bench/method_order.py METHOD_ORDER (the report order)")
+
     def decorate(cls: type[Method]) -> type[Method]:
         cls.name = name
         METHODS.add(name, cls, aliases)

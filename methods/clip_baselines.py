@@ -41,6 +41,7 @@ class TextClassifier(nn.Module):
 class ZeroShotClip(Method):
     description = "CLIP zero-shot: class names × prompt templates through the text tower; no training"
     hparams = TEMPLATES
+    embedded_backbone = "clip_micro"
 
     def setup(self) -> None:
         require_clip(self)
@@ -74,6 +75,7 @@ class ScaledCosineHead(nn.Module):
 class ClipProbe(FeatureMethod):
     description = "CLIP probe: cosine classifier initialised from class-name text embeddings, trained on frozen " \
                   "CLIP image features"
+    embedded_backbone = "clip_micro"
     # LIFT's classifier-only baseline (shijxcs/LIFT: SGD 0.01, wd 5e-4, batch 128, 10 epochs, LA loss, cosine
     # head at scale 25, text-initialised from one template); here on cached features, without augmentation.
     hparams = {**optimizer_hparams(lr=0.01, weight_decay=5e-4, optimizer="sgd", epochs=10, batch_size=128,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
 from torch import nn
 
 from bench.context import RunContext
-from bench.data import chunks, eval_transform, train_transform
+from bench.data import Transform, chunks
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
 from bench.seeding import derived_seed
 
@@ -55,9 +55,7 @@ def steps(num_samples: int, batch_size: int) -> Callable[[], int]:
 def image_batches(ctx: RunContext, phase_name: str, sampler: str,
                   batch_size: int | None = None) -> tuple[Callable[[int], Iterator], Callable]:
     """Augmented train batches on the device, drawn by `sampler`, reproducible per (seed, phase, epoch)."""
-    backbone = ctx.backbone
-    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, ctx.hparams["augment"],
-                                ctx.dataset.hflip_ok)
+    transform = ctx.transform(train=True)
     batch_size = batch_size or ctx.hparams["batch_size"]
     split = ctx.dataset.train
 
@@ -86,13 +84,20 @@ def dual_index_batches(labels: np.ndarray, batch_size: int, per_class: int, rng:
             for i in range(steps_)]
 
 
-def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_class: int
-                       ) -> tuple[Callable[[int], Iterator], Callable]:
+def tower_transforms(ctx: RunContext, train: bool, towers: Sequence | None
+                     ) -> Transform | tuple[Transform, ...]:
+    """The run backbone's transform; with `towers`, one per tower (batches then carry a view per tower, each
+    in its tower's own preprocessing, with the same crops and flips)."""
+    if towers is None:
+        return ctx.transform(train)
+    return tuple(ctx.transform(train, tower) for tower in towers)
+
+
+def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_class: int,
+                       towers: Sequence | None = None) -> tuple[Callable[[int], Iterator], Callable]:
     """Augmented (class-aware images, labels, uniform images, labels) per step on the device, reproducible per
-    (seed, phase, epoch)."""
-    backbone = ctx.backbone
-    transform = train_transform(backbone.image_size, backbone.mean, backbone.std, ctx.hparams["augment"],
-                                ctx.dataset.hflip_ok)
+    (seed, phase, epoch); images are views per tower where `towers` are given (`tower_transforms`)."""
+    transform = tower_transforms(ctx, True, towers)
     split = ctx.dataset.train
 
     def batches(epoch: int) -> Iterator:
@@ -123,10 +128,11 @@ def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Ca
 
 
 @torch.no_grad()
-def predict_images(ctx: RunContext, model: nn.Module, split_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_images(ctx: RunContext, model: nn.Module, split_name: str, towers: Sequence | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of `model` over a split; it gets a view per tower where `towers` are given."""
     split = getattr(ctx.dataset, split_name)
-    backbone = ctx.backbone
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    transform = tower_transforms(ctx, False, towers)
     model.eval()
     logits = []
     for images, _ in ctx.feed(split_name).batches(transform, chunks(range(len(split)), ctx.eval_batch_size), 0):

@@ -24,7 +24,6 @@ from bench.methods.linear_probe import StandardizedLinear, probe_hparams, probe_
 from bench.methods.tuned import TunedClassifier
 from torch import nn
 
-from bench.data import eval_transform
 from bench.errors import BenchError
 from bench.features import cached_features, extract_features
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
@@ -82,8 +81,7 @@ class Decoupled(Method):
         if self.hp["repr_epochs"] == 0:
             self.features = {s: cached_features(ctx, s) for s in SPLITS}
             return
-        backbone = ctx.backbone
-        transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+        transform = ctx.transform()
         self.features = {s: extract_features(ctx, s, transform) for s in SPLITS}
 
     def predicts_from_features(self) -> bool:

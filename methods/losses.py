@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.hparams import FRACTION, NON_NEGATIVE, Choice, HParam, Uniform
 from bench.registry import nearest
 
@@ -96,7 +96,7 @@ def balanced_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, counts) ->
 def class_balanced_weights(counts, beta: float = 0.9999) -> torch.Tensor:
     """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^{n_c}), scaled so that sum_c w_c = C (float64, CPU)."""
     if not 0.0 <= beta < 1.0:
-        raise BenchError(f"cb_beta={beta}: must lie in [0, 1)")
+        raise UsageError(f"cb_beta={beta}: must lie in [0, 1)")
     values = _counts(counts)
     weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), values))
     return weights * (values.numel() / weights.sum())
@@ -134,7 +134,7 @@ def loss_terms(name: str, counts, hp: Mapping | None = None
         return hp.get(key, LOSS_HPARAMS[key].default)
 
     if name not in LOSSES:
-        raise BenchError(f"unknown loss {name!r}; {nearest(name, list(LOSSES))}")
+        raise UsageError(f"unknown loss {name!r}; {nearest(name, list(LOSSES))}")
     offset = None
     if name in ("la", "bs"):
         offset = _Cached(log_prior(counts) * (1.0 if name == "bs" else float(value("la_tau"))))
@@ -177,7 +177,7 @@ def make_loss(name: str, counts, hp: Mapping | None = None) -> LossFn:
         return hp.get(key, LOSS_HPARAMS[key].default)
 
     if name not in LOSSES:
-        raise BenchError(f"unknown loss {name!r}; {nearest(name, list(LOSSES))}")
+        raise UsageError(f"unknown loss {name!r}; {nearest(name, list(LOSSES))}")
     if name == "ce":
         return cross_entropy
     num_classes = _counts(counts).numel()

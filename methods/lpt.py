@@ -114,10 +114,12 @@ def dual_loss(model: LPTModel, losses: dict, batch, match_weight: float) -> torc
     return loss
 
 
-def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Parameter], loss, on_start) -> Phase:
-    """A phase in LPT's recipe: dual-sampled batches carrying η_e, SGD at lr × batch/256, warm-up + cosine."""
+def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Parameter], loss, on_start,
+                        towers=None) -> Phase:
+    """A phase in LPT's recipe: dual-sampled batches carrying η_e, SGD at lr × batch/256, warm-up + cosine;
+    with `towers`, the images of each batch are a view per tower (`dual_image_batches`)."""
     hp = ctx.hparams
-    batches, steps = dual_image_batches(ctx, name, hp["batch_size"], hp["per_class"])
+    batches, steps = dual_image_batches(ctx, name, hp["batch_size"], hp["per_class"], towers)
 
     def with_eta(epoch: int):
         eta = ib_weight(hp["ib_weight"], epoch, epochs)
@@ -134,6 +136,14 @@ def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Paramet
 class LPT(Method):
     description = "LPT: shared + group-specific prompts, A-GCL loss, dual sampling (two phases)"
     hparams = LPT_HPARAMS
+    # the official transforms (DongSky/LPT phase2_test/train_dual_dualloss.py), whatever the tower:
+    # torchvision's default bilinear filter (RandomResizedCrop and Resize) and the eval resize of both sides
+    # to 8/7 of the size, then a centre crop (its floor, size·8//7, is rounded here: the same at 224 px)
+    preprocessing = {"interpolation": "bilinear", "resize_mode": "squash", "crop_fraction": 7 / 8}
+    # short phases without warm-up keep the embedded run well under two minutes on 2 CPU cores; the micro tower
+    # has 4 blocks, so the searched shared depth is 1..3 (the declared space is for 12-block ViT-B/16)
+    embedded_preset = {"lr": "0.05", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"}
+    embedded_space = {"shared_layers": {"int": [1, 3]}}
 
     def setup(self) -> None:
         ctx, hp = self.ctx, self.hp

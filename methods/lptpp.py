@@ -9,6 +9,8 @@ choice below is a hyperparameter, so it is recorded with each run and ablations 
 - expert = `LPTModel` (shared + group prompts, cosine head) + AdaptFormer adapters (`adapter_*`, all blocks);
   the visual expert runs `--backbone`, the VL expert `vl_backbone` (CLIP image tower) with its cosine head
   initialised from class-name × template text embeddings (`templates`; the text tower runs once, cached);
+  each expert sees every image in its own tower's preprocessing (open_clip's for the CLIP tower:
+  normalisation, filter, shortest-side resize), a view per tower with the same crops and flips;
 - phases: `lptpp_shared` (shared prompts + heads), `lptpp_group` (pool + keys + heads; together LPT's two
   phases = the prompt phase), `lptpp_adapters` (adapters only), `lptpp_scorer` (scorer only); what a phase
   trains is frozen afterwards. Every phase uses LPT's A-GCL loss with dual sampling; the scorer phase
@@ -22,12 +24,14 @@ choice below is a hyperparameter, so it is recorded with each run and ablations 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from bench.methods.agcl import lpt_losses
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import predict_images
-from bench.methods.lpt import LPT_HPARAMS, dual_loss, dual_sampling_phase
+from bench.methods.lpt import LPT, LPT_HPARAMS, dual_loss, dual_sampling_phase
 from bench.methods.lpt_model import LPTModel
 from bench.methods.peft import add_adapters
 from torch import nn
@@ -59,11 +63,10 @@ LPTPP_HPARAMS: dict[str, HParam] = {
 
 
 class Expert(nn.Module):
-    """One frozen tower with its long-tailed adaptation module: LPT prompts + cosine head + adapters.
+    """One frozen tower with its long-tailed adaptation module: LPT prompts + cosine head + adapters. It takes
+    images in its tower's own preprocessing."""
 
-    `renormalise` maps images normalised for the run's transform to this tower's mean/std (exact: linear)."""
-
-    def __init__(self, name: str, backbone: nn.Module, num_classes: int, hp: dict, input_stats, adapters: bool):
+    def __init__(self, name: str, backbone: nn.Module, num_classes: int, hp: dict, adapters: bool):
         super().__init__()
         self.name = name
         shared_layers = hp["shared_layers"] if hp["shared_layers"] >= 0 else backbone.num_blocks // 2
@@ -75,25 +78,16 @@ class Expert(nn.Module):
         self.set_adapters(False)  # active from the adapter phase on
         if not hp["query_adapters"]:
             self.lpt.query_adapters = created
-        mean_in, std_in = input_stats
-        for key, value in (("mean_in", mean_in), ("std_in", std_in), ("mean", backbone.mean), ("std", backbone.std)):
-            self.register_buffer(key, torch.tensor(value).view(1, 3, 1, 1), persistent=False)
 
     def set_adapters(self, enabled: bool) -> None:
         for adapter in self.adapters:
             adapter.enabled = enabled
 
-    def renormalise(self, images: torch.Tensor) -> torch.Tensor:
-        if torch.equal(self.mean_in, self.mean) and torch.equal(self.std_in, self.std):
-            return images
-        return ((images * self.std_in + self.mean_in) - self.mean) / self.std
-
     def forward_with_matching(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lpt.forward_with_matching(self.renormalise(images))
+        return self.lpt.forward_with_matching(images)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The feature the head sees, in the current stage."""
-        images = self.renormalise(images)
         if self.lpt.stage == "shared":
             return self.lpt.prompted(images)
         return self.lpt.group_features(images)[0]
@@ -130,15 +124,16 @@ def mixture(weights: torch.Tensor, probabilities: list[torch.Tensor]) -> torch.T
 
 
 class MixtureOfExperts(nn.Module):
-    """Experts + combination (`scorer` or uniform `mean`); forward gives log p of the mixture."""
+    """Experts + combination (`scorer` or uniform `mean`); forward gives log p of the mixture. Its input is a
+    view of the images per expert (each in its tower's preprocessing)."""
 
     def __init__(self, experts: list[Expert], combine: str, scale: float, scorer: Scorer | None):
         super().__init__()
         self.experts = nn.ModuleList(experts)
         self.combine, self.scale, self.scorer = combine, scale, scorer
 
-    def expert_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        features = [expert.features(images) for expert in self.experts]
+    def expert_outputs(self, views: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        features = [expert.features(images) for expert, images in zip(self.experts, views, strict=True)]
         probabilities = [torch.softmax(self.scale * expert.lpt.head(f).float(), dim=-1)
                          for expert, f in zip(self.experts, features, strict=True)]
         return features, probabilities
@@ -149,8 +144,8 @@ class MixtureOfExperts(nn.Module):
         batch = probabilities[0].shape[0]
         return probabilities[0].new_full((batch, len(self.experts)), 1.0 / len(self.experts))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features, probabilities = self.expert_outputs(images)
+    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        features, probabilities = self.expert_outputs(views)
         return mixture(self.weights(features, probabilities), probabilities).clamp_min(1e-12).log()
 
 
@@ -159,6 +154,9 @@ class LPTPlusPlus(Method):
 
     description = "LPT++: visual + visual-language experts (prompts + adapters), MoE scorer, three phases"
     hparams = LPTPP_HPARAMS
+    embedded_preset = {**LPT.embedded_preset, "phase1_epochs": "2", "phase2_epochs": "2", "adapter_epochs": "2",
+                       "scorer_epochs": "2", "vl_backbone": "clip_micro"}
+    embedded_space = {"shared_layers": "default"}  # the searched depths do not fit the micro towers
     experts = ("visual", "vl")
     use_adapters = True
     use_group_prompts = True
@@ -166,11 +164,10 @@ class LPTPlusPlus(Method):
 
     def setup(self) -> None:
         ctx, hp = self.ctx, self.hp
-        stats = (ctx.backbone.mean, ctx.backbone.std)
         built = []
         for name in self.experts:
             backbone = self._backbone(name)
-            built.append(Expert(name, backbone, ctx.dataset.num_classes, hp, stats, self.use_adapters))
+            built.append(Expert(name, backbone, ctx.dataset.num_classes, hp, self.use_adapters))
             if name == "vl":
                 from bench.text import class_text_embeddings
 
@@ -206,6 +203,10 @@ class LPTPlusPlus(Method):
     def model(self) -> nn.Module:
         return self.net
 
+    def towers(self) -> list[nn.Module]:
+        """The experts' towers; batches carry a view per tower."""
+        return [expert.lpt.prompted.backbone for expert in self.net.experts]
+
     # -- phases ---------------------------------------------------------------------------------------------
     def _enter(self, stage: str, adapters: bool):
         def enter() -> None:
@@ -217,47 +218,52 @@ class LPTPlusPlus(Method):
 
     def _experts_loss(self, match_weight: float):
         def loss(batch) -> torch.Tensor:
-            return sum(dual_loss(expert, self.losses, batch, match_weight) for expert in self.net.experts)
+            views_cb, labels_cb, views_ib, labels_ib, eta = batch
+            return sum(dual_loss(expert, self.losses, (cb, labels_cb, ib, labels_ib, eta), match_weight)
+                       for expert, cb, ib in zip(self.net.experts, views_cb, views_ib, strict=True))
 
         return loss
 
     def _scorer_loss(self, batch) -> torch.Tensor:
-        images_cb, labels_cb, images_ib, labels_ib, eta = batch
+        views_cb, labels_cb, views_ib, labels_ib, eta = batch
 
         self.net.experts.eval()  # frozen experts predict as at test time (no head dropout)
 
-        def nll(images, labels):
+        def nll(views, labels):
             with torch.no_grad():
-                features, probabilities = self.net.expert_outputs(images)
+                features, probabilities = self.net.expert_outputs(views)
             p = mixture(self.net.weights(features, probabilities), probabilities)
             return -p.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()
 
-        loss = nll(images_cb, labels_cb)
-        return loss + eta * nll(images_ib, labels_ib) if eta > 0 else loss
+        loss = nll(views_cb, labels_cb)
+        return loss + eta * nll(views_ib, labels_ib) if eta > 0 else loss
 
     def phases(self) -> list[Phase]:
         hp, experts, ctx = self.hp, list(self.net.experts), self.ctx
+        towers = self.towers()
         heads = [p for e in experts for p in e.lpt.head.parameters()]
         group_stage = "group" if self.use_group_prompts else "shared"
         phases = [dual_sampling_phase(ctx, "lptpp_shared", hp["phase1_epochs"],
                                       [e.lpt.shared_prompts for e in experts] + heads,
-                                      self._experts_loss(0.0), self._enter("shared", False))]
+                                      self._experts_loss(0.0), self._enter("shared", False), towers)]
         if self.use_group_prompts:
             phases.append(dual_sampling_phase(ctx, "lptpp_group", hp["phase2_epochs"],
                                               [p for e in experts for p in (e.lpt.pool, e.lpt.keys)] + heads,
-                                              self._experts_loss(hp["match_weight"]), self._enter("group", False)))
+                                              self._experts_loss(hp["match_weight"]),
+                                              self._enter("group", False), towers))
         if self.use_adapters:
             phases.append(dual_sampling_phase(ctx, "lptpp_adapters", hp["adapter_epochs"],
                                               [p for e in experts for p in e.adapters.parameters()],
-                                              self._experts_loss(0.0), self._enter(group_stage, True)))
+                                              self._experts_loss(0.0), self._enter(group_stage, True),
+                                              towers))
         if self.net.scorer is not None:
             phases.append(dual_sampling_phase(ctx, "lptpp_scorer", hp["scorer_epochs"],
                                               list(self.net.scorer.parameters()), self._scorer_loss,
-                                              self._enter(group_stage, self.use_adapters)))
+                                              self._enter(group_stage, self.use_adapters), towers))
         return phases
 
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict_images(self.ctx, self.net, split)
+        return predict_images(self.ctx, self.net, split, self.towers())
 
     def extra_record(self) -> dict:
         """Per-expert weights and trainable parameters, and the per-image inference cost in block passes."""
@@ -289,7 +295,7 @@ register_method("lptpp")(LPTPlusPlus)
 _variant("lptpp_visual", "LPT++ ablation: the visual expert only (prompts + adapters, no scorer)",
          experts=("visual",))
 _variant("lptpp_vl", "LPT++ ablation: the visual-language (CLIP) expert only; --backbone is the CLIP tower",
-         experts=("vl",), default_backbone=VL_BACKBONE)
+         experts=("vl",), default_backbone=VL_BACKBONE, embedded_backbone="clip_micro")
 _variant("lptpp_no_adapter", "LPT++ ablation: no adapter phase (prompts + scorer)", use_adapters=False)
 _variant("lptpp_no_group_prompts", "LPT++ ablation: shared prompts only (no group-specific pool)",
          use_group_prompts=False)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.registry import nearest
 
 
@@ -139,7 +139,7 @@ def sampling_weights(name: str, labels) -> np.ndarray:
     full-batch solver weights each image's loss by. Instance-balanced: 1/N each; square-root: a class's share
     ∝ √n_c; class-balanced and class-aware: 1/C per class; within a class, images are equally likely."""
     if name not in SAMPLERS:
-        raise BenchError(f"unknown sampler {name!r}; {nearest(name, list(SAMPLERS))}")
+        raise UsageError(f"unknown sampler {name!r}; {nearest(name, list(SAMPLERS))}")
     labels = _labels(labels)
     counts = np.bincount(labels).astype(np.float64)
     present = counts > 0
@@ -154,7 +154,7 @@ def epoch_indices(name: str, labels, epoch_seed, num_samples: int | None = None,
                   per_class: int = 4) -> np.ndarray:
     """The index list of one epoch for sampler `name`, from `epoch_seed` (an int or a numpy Generator)."""
     if name not in SAMPLERS:
-        raise BenchError(f"unknown sampler {name!r}; {nearest(name, list(SAMPLERS))}")
+        raise UsageError(f"unknown sampler {name!r}; {nearest(name, list(SAMPLERS))}")
     rng = _rng(epoch_seed)
     if name == "instance_balanced":
         return instance_balanced(labels, rng, num_samples)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ import torch
 from bench.datasets.base import load_dataset
 from bench.methods.agcl import GAMMAS, AGCLoss
 from bench.methods.common import dual_index_batches
+from bench.methods.lpt import LPT
 from bench.methods.lpt_model import LPTModel
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.backbones import create_backbone
 from bench.context import cpu_has_bf16
-from bench.data import ImageFeed, train_transform
+from bench.data import ImageFeed, Transform
 from bench.pixel_cache import split_pixels
 from bench.run_folder import default_results_root
 
@@ -233,7 +235,8 @@ def real_data(args, step: Phase2Step, backbone, device: torch.device, console: C
     if args.data_cache == "auto":
         pixels, how = split_pixels(split, default_results_root() / "cache", console, console.print)
     feed = ImageFeed(split, pixels, device, args.workers)
-    transform = train_transform(args.image_size, backbone.mean, backbone.std, "rrc_flip", dataset.hflip_ok)
+    preprocessing = dataclasses.replace(backbone.preprocessing, **LPT.preprocessing)  # as an LPT run's
+    transform = Transform(args.image_size, preprocessing, "rrc_flip", dataset.hflip_ok)
     pairs = dual_index_batches(split.labels, args.batch_size, max(1, args.batch_size // 8), np.random.default_rng(0))
     pairs = pairs[:args.warmup + args.steps]
     batches = iter(feed.batches(transform, [indices for pair in pairs for indices in pair], seed=0))

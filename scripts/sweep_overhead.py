@@ -17,13 +17,15 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from bench.hparams import parse_assignments
+from bench.run_spec import RunSpec
 from bench.store import ResultsStore
-from bench.sweep_setup import Request, define_sweep, execute_sweep
+from bench.sweeps.define import Request, define_sweep, execute_sweep
 
 
 def measure(executor: str, args, root: str, console: Console) -> dict:
-    request = Request(method=args.method, dataset="digits_lt", assignments=args.set, out=root, executor=executor,
-                      cpus_per_trial=args.cpus, name=f"overhead-{executor}")
+    run = RunSpec(method=args.method, dataset="digits_lt", overrides=parse_assignments(args.set), out=root)
+    request = Request(run, executor=executor, cpus_per_trial=args.cpus, name=f"overhead-{executor}")
     sweep = define_sweep(request, args.trials, "random", "none", None, search_seed=0, grace_period=1,
                          reduction_factor=3)
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny real image files, and the ../shared assets (skipped cleanly when absent)."""
+"""Shared test helpers: a callback from a function, tiny real image files, and the ../shared assets (skipped cleanly when absent)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.callbacks import Callback
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+class OnEpoch(Callback):
+    """A training callback from a function of the epoch's history entry (fault injection, snapshots)."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+        self.function(entry)
 
 
 def shared_path(relative: str) -> Path:

@@ -1,15 +1,19 @@
-"""Baselines at method level: one optimiser step trains only what the method says; CLIP paths; post-hoc LA."""
+"""Baselines at method level: one optimiser step trains only what the method says; CLIP paths and open_clip's
+preprocessing; features cached per preprocessing; post-hoc LA."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from bench.datasets.base import load_dataset
+from PIL import Image
 from rich.console import Console
 
 from bench.context import BackboneRequest, RunContext
+from bench.features import cached_features
 from bench.runner import RunSpec, execute, split_options
 from bench.seeding import seed_everything
 from bench.text import class_text_embeddings, tokenizer_for
@@ -26,7 +30,7 @@ def make_method(tmp_path, method: str, backbone: str = "vit_micro", **overrides)
     ctx = RunContext(dataset=load_dataset("digits_lt", None, dataset_options), hparams=hparams,
                      backbone_request=BackboneRequest(backbone, None, False, True), device=torch.device("cpu"),
                      seed=0, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", console=Console(quiet=True),
-                     log=logging.getLogger("test"))
+                     log=logging.getLogger("test"), method_preprocessing=method_cls.preprocessing)
     method = method_cls(ctx)
     method.setup()
     return method, ctx
@@ -103,10 +107,59 @@ def test_zero_shot_is_argmax_of_image_text_similarity(tmp_path):
     assert torch.equal(logits.argmax(1), (image @ text.T).argmax(1))
 
 
+@pytest.mark.parametrize("method_name", ["zeroshot_clip", "clip_probe", "lift"])
+def test_clip_towers_prepare_images_as_open_clip_does(tmp_path, method_name):
+    """open_clip's own eval transform for the tower (its mean/std, bicubic, shortest side resized to the size,
+    centre crop) gives the very images the harness's PIL path gives, and the uint8 path within 2 of 255."""
+    import open_clip
+
+    _, ctx = make_method(tmp_path, method_name, "clip_micro", **({"batch_size": None, "epochs": None}
+                                                                  if method_name == "zeroshot_clip" else {}))
+    transform = ctx.transform()
+    config = open_clip.get_model_preprocess_cfg(ctx.backbone.clip_model)
+    assert transform.preprocessing.mean == tuple(config.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    assert transform.preprocessing.std == tuple(config.get("std", open_clip.OPENAI_DATASET_STD))
+    assert (transform.preprocessing.interpolation, transform.preprocessing.resize_mode) == ("bicubic", "shortest")
+    assert ctx.transform(train=True).preprocessing == transform.preprocessing  # training resizes alike
+    reference = open_clip.image_transform(16, is_train=False, **{k: v for k, v in config.items() if k != "size"})
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)  # not square
+    theirs = torch.stack([reference(Image.fromarray(image)) for image in pixels])
+    assert torch.equal(torch.stack([transform.pil()(Image.fromarray(image)) for image in pixels]), theirs)
+    std = torch.tensor(transform.preprocessing.std).view(1, 3, 1, 1) * 255
+    assert ((transform.batch(torch.from_numpy(pixels), None) - theirs) * std).abs().max() <= 2.01
+
+
+def test_cached_features_are_keyed_by_the_preprocessing(tmp_path):
+    """Features under another filter, resize mode, crop or normalisation are computed afresh, never reused."""
+    method, ctx = make_method(tmp_path, "linear_probe", batch_size=None, epochs=None)
+    folder = tmp_path / "cache" / "features"
+    bicubic = method.features["test"]
+    files = len(list(folder.glob("*.pt")))  # the three splits'
+    ctx.method_preprocessing = {"interpolation": "bilinear"}
+    bilinear = cached_features(ctx, "test")
+    assert len(list(folder.glob("*.pt"))) == files + 1 and not torch.equal(bilinear, bicubic)
+    for recipe in ({"resize_mode": "shortest"}, {"crop_fraction": 1.0}, {"mean": (0.4, 0.4, 0.4)}):
+        ctx.method_preprocessing = recipe
+        cached_features(ctx, "test")
+    assert len(list(folder.glob("*.pt"))) == files + 4
+    ctx.method_preprocessing = {"interpolation": "bilinear"}
+    assert torch.equal(cached_features(ctx, "test"), bilinear)  # the same preprocessing: from the cache
+
+
 def test_clip_probe_head_starts_from_text_embeddings(tmp_path):
     method, _ = make_method(tmp_path, "clip_probe", "clip_micro", templates="single")
     weight = method.head.cosine.weight
     assert torch.allclose(weight, class_text_embeddings(method.ctx, "single"), atol=1e-6)
+
+
+def test_text_towers_with_hub_tokenizers_are_refused_offline():
+    from types import SimpleNamespace
+
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="needs the Hugging Face tokenizer timm/ViT-B-16-SigLIP, which is not "
+                                         "loaded offline; use a CLIP tower with open_clip's own tokenizer"):
+        tokenizer_for(SimpleNamespace(name="open_clip:ViT-B-16-SigLIP"))
 
 
 def test_every_record_carries_trainable_parameters_time_and_posthoc(tmp_path):
@@ -116,3 +169,5 @@ def test_every_record_carries_trainable_parameters_time_and_posthoc(tmp_path):
     assert record["train_time_s"] > 0
     assert 0.0 <= record["posthoc"]["tau"] <= 2.0
     assert set(record["posthoc"]["test"]) >= {"overall", "many", "medium", "few"}
+    assert record["preprocessing"] == {"vit_micro": {"mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic",
+                                                     "resize_mode": "squash", "crop_fraction": 224 / 256}}

@@ -181,5 +181,5 @@ def test_benchmark_through_ray(tmp_path):
 def test_a_protocol_without_its_data_fails_before_any_run(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
     result = CliRunner().invoke(app, ["benchmark", "places_lt_lpt", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "places_lt needs its data" in result.output
+    assert result.exit_code == 1 and "places_lt needs its data" in result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "benchmarks").exists()

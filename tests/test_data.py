@@ -1,4 +1,5 @@
-"""The two ways images reach a model: uint8 pixels with tensor transforms, and PIL image by image."""
+"""The two ways images reach a model: uint8 pixels with tensor transforms, and PIL image by image; each
+filter and resize mode on both; views of the same images for several towers."""
 
 from __future__ import annotations
 
@@ -12,40 +13,55 @@ from conftest import write_image
 from PIL import Image
 from rich.console import Console
 
-from bench.data import ImageFeed, Transform, chunks, rrc_boxes
+from bench.data import INTERPOLATIONS, ImageFeed, Preprocessing, Transform, chunks, rrc_boxes
 from bench.pixel_cache import SMALL_IMAGE_SIDE, split_pixels
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+PLAIN = Preprocessing(MEAN, STD)
 
 
-def noise(count: int, side: int = 32, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+def noise(count: int, side: int = 32, seed: int = 0, width: int | None = None) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, side, width or side, 3), dtype=np.uint8)
 
 
 def to_pixels(x: torch.Tensor, transform: Transform) -> torch.Tensor:
     """Normalised images back to 0..255 values."""
-    std, mean = (torch.tensor(v).view(1, -1, 1, 1) * 255 for v in (transform.std, transform.mean))
+    std, mean = (torch.tensor(v).view(1, -1, 1, 1) * 255 for v in (transform.preprocessing.std, transform.preprocessing.mean))
     return x * std + mean
 
 
-@pytest.mark.parametrize("size", [16, 24, 48, 112])
-def test_eval_transform_on_tensors_matches_pil(size):
-    """Noise is the worst case for interpolation differences: up- and downscaled, they stay within 2 of 255."""
-    images = noise(6)
-    transform = Transform(size, MEAN, STD)
+def assert_paths_agree(images: np.ndarray, transform: Transform) -> None:
     tensor_path = transform.batch(torch.from_numpy(images), None)
     pil_path = torch.stack([transform.pil()(Image.fromarray(image)) for image in images])
     difference = (to_pixels(tensor_path, transform) - to_pixels(pil_path, transform)).abs()
-    assert tensor_path.shape == (6, 3, size, size)
+    assert tensor_path.shape == (len(images), 3, transform.size, transform.size)
     assert difference.max() <= 2.01
     assert difference.mean() < 0.05
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("size", [16, 24, 48, 112])
+def test_eval_transform_on_tensors_matches_pil(size, interpolation):
+    """Noise is the worst case for interpolation differences: up- and downscaled, bicubic and bilinear, they
+    stay within 2 of 255."""
+    assert_paths_agree(noise(6), Transform(size, Preprocessing(MEAN, STD, interpolation)))
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("height, width", [(24, 40), (40, 24)])
+def test_shortest_side_resize_keeps_the_aspect_on_both_paths(height, width, interpolation):
+    """open_clip's eval: the shorter side resized to the size (no margin), the aspect kept, the centre cropped."""
+    transform = Transform(16, Preprocessing(MEAN, STD, interpolation, "shortest", crop_fraction=1.0))
+    assert transform.eval_resized(height, width) == ((16, 26) if height < width else (26, 16))
+    assert "Resize(size=16," in transform.describe(False)  # torchvision's shortest-side form (an int)
+    assert_paths_agree(noise(6, height, width=width), transform)
 
 
 def test_crop_flip_crops_the_padded_resized_image():
     """Without resizing (size = image side), every output is a size×size window of the reflect-padded image,
     possibly mirrored."""
     images = noise(8, side=16)
-    transform = Transform(16, (0.0,) * 3, (1 / 255,) * 3, "crop_flip", hflip=True)
+    transform = Transform(16, Preprocessing((0.0,) * 3, (1 / 255,) * 3), "crop_flip", hflip=True)
     out = transform.batch(torch.from_numpy(images), torch.Generator().manual_seed(3)).round().to(torch.uint8)
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     for image, crop in zip(padded, out.permute(0, 2, 3, 1).numpy(), strict=True):
@@ -66,7 +82,7 @@ def test_random_resized_crop_boxes_follow_torchvision_ranges():
 def test_augmentation_is_fixed_by_the_seed_and_varies_with_it():
     feed = ImageFeed(Split("train", ArrayImages(noise(10), "noise"), np.arange(10) % 2),
                      torch.from_numpy(noise(10)), torch.device("cpu"), 0)
-    transform = Transform(24, MEAN, STD, "rrc_flip", hflip=True)
+    transform = Transform(24, PLAIN, "rrc_flip", hflip=True)
     batches = chunks(range(10), 4)
 
     def epoch(seed):
@@ -85,7 +101,7 @@ def test_both_feeds_give_the_same_eval_batches(tmp_path):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
         paths.append(f"{i}.png")
     split = Split("test", FileImages(tmp_path, tuple(paths)), np.arange(5))
-    transform = Transform(20, MEAN, STD)
+    transform = Transform(20, PLAIN)
     cached = ImageFeed(split, torch.from_numpy(images), torch.device("cpu"), 0)
     per_image = ImageFeed(split, None, torch.device("cpu"), 0)
     (a, ya), = cached.batches(transform, [list(range(5))], 0)
@@ -93,6 +109,33 @@ def test_both_feeds_give_the_same_eval_batches(tmp_path):
     assert torch.equal(ya, yb)
     assert (to_pixels(a, transform) - to_pixels(b, transform)).abs().max() <= 2.01
     assert cached.describe(transform) != per_image.describe(transform)  # caches keyed by the path
+
+
+@pytest.mark.parametrize("augment", ["rrc_flip", "crop_flip"])
+def test_views_for_several_towers_share_crops_and_flips_on_both_paths(tmp_path, augment):
+    """A tuple of transforms gives one view per tower, each in its own preprocessing, all from the same random
+    crops and flips: a tower that differs only by normalisation sees exactly the same pixels."""
+    images = noise(6, side=24, width=20)
+    paths = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        paths.append(f"{i}.png")
+    split = Split("train", FileImages(tmp_path, tuple(paths)), np.arange(6))
+    first = Transform(16, PLAIN, augment, hflip=True)
+    renormalised = Transform(16, Preprocessing((0.2, 0.3, 0.4), (0.5, 0.5, 0.5)), augment, hflip=True)
+    bilinear = Transform(16, Preprocessing(MEAN, STD, "bilinear"), augment, hflip=True)
+    for pixels in (torch.from_numpy(images), None):
+        feed = ImageFeed(split, pixels, torch.device("cpu"), 0)
+        torch.manual_seed(0)  # the PIL path draws from torch's global generator
+        (views, _), = feed.batches((first, renormalised, bilinear, first), [list(range(6))], 3)
+        a, b, c, again = (to_pixels(view, transform) for view, transform in
+                          zip(views, (first, renormalised, bilinear, first), strict=True))
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+        assert torch.equal(a, again)
+        assert 0 < (a - c).abs().mean() < 20  # another filter over the same crops: close, not equal
+        torch.manual_seed(0)
+        (alone, _), = feed.batches(first, [list(range(6))], 3)
+        assert torch.equal(alone, views[0])  # a view is the transform's own batch
 
 
 def test_pixel_cache_decodes_small_images_once(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OnEpoch
 from typer.testing import CliRunner
 
 from bench import runner
@@ -46,7 +47,7 @@ def interrupted_run(out, method="finetune"):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(out, method=method), on_epoch_end=stop)
+        runner.execute(fast_spec(out, method=method), callbacks=[OnEpoch(stop)])
     return next((out / "runs").iterdir())
 
 
@@ -84,7 +85,7 @@ def mounted_tmpfs(folder: Path, size: str, read_only: bool = False):
 def test_read_only_results_root_is_one_line_before_anything_runs(tmp_path):
     with mounted_tmpfs(tmp_path / "ro", "1m", read_only=True) as out:
         result = invoke("run", "--method", "finetune", "--out", str(out), *CLI_FAST)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     line = one_line(result.output)
     assert f"cannot write to the results root {out}" in line and "Read-only file system" in line
     assert "--out DIR" in line
@@ -93,7 +94,7 @@ def test_read_only_results_root_is_one_line_before_anything_runs(tmp_path):
 def test_results_root_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     result = invoke("run", "--method", "finetune", "--out", str(tmp_path / "file" / "results"), *CLI_FAST)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "cannot write to the results root" in one_line(result.output)
 
 
@@ -111,7 +112,7 @@ def test_full_disk_during_a_checkpoint_fails_in_one_line_and_resumes_once_space_
     with mounted_tmpfs(tmp_path / "small", f"{int(size * 1.6) // 4096 * 4096}") as out:
         result = invoke("run", "--method", "finetune", "--backbone", "vit_micro", "--random-init",
                         "--out", str(out), *CLI_FAST, "--set=epochs=3")
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 1, result.output
         line = one_line(result.output)
         assert "No space left on device" in line and "bench run --resume" in line, line
         run_dir = next((out / "runs").iterdir())
@@ -139,7 +140,7 @@ def test_a_failed_write_anywhere_is_one_line_with_the_resume_command(tmp_path, m
     monkeypatch.setattr(store, "_write_temp", failing)
     result = invoke("run", "--method", "finetune", "--backbone", "vit_micro", "--random-init",
                     "--out", str(tmp_path), *CLI_FAST)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     line = one_line(result.output)
     assert "No space left on device: " in line and "last.pt" in line and "bench run --resume" in line
 
@@ -177,7 +178,7 @@ def test_unreadable_checkpoint_on_resume_says_how_to_restart(tmp_path):
     checkpoint = run_dir / "checkpoints" / "last.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     result = invoke("run", "--resume", run_dir.name, "--out", str(tmp_path))
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     line = one_line(result.output)
     assert f"checkpoint {checkpoint} is unreadable" in line and "delete it and run" in line
     checkpoint.unlink()
@@ -191,7 +192,7 @@ def test_a_run_held_by_another_process_is_refused(tmp_path):
     log_before = (run_dir / "log.txt").read_text()
     with RunLock(run_dir):  # as another `bench run --resume` of the same run would hold it
         result = invoke("run", "--resume", run_dir.name, "--out", str(tmp_path))
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert f"run {run_dir.name} is already being run by pid {os.getpid()}" in one_line(result.output)
     assert (run_dir / "log.txt").read_text() == log_before
     assert invoke("run", "--resume", run_dir.name, "--out", str(tmp_path)).exit_code == 0
@@ -284,7 +285,7 @@ def test_bracketed_text_in_an_error_is_printed_as_it_is(tmp_path):
     torch.save(create_backbone("vit_micro", allow_random_init=True).model.state_dict(), weights)
     result = invoke("eval", "--method", "lpt", "--dataset", "digits_lt", "--backbone", "vit_micro",
                     "--checkpoint", str(weights), "--out", str(tmp_path / "out"))
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "no prompt_learner.Prompt_Tokens (shared prompts [depth, L, D])" in one_line(result.output)
 
 
@@ -296,7 +297,7 @@ def test_eval_of_a_run_checkpoint_points_to_resume(tmp_path):
     checkpoint = result.run_dir / "checkpoints" / "last.pt"
     evaluated = invoke("eval", "--method", "lpt", "--dataset", "digits_lt", "--backbone", "vit_micro",
                        "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"))
-    assert evaluated.exit_code == 2
+    assert evaluated.exit_code == 1
     line = one_line(evaluated.output)
     assert "is a checkpoint of a run of this harness" in line and f"bench run --resume {result.run_dir}" in line
     assert "pick the matching --backbone" not in line

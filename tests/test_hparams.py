@@ -74,7 +74,7 @@ def test_every_declared_default_lies_inside_its_bounds():
 
 def test_a_space_file_range_outside_the_bounds_is_refused(tmp_path):
     from bench.runner import declared_options
-    from bench.search_space import apply_space_file
+    from bench.sweeps.space import apply_space_file
 
     declared = declared_options("finetune", "digits_lt")
     with pytest.raises(BenchError, match=r"space.yaml: lr: log_uniform \[0.0, 0.1\]: lr must lie in \(0, inf\)"):
@@ -144,3 +144,22 @@ def test_shell_completion_offers_registered_names_and_aliases():
     assert {"cifar10_lt", "cifar100_lt", "cifar10", "cifar100"} <= set(_names("dataset")("cif"))
     assert "lpt" in _names("method")("lp") and "vit_micro" in _names("backbone")("vit_m")
     assert _names("method")("zzz") == []
+
+
+def test_exit_codes_usage_2_runtime_1_interrupt_130(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import bench.run_folder
+    from bench.cli import app
+
+    usage = CliRunner().invoke(app, ["show", "x", "--out", str(tmp_path)], catch_exceptions=False)
+    assert usage.exit_code == 1 and "no run 'x'" in usage.output  # well formed, but there is no such run
+    wrong = CliRunner().invoke(app, ["list", "hparams", "--method", "lpf"])
+    assert wrong.exit_code == 2 and "unknown method 'lpf'" in wrong.output
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.run_folder, "find_run", interrupted)
+    stopped = CliRunner().invoke(app, ["show", "x", "--out", str(tmp_path)])
+    assert stopped.exit_code == 130

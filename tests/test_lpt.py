@@ -3,6 +3,7 @@ official-checkpoint import, and an end-to-end run that resumes in the right phas
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,11 +15,11 @@ from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
 from bench.methods.common import dual_index_batches
 from bench.methods.lpt import dual_loss, ib_weight
 from bench.methods.lpt_model import LPTModel
-from conftest import make_places_lt
+from conftest import OnEpoch, make_places_lt
 
 from bench import runner
 from bench.backbones import create_backbone
-from bench.data import eval_transform
+from bench.data import Preprocessing, Transform
 from bench.errors import BenchError
 
 
@@ -246,9 +247,16 @@ def test_bench_eval_reads_the_official_checkpoint_format(tmp_path):
     spec = runner.RunSpec(method="lpt", dataset="places", backbone="vit_micro", data_root=str(tmp_path / "places"),
                           overrides={"split_dir": "", "shot_convention": "lpt"}, out=str(tmp_path / "out"),
                           checkpoint=str(tmp_path / "LPT_places.pth"))
-    record = runner.execute(spec).record
+    result = runner.execute(spec)
+    record = result.record
     assert record["pretrained"] is True and record["checkpoint"]["sha256"]
     assert record["shot_convention"] == "lpt" and record["train_time_s"] == 0
+    # the official eval transform (bilinear, both sides to 8/7 of the size, centre crop), recorded in the
+    # record and the run's config.json
+    official = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "resize_mode": "squash",
+                "crop_fraction": 0.875}
+    assert json.loads(json.dumps(record["preprocessing"])) == {"vit_micro": official}
+    assert json.loads((result.run_dir / "config.json").read_text())["preprocessing"] == {"vit_micro": official}
 
     # The same prediction computed independently from the raw tensors.
     backbone = create_backbone("vit_micro", allow_random_init=True)
@@ -262,7 +270,8 @@ def test_bench_eval_reads_the_official_checkpoint_format(tmp_path):
         model.keys.copy_(state["module.prompt_learner.Prompt_Keys"])
         model.head.weight.copy_(state["module.prompt_learner.head.weight"].t())
     dataset = load_dataset("places", tmp_path / "places", {"split_dir": ""})
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    official_eval = Preprocessing(backbone.mean, backbone.std, "bilinear", "squash", crop_fraction=7 / 8)
+    transform = Transform(backbone.image_size, official_eval)
     images = torch.stack([transform.pil()(dataset.test.images.load(i)) for i in range(len(dataset.test))])
     with torch.no_grad():
         predicted = model(images).argmax(1).numpy()
@@ -302,7 +311,7 @@ def test_lpt_run_resumes_in_the_right_phase_and_epoch(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        runner.execute(spec(tmp_path / "cut"), on_epoch_end=stop_in_phase2)
+        runner.execute(spec(tmp_path / "cut"), callbacks=[OnEpoch(stop_in_phase2)])
     run_dir = next((tmp_path / "cut" / "runs").iterdir())
     assert (run_dir / "checkpoints" / "phase-lpt_shared.pt").exists()
     assert not (run_dir / "checkpoints" / "phase-lpt_group.pt").exists()

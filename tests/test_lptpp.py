@@ -8,13 +8,19 @@ from itertools import pairwise
 import pytest
 import torch
 import torch.nn.functional as F
+from bench.datasets.base import load_dataset
 from bench.methods.base import METHODS
 from bench.methods.lptpp import LPTPP_HPARAMS, Expert, MixtureOfExperts, Scorer, mixture
+from conftest import OnEpoch
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from rich.console import Console
 from typer.testing import CliRunner
 
 from bench import runner
 from bench.backbones import create_backbone
 from bench.cli import app
+from bench.data import Transform
+from bench.pixel_cache import split_pixels
 from bench.store import ResultsStore
 
 VARIANTS = ("lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter", "lptpp_no_group_prompts", "lptpp_mean")
@@ -26,8 +32,7 @@ def tiny_experts() -> list[Expert]:
     torch.manual_seed(0)
     visual = create_backbone("vit_micro", allow_random_init=True, image_size=16)
     vl = create_backbone("clip_micro", allow_random_init=True, image_size=16)
-    stats = (visual.mean, visual.std)
-    return [Expert("visual", visual, 5, TINY, stats, True), Expert("vl", vl, 5, TINY, stats, True)]
+    return [Expert("visual", visual, 5, TINY, True), Expert("vl", vl, 5, TINY, True)]
 
 
 def test_scorer_weights_are_positive_sum_to_one_and_depend_on_the_input():
@@ -56,23 +61,15 @@ def test_ensemble_output_is_the_weighted_mixture_of_expert_probabilities():
     for expert in experts:
         expert.lpt.stage = "group"
         expert.set_adapters(True)
-    images = torch.randn(3, 3, 16, 16)
+    views = [torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)]  # each expert's images, in its preprocessing
     with torch.no_grad():
-        features, probabilities = model.expert_outputs(images)
+        features, probabilities = model.expert_outputs(views)
         weights = model.weights(features, probabilities)
         by_loop = sum(weights[:, e:e + 1] * probabilities[e] for e in range(2))
-        torch.testing.assert_close(model(images).exp(), by_loop)
+        torch.testing.assert_close(model(views).exp(), by_loop)
         torch.testing.assert_close(mixture(weights, probabilities), by_loop)
-        own = torch.softmax(20.0 * experts[1].lpt(experts[1].renormalise(images)), -1)
+        own = torch.softmax(20.0 * experts[1].lpt(views[1]), -1)
     torch.testing.assert_close(probabilities[1], own)
-
-
-def test_vl_expert_sees_images_in_its_own_normalisation():
-    experts = tiny_experts()
-    vl = experts[1]
-    raw = torch.rand(2, 3, 16, 16)
-    given = (raw - vl.mean_in) / vl.std_in
-    torch.testing.assert_close(vl.renormalise(given), (raw - vl.mean) / vl.std)
 
 
 # ----------------------------------------------------------------------------------------- phases
@@ -81,6 +78,12 @@ FAST = ["--set", "image_size=16", "--set", "batch_size=64", "--set", "prompt_len
         "--set", "adapter_bottleneck=8", "--set", "scorer_hidden=16"]
 ONE_EPOCH = [item for key in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")
              for item in ("--set", f"{key}=1")]
+
+
+VIT_DEFAULT = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash",
+               "crop_fraction": 0.875}
+OPEN_CLIP_DEFAULT = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic",
+                     "resize_mode": "shortest", "crop_fraction": 1.0}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -99,6 +102,35 @@ def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant
     assert ("lptpp_scorer" in phases) == (variant in ("lptpp", "lptpp_no_adapter", "lptpp_no_group_prompts"))
     assert record["trainable_params"] == sum(e["trainable_params"] for e in record["experts"]) + \
         record["scorer_params"]
+    # each tower's own preprocessing: the ViT's the harness default, the CLIP tower's open_clip's
+    towers = {"lptpp_visual": ["vit_micro"], "lptpp_vl": ["clip_micro"]}.get(variant, ["vit_micro", "clip_micro"])
+    assert sorted(record["preprocessing"]) == sorted(towers)
+    assert record["preprocessing"].get("vit_micro", VIT_DEFAULT) == VIT_DEFAULT
+    assert record["preprocessing"].get("clip_micro", OPEN_CLIP_DEFAULT) == OPEN_CLIP_DEFAULT
+
+
+def test_each_expert_is_fed_its_own_towers_view(tmp_path, monkeypatch):
+    """The mixture gets a view per expert: the CLIP tower's is open_clip's preprocessing of the same images
+    (shortest side to the size, no crop margin, CLIP's normalisation), not the ViT's."""
+    seen = []
+    forward = MixtureOfExperts.forward
+
+    def spy(self, views):
+        seen.append([view.clone() for view in views])
+        return forward(self, views)
+
+    monkeypatch.setattr(MixtureOfExperts, "forward", spy)
+    settings = {"image_size": "16", "eval_batch_size": "8", "prompt_length": "2", "pool_size": "4",
+                "adapter_bottleneck": "8", "scorer_hidden": "16", "vl_backbone": "clip_micro",
+                **{k: "0" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
+    runner.execute(runner.RunSpec(method="lptpp", dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
+                                  out=str(tmp_path), overrides=settings))
+    dataset = load_dataset("digits_lt", None, {})
+    pixels, _ = split_pixels(dataset.val, None, Console(quiet=True), print)  # val is predicted first
+    towers = [create_backbone(name, allow_random_init=True, image_size=16) for name in ("vit_micro", "clip_micro")]
+    for view, tower in zip(seen[0], towers, strict=True):
+        torch.testing.assert_close(view, Transform(16, tower.preprocessing).batch(pixels[:8], None))
+    assert towers[1].preprocessing.resize_mode == "shortest" and towers[0].preprocessing.resize_mode == "squash"
 
 
 PHASE_PARAMETERS = {  # which checkpoint keys each phase may change
@@ -123,7 +155,7 @@ def test_each_phase_changes_only_its_own_modules(tmp_path):
                 **{k: "2" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
     spec = runner.RunSpec(method="lptpp", dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
                           out=str(tmp_path), overrides=settings)
-    runner.execute(spec, on_epoch_end=snapshot)
+    runner.execute(spec, callbacks=[OnEpoch(snapshot)])
     assert [phase for phase, _ in snapshots] == [p for p in PHASE_PARAMETERS for _ in range(2)]
     for (_, before), (phase, after) in pairwise(snapshots):
         changed = {k for k in after if not torch.equal(before[k], after[k])}
@@ -144,7 +176,7 @@ def test_vl_head_starts_as_the_normalised_text_embeddings(tmp_path):
                 **{k: "1" for k in ("phase1_epochs", "phase2_epochs", "adapter_epochs", "scorer_epochs")}}
     spec = runner.RunSpec(method="lptpp_vl", dataset="digits_lt", backbone="clip_micro", allow_random_init=True,
                           out=str(tmp_path), overrides=settings)
-    runner.execute(spec, on_epoch_end=first_epoch)
+    runner.execute(spec, callbacks=[OnEpoch(first_epoch)])
     text = torch.load(next((tmp_path / "cache" / "text").glob("*.pt")), weights_only=True)
     assert text.shape == heads[0].shape == (10, 32)
     torch.testing.assert_close(heads[0], F.normalize(text, dim=-1))
@@ -159,8 +191,7 @@ def test_parameter_accounting_for_the_vit_b16_pair():
     classes = 1000
     visual = create_backbone("vit_base_patch16_224.augreg_in21k", allow_random_init=True)
     vl = create_backbone("open_clip:ViT-B-16-quickgelu@openai", allow_random_init=True)
-    stats = (visual.mean, visual.std)
-    experts = [Expert("visual", visual, classes, HP, stats, True), Expert("vl", vl, classes, HP, stats, True)]
+    experts = [Expert("visual", visual, classes, HP, True), Expert("vl", vl, classes, HP, True)]
     scorer = Scorer([768, 512], HP["scorer_hidden"], HP["scorer_input"])
     adapters = 12 * (768 * 64 + 64 + 64 * 768 + 768 + 1)  # down, up, learnable scale per block
     expected = {

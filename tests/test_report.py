@@ -371,3 +371,14 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(fixed_s
     broken.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
     assert CONSOLE_MESSAGE.search(screenshot(broken, tmp_path / "broken.png"))
     assert colours(tmp_path / "broken.png") == 1
+
+
+def test_every_registered_method_has_its_place_in_the_report_order():
+    import bench.methods  # noqa: F401  (registers the methods)
+    from bench.methods.base import METHODS, register_method
+
+    from bench.method_order import METHOD_ORDER
+
+    assert sorted(METHODS.names()) == sorted(METHOD_ORDER)
+    with pytest.raises(ValueError, match="no place in bench/method_order.py"):
+        register_method("unplaced_method")

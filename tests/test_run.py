@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import OnEpoch
 from typer.testing import CliRunner
 
 from bench import runner
+from bench.callbacks import Callback
 from bench.cli import app
 from bench.store import ResultsStore
 
@@ -19,8 +21,23 @@ def fast_spec(tmp_path, method="finetune", **overrides):
                           out=str(tmp_path), overrides={**FAST, **overrides})
 
 
+class Recorder(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, entry: dict, run_dir) -> None:
+        self.seen.append(("epoch", entry["phase"], entry["epoch"], run_dir.name))
+
+    def on_phase_end(self, phase: str, selected: dict, run_dir) -> None:
+        self.seen.append(("phase", phase, selected["epoch"], run_dir.name))
+
+
 def test_finetune_run_writes_folder_and_record(tmp_path):
-    result = runner.execute(fast_spec(tmp_path))
+    recorder = Recorder()
+    result = runner.execute(fast_spec(tmp_path), callbacks=[recorder])
+    selected = result.record["selected"][0]
+    assert recorder.seen == [("epoch", "full", 0, result.run_id), ("epoch", "full", 1, result.run_id),
+                             ("phase", "full", selected["epoch"], result.run_id)]
     assert 0.0 <= result.record["data_wait_share"] < 1.0  # the share of training time spent waiting for batches
     history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
     assert all(entry["seconds"] > 0 and 0.0 <= entry["data_wait_share"] < 1.0 for entry in history)
@@ -51,7 +68,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path / "b", epochs="3"), on_epoch_end=interrupt_after_first_epoch)
+        runner.execute(fast_spec(tmp_path / "b", epochs="3"), callbacks=[OnEpoch(interrupt_after_first_epoch)])
     run_dir = next((tmp_path / "b" / "runs").iterdir())
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()
@@ -76,18 +93,18 @@ def test_linear_probe_caches_features(tmp_path):
     assert first.record["trainable_params"] == 64 * 10 + 10
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "finetun"], "did you mean finetune"),
-    (["--dataset", "imagenet_tl"], "did you mean imagenet_lt"),
-    (["--set", "lr=fast"], "expected float"),
-    (["--set", "learning_rate=0.1"], "unknown key"),
-    (["--set", "epochs"], "expected key=value"),
-    (["--dataset", "places_lt", "--data-root", "/nonexistent/places"], "does not exist"),
-    (["--backbone", "vit_tiny_patch16_224", "--weights", "/nonexistent/w.safetensors"], "w.safetensors"),
+@pytest.mark.parametrize("args, message, code", [  # 2: the command is wrong; 1: what it names is missing
+    (["--method", "finetun"], "did you mean finetune", 2),
+    (["--dataset", "imagenet_tl"], "did you mean imagenet_lt", 2),
+    (["--set", "lr=fast"], "expected float", 2),
+    (["--set", "learning_rate=0.1"], "unknown key", 2),
+    (["--set", "epochs"], "expected key=value", 2),
+    (["--dataset", "places_lt", "--data-root", "/nonexistent/places"], "does not exist", 1),
+    (["--backbone", "vit_tiny_patch16_224", "--weights", "/nonexistent/w.safetensors"], "w.safetensors", 1),
 ])
-def test_bad_input_is_one_line_and_leaves_no_run(tmp_path, args, message):
+def test_bad_input_is_one_line_and_leaves_no_run(tmp_path, args, message, code):
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path), *args])
-    assert result.exit_code == 2
+    assert result.exit_code == code
     output = result.output.strip()
     assert message in output
     assert "Traceback" not in output
@@ -99,15 +116,37 @@ def test_missing_split_file_names_the_file(tmp_path):
     root.mkdir()
     result = CliRunner().invoke(app, ["run", "--dataset", "imagenet_lt", "--data-root", str(root),
                                       "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "ImageNet_LT_train.txt" in result.output
 
 
-def test_show_prints_metrics(tmp_path):
+def test_show_prints_metrics_and_show_and_report_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from bench.record import RECORD_VERSION
+
     result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
+    assert result.record["record_version"] == RECORD_VERSION
     shown = CliRunner().invoke(app, ["show", result.run_id, "--out", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "overall" in shown.output and "few" in shown.output
+    light = ("import sys; from typer.testing import CliRunner; from bench.cli import app; "
+             f"shown = CliRunner().invoke(app, ['show', {result.run_id!r}, '--out', {str(tmp_path)!r}]); "
+             f"made = CliRunner().invoke(app, ['report', '--out', {str(tmp_path)!r}, '-f', 'md']); "
+             "print(shown.exit_code, made.exit_code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "0", "False"], done.stdout + done.stderr
+
+
+def test_a_record_from_a_newer_harness_is_refused_by_the_report(tmp_path):
+    from bench.record import RECORD_VERSION
+    from bench.store import ResultsStore
+
+    result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
+    ResultsStore(tmp_path).add({**result.record, "record_version": RECORD_VERSION + 1}, overwrite=True)
+    made = CliRunner().invoke(app, ["report", "--out", str(tmp_path), "-f", "md"])
+    assert made.exit_code != 0 and "written by a newer harness" in made.output
 
 
 def test_list_shows_every_registry():
@@ -130,7 +169,7 @@ def test_corrupt_image_mid_run_fails_cleanly(tmp_path):
     result = CliRunner().invoke(app, ["run", "--method", "linear_probe", "--dataset", "folder", "--data-root",
                                       str(data), "--backbone", "vit_micro", "--random-init", "--set", "val_per_class=1",
                                       "--set", "image_size=16", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "corrupt or unreadable image" in result.output and "test/b/0.png" in result.output
     run_dir = next((tmp_path / "out" / "runs").iterdir())
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
@@ -214,7 +253,7 @@ def test_a_scheduler_stop_after_the_last_epoch_is_no_early_stop(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        runner.execute(fast_spec(tmp_path, epochs="2"), on_epoch_end=stop_at_the_end)
+        runner.execute(fast_spec(tmp_path, epochs="2"), callbacks=[OnEpoch(stop_at_the_end)])
     run_dir = next((tmp_path / "runs").iterdir())
     record = runner.execute(fast_spec(tmp_path, epochs="2"), run_dir=run_dir,
                             stopped_early={"reason": "asha", "epoch": 2}).record

@@ -14,19 +14,20 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from bench.callbacks import Callback
 from bench.errors import BenchError
-from bench.hparams import Choice, HParam, IntRange, LogUniform, Uniform
-from bench.search_space import apply_space_file, grid, random_configs, read_space_file
+from bench.hparams import Choice, HParam, IntRange, LogUniform, Uniform, parse_assignments
+from bench.run_spec import RunSpec
 from bench.store import ResultsStore
-from bench.sweep_setup import Request, define_ablation, define_sweep, execute_sweep, load_for_resume
+from bench.sweeps.define import Request, define_ablation, define_sweep, execute_sweep, load_for_resume
+from bench.sweeps.space import apply_space_file, grid, random_configs, read_space_file
 
 PINS = ["epochs=3", "loss=ce"]  # a short probe
 
 
-def request(tmp_path, executor="local", **changes) -> Request:
-    fields = {"method": "clip_probe", "dataset": "digits_lt", "assignments": list(PINS), "out": str(tmp_path),
-              "executor": executor, "cpus_per_trial": 1, **changes}
-    return Request(**fields)
+def request(tmp_path, executor="local", method="clip_probe", assignments=PINS, **changes) -> Request:
+    run = RunSpec(method=method, dataset="digits_lt", overrides=parse_assignments(assignments), out=str(tmp_path))
+    return Request(run, executor=executor, cpus_per_trial=1, **changes)
 
 
 def sweep_of(tmp_path, trials=4, search="random", scheduler="none", **changes):
@@ -41,19 +42,21 @@ def quiet() -> Console:
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
-    from bench.executors import init_ray
+    from bench.sweeps.ray_tune import init_ray
 
     init_ray(None)
     yield ray
     ray.shutdown()
 
 
-def fail_first_attempt(trial, entry, run_dir: Path) -> None:
+class FailFirstAttempt(Callback):
     """Fault injection: the first attempt of trial t001 crashes after its first epoch."""
-    marker = run_dir.parent.parent / f"crashed-{trial.key}"
-    if trial.key == "t001" and not marker.exists():
-        marker.touch()
-        raise RuntimeError("injected crash")
+
+    def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+        marker = run_dir.parent.parent / "crashed-t001"
+        if run_dir.name.endswith("-t001") and not marker.exists():
+            marker.touch()
+            raise RuntimeError("injected crash")
 
 
 # -- search spaces ---------------------------------------------------------------------------------------------
@@ -115,10 +118,26 @@ def test_sweeps_refuse_test_metrics_and_unknown_keys(tmp_path):
 
 
 def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
+    from bench.runner import with_embedded_preset
+    from bench.sweeps.trial import trial_spec
+
     sweep = define_sweep(request(tmp_path, method="lpt", assignments=[]), 2, "random", "none", None, 0, 1, 3)
     assert sweep.space["shared_layers"] == IntRange(1, 3)  # the 4-block micro ViT cannot take 3..9
-    assert "lr" in sweep.space and "lr" not in sweep.base.overrides  # searched, not pinned by the preset
-    assert sweep.base.overrides["phase1_epochs"] == "6" and sweep.base.backbone == "vit_micro"
+    trial = sweep.trials[0]
+    spec, note = with_embedded_preset(trial_spec(sweep.plan, trial))  # what the runner will run
+    assert spec.overrides["lr"] == trial.overrides["lr"] != "0.05"  # searched, not pinned by the preset
+    assert spec.overrides["phase1_epochs"] == "6" and spec.backbone == "vit_micro" and spec.allow_random_init
+    assert "embedded default: vit_micro (random init)" in note
+
+
+def test_presets_are_the_runners_so_python_callers_get_what_bench_run_gets(tmp_path):
+    from bench.runner import RunSpec, with_embedded_preset
+
+    spec, _ = with_embedded_preset(RunSpec(method="lptpp_vl", dataset="digits", overrides={"phase1_epochs": "1"}))
+    assert spec.backbone == "clip_micro" and spec.overrides["phase1_epochs"] == "1"  # --set wins over the preset
+    assert spec.overrides["scorer_epochs"] == "2" and spec.overrides["image_size"] == "16"
+    chosen = RunSpec(method="lpt", dataset="digits", backbone="vit_tiny_patch16_224")
+    assert with_embedded_preset(chosen) == (chosen, None)  # a chosen backbone is not the embedded default
 
 
 # -- the in-process executor ------------------------------------------------------------------------------------
@@ -141,13 +160,14 @@ def test_local_sweep_with_asha_records_every_trial_once(tmp_path):
 
 
 def test_local_optuna_sweep_resumes_after_an_interrupt(tmp_path):
-    def interrupt_third_trial(trial, entry, run_dir):
-        if trial.key == "t002" and entry["step"] == 2 and not (tmp_path / "interrupted").exists():
-            (tmp_path / "interrupted").touch()
-            raise KeyboardInterrupt
+    class InterruptThirdTrial(Callback):
+        def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+            if run_dir.name.endswith("-t002") and entry["step"] == 2 and not (tmp_path / "interrupted").exists():
+                (tmp_path / "interrupted").touch()
+                raise KeyboardInterrupt
 
     sweep = sweep_of(tmp_path, trials=4, search="optuna")
-    sweep.plan.epoch_hook = interrupt_third_trial
+    sweep.plan.callbacks.append(InterruptThirdTrial())
     with pytest.raises(KeyboardInterrupt):
         execute_sweep(sweep, quiet())
     assert len(ResultsStore(tmp_path).records(sweep=sweep.name)) == 2
@@ -162,14 +182,14 @@ def test_local_optuna_sweep_resumes_after_an_interrupt(tmp_path):
 
 def test_local_trial_crashing_once_is_retried(tmp_path):
     sweep = sweep_of(tmp_path, trials=2)
-    sweep.plan.epoch_hook = fail_first_attempt
+    sweep.plan.callbacks.append(FailFirstAttempt())
     execute_sweep(sweep, quiet())
     assert (tmp_path / "crashed-t001").exists()
     assert len(ResultsStore(tmp_path).records(sweep=sweep.name)) == 2
 
 
 def test_ablation_runs_registered_variants_times_seeds(tmp_path):
-    from bench.sweep_setup import ablation_summary
+    from bench.sweeps.summary import ablation_summary
 
     with pytest.raises(BenchError, match="not a variant of lptpp"):
         define_ablation(request(tmp_path, method="lptpp", assignments=[]), ["lpt"], 1)
@@ -189,6 +209,57 @@ def test_ablation_runs_registered_variants_times_seeds(tmp_path):
 
 # -- Ray ---------------------------------------------------------------------------------------------------------
 
+class FakeTuner:
+    """What `run_ray` touches of a Tuner: fit, and (optionally) the private run config of a restored one. `ends`:
+    'normally' leaves Ray Tune's own SIGINT handler installed, as Ray does; 'by Ctrl-C' puts the previous back."""
+
+    def __init__(self, ends: str = "normally", internals: bool = True):
+        from types import SimpleNamespace
+
+        self.ends = ends
+        if internals:
+            self._local_tuner = SimpleNamespace(_run_config=SimpleNamespace(callbacks=None))
+
+    def fit(self) -> str:
+        if self.ends == "normally":
+            signal.signal(signal.SIGINT, lambda *args: None)
+        return "results"
+
+
+def ray_versions_around_the_floor() -> tuple[list[str], list[str]]:
+    """(versions the Ray internals may be used on, versions they may not), from the declared floor."""
+    from packaging.version import Version
+
+    from bench.sweeps.ray_tune import ray_floor
+
+    floor = Version(next(iter(ray_floor())).version)
+    below = f"{floor.major}.{floor.minor - 1}.0" if floor.minor else f"{floor.major - 1}.99.0"
+    return [str(floor), f"2.{max(floor.minor, 60)}.1"], [below, "3.0.0", "3.0.0.dev0"]
+
+
+def test_ray_internals_are_used_only_on_checked_ray_versions(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from bench.sweeps.ray_tune import _attach_callbacks, _fit_noting_interrupt
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    checked, unchecked = ray_versions_around_the_floor()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        for version in checked + unchecked:
+            monkeypatch.setattr(ray, "__version__", version)
+            ok, warnings = version in checked, []
+            tuner = FakeTuner()
+            assert _attach_callbacks(tuner, ["live"]) is ok, version
+            assert tuner._local_tuner._run_config.callbacks == (["live"] if ok else None), version
+            assert not _attach_callbacks(FakeTuner(internals=False), ["live"])  # no private attribute: no crash
+            assert _fit_noting_interrupt(tuner, warnings.append) == ("results", not ok), version
+            signal.signal(signal.SIGINT, before)
+            assert _fit_noting_interrupt(FakeTuner(ends="by Ctrl-C"), warnings.append) == ("results", True)
+            assert len(warnings) == (0 if ok else 2) and all("--resume" in w for w in warnings), version
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.slow
 def test_ray_sweep_with_optuna_and_asha_records_four_trials(tmp_path, ray_session):
     sweep = sweep_of(tmp_path, executor="ray", trials=4, search="optuna", scheduler="asha")
@@ -203,7 +274,7 @@ def test_ray_sweep_with_optuna_and_asha_records_four_trials(tmp_path, ray_sessio
 def test_ray_retries_a_trial_that_crashes_once(tmp_path, ray_session):
     ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     sweep = sweep_of(tmp_path, executor="ray", trials=2)
-    sweep.plan.epoch_hook = fail_first_attempt
+    sweep.plan.callbacks.append(FailFirstAttempt())
     execute_sweep(sweep, quiet())
     assert (tmp_path / "crashed-t001").exists()
     assert sorted(r["tags"]["trial"] for r in ResultsStore(tmp_path).records(sweep=sweep.name)) == ["t000", "t001"]
@@ -250,16 +321,36 @@ def test_interrupted_ray_sweep_resumes_without_duplicates(tmp_path):
     assert "re-run it: bench run --method clip_probe" in resumed.stdout
 
 
+def test_a_ray_sweep_started_before_the_move_into_bench_sweeps_still_restores():
+    pytest.importorskip("ray")
+    import pickle
+    import sys
+
+    from bench.sweeps.ray_hooks import RecordingASHA
+    from bench.sweeps.ray_tune import alias_moved_modules
+
+    old_pickle = b"cbench.ray_hooks\nRecordingASHA\n."  # how a Tuner saved before the move names its scheduler
+    sys.modules.pop("bench.ray_hooks", None)
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old_pickle)
+    alias_moved_modules()
+    try:
+        assert pickle.loads(old_pickle) is RecordingASHA
+    finally:
+        sys.modules.pop("bench.ray_hooks", None)
+
+
 def test_rerun_command_quotes_paths_with_spaces(tmp_path):
     import shlex
 
-    from bench.sweep import Sweep, rerun_command
-    from bench.trial import Trial, TrialPlan
+    from bench.sweeps.model import Sweep, rerun_command
+    from bench.sweeps.trial import Trial, TrialPlan
 
-    plan = TrialPlan(sweep="s", kind="sweep", dataset="folder", out=str(tmp_path), data_root="/data/my images")
+    plan = TrialPlan("sweep", RunSpec(method="linear_probe", dataset="folder", out=str(tmp_path),
+                                      data_root="/data/my images", sweep="s"))
     sweep = Sweep(name="s", storage=str(tmp_path), plan=plan, base=Trial(key="", method="linear_probe", seed=0,
                                                                           overrides={"wd_steps": "2"}))
     record = {"method": "linear_probe", "hparams": {}, "backbone": "vit_tiny_patch16_224", "seed": 3}
-    words = shlex.split(rerun_command(record, sweep, {}))
+    words = shlex.split(rerun_command(record, sweep))
     assert words[words.index("--data-root") + 1] == "/data/my images"
     assert words[:2] == ["bench", "run"] and words[words.index("--seed") + 1] == "3"

@@ -10,7 +10,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
+from bench.method_order import METHOD_ORDER
+from bench.record import check_readable
 from bench.report.document import Block, build_document
 from bench.report.plots import make_plots
 from bench.report.render_console import console_tables
@@ -41,7 +43,7 @@ def parse_formats(text: str) -> list[str]:
     names = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
     unknown = [name for name in names if name not in FILES]
     if unknown or not names:
-        raise BenchError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from "
+        raise UsageError(f"unknown report format {', '.join(unknown) or repr(text)}: choose from "
                          f"{', '.join(FILES)} (comma-separated)")
     return names
 
@@ -59,6 +61,7 @@ def load_records(store: ResultsStore, dataset: str | None = None) -> list[dict]:
             records.append(record)
     if not records:
         raise NothingToReport(f"no records in {store.folder}: run `bench run` first")
+    check_readable(records)
     if dataset is None:
         return records
     present = {record["dataset"] for record in records}
@@ -75,11 +78,8 @@ def load_records(store: ResultsStore, dataset: str | None = None) -> list[dict]:
 
 
 def method_order() -> list[str]:
-    """Registered method names in registry order (the order of every table's rows)."""
-    import bench.methods  # noqa: F401  (registers the methods)
-    from bench.methods.base import METHODS
-
-    return METHODS.names()
+    """Every method's name in report order (the order of every table's rows)."""
+    return list(METHOD_ORDER)
 
 
 def render_report(report: Report, formats: Sequence[str],

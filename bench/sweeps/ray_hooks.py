@@ -13,9 +13,9 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from bench.store import atomic_write_json, read_json
-from bench.sweep import Sweep
-from bench.sweep_progress import SweepProgress
-from bench.trial import FINAL
+from bench.sweeps.model import Sweep
+from bench.sweeps.progress import SweepProgress
+from bench.sweeps.trial import FINAL
 
 STOPS_FILE = "asha_stops.json"
 

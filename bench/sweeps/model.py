@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import UsageError
 from bench.hparams import Space, as_override
-from bench.search_space import from_entries, to_entries
 from bench.store import atomic_write_json, read_json
-from bench.trial import METRICS, Trial, TrialPlan, val_metrics
+from bench.sweeps.space import from_entries, to_entries
+from bench.sweeps.trial import METRICS, Trial, TrialPlan, val_metrics
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "none")
@@ -65,7 +65,7 @@ class Sweep:
 
     def save(self) -> None:
         data = dataclasses.asdict(self)
-        data["plan"].pop("epoch_hook")
+        data["plan"] = self.plan.as_dict()
         data["space"] = to_entries(self.space)
         data["base"] = self.base.as_dict()
         data["trials"] = None if self.trials is None else [t.as_dict() for t in self.trials]
@@ -74,7 +74,7 @@ class Sweep:
     @classmethod
     def load(cls, folder: Path) -> Sweep:
         data = read_json(folder / SWEEP_FILE)
-        data["plan"] = TrialPlan(**data["plan"])
+        data["plan"] = TrialPlan.from_dict(data["plan"])
         data["space"] = from_entries(data["space"])
         data["base"] = Trial.from_dict(data["base"])
         data["trials"] = None if data["trials"] is None else [Trial.from_dict(t) for t in data["trials"]]
@@ -83,21 +83,21 @@ class Sweep:
     def records(self) -> list[dict]:
         from bench.store import ResultsStore
 
-        return ResultsStore(self.plan.out).records(sweep=self.name)
+        return ResultsStore(self.plan.run.out).records(sweep=self.name)
 
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise BenchError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+        raise UsageError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
     return name
 
 
 def check_metric(metric: str) -> str:
     if metric.startswith("test"):
-        raise BenchError(f"--metric {metric}: sweeps select on validation metrics only; use "
+        raise UsageError(f"--metric {metric}: sweeps select on validation metrics only; use "
                          + metric.replace("test", "val", 1))
     if metric not in METRICS:
-        raise BenchError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+        raise UsageError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
     return metric
 
 
@@ -118,21 +118,20 @@ def best_record(records: list[dict], metric: str) -> dict | None:
     return None
 
 
-def rerun_command(record: dict, sweep: Sweep, embedded_preset: dict[str, str]) -> str:
-    """The `bench run` command that repeats a trial (the embedded preset is re-applied by `bench run` itself),
-    quoted for a POSIX shell (paths with spaces)."""
-    plan = sweep.plan
-    parts = ["bench", "run", "--method", record["method"], "--dataset", plan.dataset]
+def rerun_command(record: dict, sweep: Sweep) -> str:
+    """The `bench run` command that repeats a trial (on the embedded default, `bench run` applies the same
+    preset itself), quoted for a POSIX shell (paths with spaces)."""
+    run = sweep.plan.run
+    parts = ["bench", "run", "--method", record["method"], "--dataset", run.dataset]
     overrides = sweep.make_trial("", {name: record["hparams"][name] for name in sweep.space}).overrides
-    if not embedded_preset:
+    if not sweep.embedded:
         parts += ["--backbone", record["backbone"]]
-    for flag, value in (("--weights", plan.weights), ("--data-root", plan.data_root)):
+    for flag, value in (("--weights", run.weights), ("--data-root", run.data_root)):
         if value:
             parts += [flag, value]
     for key, value in sorted(overrides.items()):
-        if embedded_preset.get(key) != value:
-            parts += ["--set", f"{key}={value}"]
+        parts += ["--set", f"{key}={value}"]
     parts += ["--seed", str(record["seed"])]
-    if plan.allow_random_init and not embedded_preset:
+    if run.allow_random_init and not sweep.embedded:
         parts.append("--random-init")
     return shlex.join(parts)

@@ -14,6 +14,8 @@ import numpy as np
 
 from bench.store import atomic_write_json, read_json
 
+ASHA_MAX_T = 10_000  # trials end by themselves; ASHA only stops them early
+
 
 class LocalASHA:
     def __init__(self, grace_period: int, reduction_factor: float, max_t: int, state_file: Path | None = None):

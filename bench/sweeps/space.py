@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import UsageError
 from bench.hparams import (
     Choice,
     HParam,
@@ -43,7 +43,7 @@ def default_space(method_hparams: Mapping[str, HParam]) -> dict[str, Space]:
 def read_space_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise BenchError(f"--space {path}: no such file (a YAML or TOML file of name: space)")
+        raise UsageError(f"--space {path}: no such file (a YAML or TOML file of name: space)")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
@@ -53,9 +53,9 @@ def read_space_file(path: str | Path) -> dict[str, Any]:
 
             content = yaml.safe_load(text)
     except Exception as error:  # noqa: BLE001  (any parser error becomes one line naming the file)
-        raise BenchError(f"--space {path}: cannot parse it ({type(error).__name__}: {error})") from None
+        raise UsageError(f"--space {path}: cannot parse it ({type(error).__name__}: {error})") from None
     if not isinstance(content, dict):
-        raise BenchError(f"--space {path}: expected a mapping of hyperparameter names, got {type(content).__name__}")
+        raise UsageError(f"--space {path}: expected a mapping of hyperparameter names, got {type(content).__name__}")
     return content
 
 
@@ -65,7 +65,7 @@ def apply_space_file(space: dict[str, Space], content: Mapping[str, Any], declar
     space, pins = dict(space), {}
     for name, entry in content.items():
         if name not in declared:
-            raise BenchError(f"{source}: unknown hyperparameter {name!r}; {nearest(name, list(declared))}")
+            raise UsageError(f"{source}: unknown hyperparameter {name!r}; {nearest(name, list(declared))}")
         if entry == "default":
             space.pop(name, None)
         elif isinstance(entry, dict):
@@ -80,21 +80,21 @@ def apply_space_file(space: dict[str, Space], content: Mapping[str, Any], declar
 
 def _parse_space(name: str, entry: dict, declared: HParam, source: str) -> Space:
     if len(entry) != 1 or next(iter(entry)) not in SPACE_KINDS:
-        raise BenchError(f"{source}: {name}: expected one of {', '.join(f'{{{k}: [...]}}' for k in SPACE_KINDS)}")
+        raise UsageError(f"{source}: {name}: expected one of {', '.join(f'{{{k}: [...]}}' for k in SPACE_KINDS)}")
     kind, values = next(iter(entry.items()))
     if not isinstance(values, list) or not values:
-        raise BenchError(f"{source}: {name}: {kind} needs a list, e.g. {{{kind}: [low, high]}}")
+        raise UsageError(f"{source}: {name}: {kind} needs a list, e.g. {{{kind}: [low, high]}}")
     if kind == "choice":
         return Choice(tuple(parse_value(name, str(v).lower() if isinstance(v, bool) else str(v), declared)
                             for v in values))
     if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] > values[1]:
-        raise BenchError(f"{source}: {name}: {kind} needs [low, high] with low <= high")
+        raise UsageError(f"{source}: {name}: {kind} needs [low, high] with low <= high")
     for value in values:  # a range inside the declared bounds samples only valid values
         check_value(name, value, declared, f"{source}: {name}: {kind} {values}")
     if kind == "int":
         return IntRange(int(values[0]), int(values[1]))
     if kind == "log_uniform" and values[0] <= 0:
-        raise BenchError(f"{source}: {name}: log_uniform needs low > 0")
+        raise UsageError(f"{source}: {name}: log_uniform needs low > 0")
     return SPACE_KINDS[kind](float(values[0]), float(values[1]))
 
 
@@ -102,7 +102,7 @@ def grid(space: Mapping[str, Space]) -> list[dict[str, Any]]:
     """Every combination of the values of discrete spaces (continuous ones cannot be gridded)."""
     continuous = [name for name, s in space.items() if isinstance(s, (Uniform, LogUniform))]
     if continuous:
-        raise BenchError(f"--search grid: {', '.join(continuous)} {'is' if len(continuous) == 1 else 'are'} "
+        raise UsageError(f"--search grid: {', '.join(continuous)} {'is' if len(continuous) == 1 else 'are'} "
                          "continuous; give {choice: [...]} lists in --space, pin with --set, or use "
                          "--search random|optuna")
     names = sorted(space)

@@ -1,93 +1,31 @@
-"""The two ways to run a sweep's trials, through the same `bench.trial.run_trial`:
+"""The Ray Tune executor: trials on this machine or a cluster (`--address`), through the same `run_trial` as
+the in-process one. Ray's experiment lives in `<sweep>/` beside `sweep.json`, and Tuner.restore resumes it; the
+results store, not Ray's files, holds every trial's outcome.
 
-- `local`: one trial after another in this process (no Ray); Optuna's study lives in `<sweep>/optuna.db`,
-  ASHA's rungs in `<sweep>/asha.json`, so an interrupted sweep resumes where it stopped.
-- `ray`: Ray Tune on this machine or a cluster (`--address`); Ray's experiment lives in `<sweep>/` beside
-  `sweep.json`, and Tuner.restore resumes it.
-
-Either way the results store, not Ray's or Optuna's files, holds the outcome of every trial.
+Two things here lean on Ray internals, each behind `ray_internals_checked` (Ray 2, from the floor this
+package declares; checked up to Ray 2.60): a restored Tuner's live callbacks (`_attach_callbacks`) and telling
+a Ctrl-C from a finished run (`_fit_noting_interrupt`). Outside that range both fall back to what is safe.
 """
 
 from __future__ import annotations
 
-import math
+import importlib
+import importlib.metadata
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
-from bench.asha import LocalASHA
-from bench.sweep import Sweep, metric_value
-from bench.sweep_progress import SweepProgress
-from bench.trial import FINAL, Trial, TrialStopped, run_trial, stop_trial
+from bench.sweeps.asha import ASHA_MAX_T
+from bench.sweeps.model import Sweep
+from bench.sweeps.progress import SweepProgress
+from bench.sweeps.trial import FINAL, run_trial, stop_trial
 
-ASHA_MAX_T = 10_000  # trials end by themselves; ASHA only stops them early
 OBJECT_STORE_CAP = 512 * 1024**2  # trials pass small configs only; Ray's default (30 % of RAM) wastes memory
-
-
-def run_local(sweep: Sweep, progress: SweepProgress) -> None:
-    asha = (LocalASHA(sweep.grace_period, sweep.reduction_factor, ASHA_MAX_T, sweep.folder / "asha.json")
-            if sweep.scheduler == "asha" else None)
-    if sweep.trials is not None:
-        for trial in sweep.trials:
-            _run_with_retries(sweep, trial, asha, progress)
-        return
-    _run_optuna_locally(sweep, asha, progress)
-
-
-def _run_optuna_locally(sweep: Sweep, asha: LocalASHA | None, progress: SweepProgress) -> None:
-    import optuna
-
-    from bench.search_space import optuna_distributions
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=sweep.name, storage=f"sqlite:///{sweep.folder / 'optuna.db'}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=sweep.seed))
-    distributions = optuna_distributions(sweep.space)
-    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    for frozen in interrupted:  # asked before an interrupt: run (resume) them with the values they were given
-        final = _run_with_retries(sweep, sweep.make_trial(_key(frozen.number), frozen.params), asha, progress)
-        _tell(study, frozen.number, final, sweep.metric)
-    while len([t for t in study.trials if t.state.is_finished()]) < sweep.num_trials:
-        asked = study.ask(distributions)
-        final = _run_with_retries(sweep, sweep.make_trial(_key(asked.number), asked.params), asha, progress)
-        _tell(study, asked.number, final, sweep.metric)
-
-
-def _key(number: int) -> str:
-    return f"t{number:03d}"
-
-
-def _tell(study, number: int, final: dict | None, metric: str) -> None:
-    import optuna
-
-    value = None if final is None else final[metric]
-    if value is None or math.isnan(value):
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
-    else:
-        study.tell(number, value)
-
-
-def _run_with_retries(sweep: Sweep, trial: Trial, asha: LocalASHA | None, progress: SweepProgress) -> dict | None:
-    def report(metrics: dict) -> None:
-        if asha and asha.should_stop(trial.key, metrics["epoch"], metrics[sweep.metric]):
-            raise TrialStopped({"reason": "asha", "epoch": metrics["epoch"]})
-
-    for attempt in range(sweep.max_failures + 1):
-        progress.started(trial.key)
-        try:
-            final = run_trial(sweep.plan, trial, report)
-        except Exception as error:  # noqa: BLE001  (a failing trial never ends the sweep)
-            message = f"{type(error).__name__}: {error}"
-            if attempt < sweep.max_failures:
-                progress.retrying(trial.key, message)
-                continue
-            progress.failed_for_good(trial.key, message)
-            return None
-        progress.finished(trial.key, final[sweep.metric], final["stopped_early"])
-        return final
-    return None
+# Ray pickles a Tuner's scheduler and callbacks by reference: a sweep started before the sweep modules moved into
+# bench.sweeps names their old module, which resolves to the new one on restore
+MOVED_MODULES = {"bench.ray_hooks": "bench.sweeps.ray_hooks"}
 
 
 def init_ray(address: str | None) -> bool:
@@ -118,20 +56,27 @@ def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
     import ray
     from ray import tune
 
-    from bench.ray_hooks import ProgressCallback
+    from bench.sweeps.ray_hooks import ProgressCallback
 
     started = init_ray(sweep.address)
     try:
         trainable = tune.with_resources(tune.with_parameters(_ray_trainable, sweep=sweep),
                                         {"cpu": sweep.plan.cpus_per_trial or 1, "gpu": sweep.gpus_per_trial})
         callback = ProgressCallback(progress, sweep)
+
+        def warn(message: str) -> None:
+            progress.console.print(f"warning: {message} (Ray {ray.__version__}; checked: Ray 2, "
+                                   f"{ray_floor()})", highlight=False, markup=False)
+
         if resume and tune.Tuner.can_restore(str(sweep.folder)):
+            alias_moved_modules()
             tuner = tune.Tuner.restore(str(sweep.folder), trainable, resume_errored=True)
-            tuner._local_tuner._run_config.callbacks = [callback]  # a restored run keeps no live callbacks
+            if not _attach_callbacks(tuner, [callback]):
+                warn("a restored sweep gets no live progress on this Ray; its trials run and are recorded")
         else:
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
                                tune_config=_tune_config(sweep), run_config=_run_config(sweep, callback))
-        results, interrupted = _fit_noting_interrupt(tuner)
+        results, interrupted = _fit_noting_interrupt(tuner, warn)
         if not interrupted:  # after an interrupt, --resume completes the trials
             _complete_trials(sweep, progress, results)
     finally:
@@ -139,13 +84,47 @@ def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
             ray.shutdown()
 
 
-def _fit_noting_interrupt(tuner) -> tuple[object, bool]:
-    """Run the Tuner; True when Ctrl-C ended it. Ray Tune replaces the SIGINT handler for the run (in the main
-    thread, unless TUNE_DISABLE_SIGINT_HANDLER) and puts the previous one back only when a SIGINT arrives."""
+def ray_floor():
+    """The Ray versions this package declares it needs (pyproject.toml), as a packaging SpecifierSet."""
+    from packaging.requirements import Requirement
+
+    requirements = map(Requirement, importlib.metadata.requires("lt-bench"))
+    return next(r.specifier for r in requirements if r.name == "ray")
+
+
+def ray_internals_checked() -> bool:
+    """True when the installed Ray is major version 2 and within this package's declared floor."""
+    import ray
+    from packaging.version import Version
+
+    installed = Version(ray.__version__)
+    return installed.major == 2 and ray_floor().contains(installed, prereleases=True)
+
+
+def _attach_callbacks(tuner, callbacks: list) -> bool:
+    """Give a restored Tuner live callbacks (Tuner.restore keeps none and takes none); False when the
+    installed Ray is not a checked one or lacks the private run config this sets."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if not (ray_internals_checked() and hasattr(run_config, "callbacks")):
+        return False
+    run_config.callbacks = callbacks
+    return True
+
+
+def _fit_noting_interrupt(tuner, warn) -> tuple[object, bool]:
+    """Run the Tuner; True when Ctrl-C ended it. Ray Tune replaces the SIGINT handler for the run (in the
+    main thread, unless TUNE_DISABLE_SIGINT_HANDLER) and puts the previous one back only when a SIGINT
+    arrives; without that handler a Ctrl-C raises KeyboardInterrupt out of fit. On a Ray not checked for this
+    the answer is True (and `warn` says why): trials left without a record are completed by `--resume`, never
+    run on after a possible Ctrl-C."""
     watched = (threading.current_thread() is threading.main_thread()
                and os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
     before = signal.getsignal(signal.SIGINT)
     results = tuner.fit()
+    if not ray_internals_checked():
+        warn("cannot tell a Ctrl-C from the end of the sweep on this Ray; trials it left without a record "
+             "(stopped by ASHA or cut short) are completed by --resume")
+        return results, True
     return results, watched and signal.getsignal(signal.SIGINT) is before
 
 
@@ -155,10 +134,10 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
     continues from its checkpoint to the end."""
     import ray
 
-    from bench.ray_hooks import read_stops
     from bench.store import ResultsStore
+    from bench.sweeps.ray_hooks import read_stops
 
-    stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.out)
+    stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.run.out)
     resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
     stop, finish = ray.remote(**resources)(stop_trial), ray.remote(**resources)(run_trial)
     pending = []
@@ -196,14 +175,14 @@ def _tune_config(sweep: Sweep):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        from bench.search_space import optuna_distributions
+        from bench.sweeps.space import optuna_distributions
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         search_alg = OptunaSearch(space=optuna_distributions(sweep.space), metric=sweep.metric, mode="max",
                                   sampler=optuna.samplers.TPESampler(seed=sweep.seed))
     scheduler = None
     if sweep.scheduler == "asha":
-        from bench.ray_hooks import RecordingASHA
+        from bench.sweeps.ray_hooks import RecordingASHA
 
         scheduler = RecordingASHA(str(sweep.folder), time_attr="epoch", max_t=ASHA_MAX_T,
                                   grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
@@ -219,7 +198,7 @@ def _run_config(sweep: Sweep, callback):
                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures), callbacks=[callback])
 
 
-def already_done(sweep: Sweep, progress: SweepProgress) -> None:
-    """Count the trials finished before a resume."""
-    for record in sweep.records():
-        progress.already_done(record["tags"].get("trial", record["run_id"]), metric_value(record, sweep.metric))
+def alias_moved_modules() -> None:
+    """Let pickles that name a module from before the move (MOVED_MODULES) load."""
+    for old, new in MOVED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))

@@ -6,11 +6,15 @@ Both executors (in-process and Ray) call `run_trial`; they differ only in how `r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+
+from bench.callbacks import Callback
+from bench.run_spec import RunSpec
 
 REPORTED = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
 METRICS = tuple(f"val_{name}" for name in REPORTED)  # sweeps select on validation metrics only
@@ -46,23 +50,44 @@ class Trial:
 
 @dataclass
 class TrialPlan:
-    """What every trial of one sweep shares. Paths are absolute: Ray runs trials in other folders."""
+    """What every trial of one sweep shares: the run settings (a run spec whose method, seed, backbone and --set
+    values each trial fills in; paths absolute, as Ray runs trials in other folders), the sweep's kind, the torch
+    threads per trial, and training callbacks added to every trial's run (not saved with the sweep)."""
 
-    sweep: str
-    kind: str  # sweep | ablation
-    dataset: str
-    out: str
-    weights: str | None = None
-    data_root: str | None = None
-    device: str = "auto"
-    allow_download: bool = False
-    allow_random_init: bool = False
+    kind: str  # sweep | ablation | benchmark
+    run: RunSpec  # its `sweep` names the sweep; its tags go on every trial's record
     cpus_per_trial: int | None = None  # torch threads per trial; None: torch's default
-    tags: dict[str, str] = field(default_factory=dict)
-    epoch_hook: Callable[[Trial, dict, Path], None] | None = None  # called after every epoch (fault injection)
+    callbacks: list[Callback] = field(default_factory=list)
+
+    @property
+    def sweep(self) -> str:
+        return self.run.sweep
 
     def run_id(self, trial: Trial) -> str:
         return f"{self.sweep}-{trial.key}"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "run": dataclasses.asdict(self.run), "cpus_per_trial": self.cpus_per_trial}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrialPlan:
+        if "run" not in data:  # sweep.json written before the run spec was shared: flat fields
+            data = {"kind": data["kind"], "cpus_per_trial": data.get("cpus_per_trial"),
+                    "run": {"method": "", "sweep": data["sweep"], "tags": data.get("tags", {}),
+                            **{key: data[key] for key in ("dataset", "out", "weights", "data_root", "device",
+                                                          "allow_download", "allow_random_init")}}}
+        return cls(data["kind"], RunSpec(**data["run"]), data.get("cpus_per_trial"))
+
+
+class SchedulerReport(Callback):
+    """Hands each validated epoch's metrics to a scheduler's `report` (ASHA), which may raise TrialStopped."""
+
+    def __init__(self, report: Callable[[dict], None], run_id: str):
+        self.report, self.run_id = report, run_id
+
+    def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+        if "val" in entry:
+            self.report({**val_metrics(entry["val"]), "epoch": entry["step"], "run_id": self.run_id})
 
 
 def val_metrics(summary: dict) -> dict[str, float]:
@@ -79,21 +104,14 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | No
     from bench.store import ResultsStore
 
     run_id = plan.run_id(trial)
-    record = ResultsStore(plan.out).get(run_id)
+    record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
         if plan.cpus_per_trial:
             torch.set_num_threads(plan.cpus_per_trial)
-        spec = trial_spec(plan, trial)
-        run_dir = Path(plan.out) / "runs" / run_id
-
-        def on_epoch_end(entry: dict) -> None:
-            if plan.epoch_hook:
-                plan.epoch_hook(trial, entry, run_dir)
-            if report and "val" in entry:
-                report({**val_metrics(entry["val"]), "epoch": entry["step"], "run_id": run_id})
-
+        run_dir = Path(plan.run.out) / "runs" / run_id
+        callbacks = [*plan.callbacks, *([SchedulerReport(report, run_id)] if report else [])]
         try:
-            record = runner.execute(spec, Console(quiet=True), run_dir, on_epoch_end).record
+            record = runner.execute(trial_spec(plan, trial), Console(quiet=True), run_dir, callbacks).record
         except TrialStopped as stop:
             return stop_trial(plan, trial, stop.decision)
     return final_metrics(record)
@@ -105,9 +123,9 @@ def stop_trial(plan: TrialPlan, trial: Trial, decision: dict) -> dict:
     from bench.store import ResultsStore
 
     run_id = plan.run_id(trial)
-    record = ResultsStore(plan.out).get(run_id)
+    record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
-        run_dir = Path(plan.out) / "runs" / run_id
+        run_dir = Path(plan.run.out) / "runs" / run_id
         record = runner.execute(trial_spec(plan, trial), Console(quiet=True), run_dir,
                                 stopped_early=decision).record
     return final_metrics(record)
@@ -119,13 +137,9 @@ def final_metrics(record: dict) -> dict:
             "stopped_early": bool(record.get("stopped_early"))}
 
 
-def trial_spec(plan: TrialPlan, trial: Trial):
-    from bench.runner import RunSpec
-
-    tags = {**plan.tags, "kind": plan.kind, plan.kind: plan.sweep, "trial": trial.key}
+def trial_spec(plan: TrialPlan, trial: Trial) -> RunSpec:
+    tags = {**plan.run.tags, "kind": plan.kind, plan.kind: plan.sweep, "trial": trial.key}
     if trial.searched:
         tags["searched"] = ",".join(trial.searched)
-    return RunSpec(method=trial.method, dataset=plan.dataset, backbone=trial.backbone, weights=plan.weights,
-                   data_root=plan.data_root, overrides=dict(trial.overrides), seed=trial.seed, out=plan.out,
-                   device=plan.device, allow_download=plan.allow_download,
-                   allow_random_init=plan.allow_random_init, sweep=plan.sweep, tags=tags)
+    return dataclasses.replace(plan.run, method=trial.method, seed=trial.seed, backbone=trial.backbone,
+                               overrides=dict(trial.overrides), tags=tags)

@@ -1,0 +1,10 @@
+"""The order in which reports list methods: baselines (probe, full fine-tuning, long-tail losses and samplers,
+parameter-efficient tuning, decoupled classifiers, CLIP), then LPT, then LPT++ and its ablations. Light, so
+`bench report` lists rows in this order without importing torch; `register_method` refuses a method missing
+here, so every registered method has its place."""
+
+METHOD_ORDER = (
+    "linear_probe", "finetune", "la", "bs", "vpt_shallow", "vpt_deep", "adaptformer", "bitfit", "lift", "crt", "lws",
+    "zeroshot_clip", "clip_probe", "lpt", "lptpp", "lptpp_visual", "lptpp_vl", "lptpp_no_adapter",
+    "lptpp_no_group_prompts", "lptpp_mean",
+)
