@@ -205,7 +205,7 @@ def eval_(
     out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
-    """Evaluate a trained checkpoint on val and test (no training); the result is an ordinary run record."""
+    """Evaluate a trained checkpoint on val and test (no training), recorded as an ordinary run."""
     from bench import runner
     from bench.hparams import parse_assignments
 
@@ -279,8 +279,9 @@ def sweep(
     allow_download: bool = ALLOW_DOWNLOAD,
     random_init: bool = RANDOM_INIT,
 ) -> None:
-    """Sweep a method's hyperparameters (Optuna/random/grid, ASHA) with Ray Tune or in-process; every trial is
-    an ordinary run tagged with the sweep's name."""
+    """Sweep a method's hyperparameters (Optuna/random/grid, ASHA), with Ray Tune or in-process.
+
+    Every trial is an ordinary run tagged with the sweep's name."""
     from bench.sweeps.define import Request, define_sweep, load_for_resume
     from bench.sweeps.summary import sweep_summary
 
@@ -367,8 +368,9 @@ def benchmark(
     device: str = TRIAL_DEVICE,
     formats: str = typer.Option("md,html", "--format", "-f", help="report formats: md, html, tex, csv"),
 ) -> None:
-    """Run a benchmark protocol: its methods × configurations searched on val × seeds, then its report (one
-    table per protocol, mean ± std over seeds, configurations searched per method)."""
+    """Run a benchmark protocol (methods × configurations searched on val × seeds), then its report.
+
+    One table per protocol, mean ± std over seeds, configurations searched per method."""
     from bench import report as reports
     from bench.benchmark import BenchmarkOptions, run_benchmark
     from bench.protocols import load_protocol
@@ -473,8 +475,9 @@ def list_(
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset",
         autocompletion=_names("dataset")),
 ) -> None:
-    """List registered methods, datasets and backbones, the shipped benchmark protocols, or (hparams) every
-    option a method and dataset declare: default, search space, where it is declared and its help."""
+    """List methods, datasets, backbones and shipped protocols, or (hparams) a method's options.
+
+    hparams: every option a method and dataset declare, with default, search space, source and help."""
     import bench.datasets
     import bench.methods  # noqa: F401
     from bench.backbones import BACKBONES
@@ -573,7 +576,7 @@ def report(
         help="published reference rows for the datasets with records (store), for every dataset that has some (all), "
              "or none"),
 ) -> None:
-    """Leaderboards, ablation tables, sweep summaries and plots, read from the results store's records only.
+    """Leaderboards, ablation tables, sweep summaries and plots, from the results store's records only.
 
     Exits with status 1, writing nothing, when the store (or the chosen dataset) has no records."""
     from pathlib import Path
