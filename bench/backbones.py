@@ -4,7 +4,8 @@ The view exposes the real model's own pieces (patch embedding, blocks, final nor
 methods insert tokens or modules between blocks without re-implementing a ViT.
 
 Weights resolve in this order, and `weights_info` records which one was used:
-explicit file → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for
+explicit file → weights shipped inside this package (`bench/pretrained`, each with its provenance file; the
+micro towers of the embedded default) → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for
 url-only weights) → download, only with allow_download → random init, only with allow_random_init. A file
 found in the cache is handed to timm / open_clip by its path, so they make no network lookup for it.
 """
@@ -27,6 +28,8 @@ from bench.store import file_sha256
 
 OPEN_CLIP_PREFIX = "open_clip:"
 MICRO_CONFIGS = Path(__file__).with_name("open_clip_configs")  # open_clip model configs of the micro towers
+SHIPPED = Path(__file__).with_name("pretrained")  # weights shipped with the package: NAME.safetensors + NAME.json
+PRETRAIN_SCRIPT = "scripts/pretrain_micro_tower.py"
 WEIGHT_FIXES = ("pass --weights FILE, populate the Hugging Face cache (HF_HOME) on a connected machine, "
                 "or pass --allow-download")
 
@@ -34,9 +37,10 @@ WEIGHT_FIXES = ("pass --weights FILE, populate the Hugging Face cache (HF_HOME) 
 @dataclass(frozen=True)
 class WeightsInfo:
     pretrained: bool
-    source: str  # 'file' | 'hf_cache' | 'download' | 'random'
+    source: str  # 'file' | 'shipped' | 'hf_cache' | 'download' | 'random'
     location: str
     sha256: str | None = None
+    provenance: dict | None = None  # of shipped weights: how they were made (their .json beside them)
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,16 @@ class BackboneSpec:
     arch: str  # timm name (with tag) or open_clip model name
     description: str
     tag: str | None = None  # open_clip pretrained tag
-    micro: dict = field(default_factory=dict)  # config of a tiny random-init model; empty for real ones
+    micro: dict = field(default_factory=dict)  # config of a tiny model built here; empty for library ones
+    shipped: str | None = None  # a micro model's weights shipped in SHIPPED (file stem); None: random init
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
-def _preset(name: str, family: str, arch: str, description: str, tag: str | None = None, **micro) -> None:
-    BACKBONES.add(name, BackboneSpec(name, family, arch, description, tag, micro))
+def _preset(name: str, family: str, arch: str, description: str, tag: str | None = None,
+            shipped: str | None = None, **micro) -> None:
+    BACKBONES.add(name, BackboneSpec(name, family, arch, description, tag, micro, shipped))
 
 
 _preset("vit_tiny_patch16_224", "timm", "vit_tiny_patch16_224", "ViT-Ti/16 (5.5 M), ImageNet; CPU-friendly")
@@ -65,8 +71,12 @@ _preset("open_clip:ViT-B-16-quickgelu@openai", "open_clip", "ViT-B-16-quickgelu"
         "CLIP ViT-B/16 image tower, OpenAI weights (quickgelu matches them; plain ViT-B-16 does not)", "openai")
 _preset("open_clip:ViT-B-32@openai", "open_clip", "ViT-B-32-quickgelu", "CLIP ViT-B/32 image tower, OpenAI weights",
         "openai")
+VIT_MICRO = {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
 _preset("vit_micro", "timm", "vit_micro", "tiny random-init ViT (4 blocks, width 64, 32 px) for CPU tests",
-        img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4)
+        img_size=32, **VIT_MICRO)
+_preset("vit_micro.fmnist", "timm", "vit_micro", "vit_micro pretrained on Fashion-MNIST at 16 px, shipped with "
+        f"the package (the embedded default's tower; {PRETRAIN_SCRIPT})", shipped="vit_micro_fmnist",
+        img_size=16, **VIT_MICRO)
 _preset("clip_micro", "open_clip", "clip_micro", "tiny random-init CLIP (2 blocks, width 64, 32 px) for CPU tests",
         **json.loads((MICRO_CONFIGS / "clip_micro.json").read_text()))
 
@@ -372,6 +382,11 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
             raise BenchError(f"weights file not found: {path}")
         model = _load_file(spec, image_size, path, ignore_prefixes)
         info = WeightsInfo(True, "file", str(path), file_sha256(path))
+    elif spec.shipped:
+        path = SHIPPED / f"{spec.shipped}.safetensors"
+        provenance = read_provenance(spec)
+        model = _load_file(spec, image_size, path, ignore_prefixes)
+        info = WeightsInfo(True, "shipped", str(path), provenance["sha256"], provenance)
     elif spec.micro or (spec.family == "open_clip" and not spec.tag):
         if not allow_random_init:
             what = "is a random-init test model" if spec.micro else "names no pretrained tag (open_clip:ARCH@TAG)"
@@ -392,6 +407,23 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
         raise BenchError(f"backbone {name}: the token view needs a plain open_clip ViT image tower, not {kind}; "
                          "pick a ViT-* model")
     return TokenBackbone(spec, visual, info, open_clip_preprocessing(spec, model), clip_model=model)
+
+
+def read_provenance(spec: BackboneSpec) -> dict:
+    """The provenance of a tower's shipped weights, checked against the file it describes."""
+    path, about = SHIPPED / f"{spec.shipped}.safetensors", SHIPPED / f"{spec.shipped}.json"
+    rebuild = f"reinstall lt-bench, or rebuild them with `python {PRETRAIN_SCRIPT}`"
+    if not path.is_file() or not about.is_file():
+        missing = path if not path.is_file() else about
+        raise BenchError(f"backbone {spec.name}: its shipped weights are incomplete, {missing} is missing; {rebuild}")
+    try:
+        provenance = json.loads(about.read_text())
+    except ValueError as error:
+        raise BenchError(f"backbone {spec.name}: {about} is not JSON ({first_line(error)}); {rebuild}") from None
+    if provenance.get("sha256") != file_sha256(path):
+        raise BenchError(f"backbone {spec.name}: {path.name} is not the file its provenance {about.name} describes "
+                         f"(sha256 differs); {rebuild}")
+    return provenance
 
 
 def open_clip_preprocessing(spec: BackboneSpec, model: nn.Module) -> Preprocessing:

@@ -113,8 +113,15 @@ class RunContext:
         backbone = create_backbone(request.name, weights=request.weights, allow_download=request.allow_download,
                                    allow_random_init=request.allow_random_init, image_size=image_size,
                                    ignore_prefixes=request.ignore_prefixes)
-        if not backbone.weights_info.pretrained:
+        info = backbone.weights_info
+        if not info.pretrained:
             self.warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
+        elif info.provenance:
+            made = info.provenance
+            self.log.info(f"backbone {request.name}: weights shipped with lt-bench, pretrained on "
+                          f"{made['data']['name']} ({made['recipe']['epochs']} epochs, seed {made['recipe']['seed']}, "
+                          f"{made['test_accuracy']} % on its test set); provenance in "
+                          f"{Path(info.location).with_suffix('.json')}")
         return backbone.to(self.device)
 
     def preprocessing(self, backbone=None) -> Preprocessing:

@@ -1,12 +1,14 @@
-"""The embedded default: scikit-learn's digits made long-tailed, a tiny random-init ViT, and a preset that keeps a
-run short on a 2-core CPU. The runner applies it (with each method's own `embedded_preset`, `embedded_backbone`
+"""The embedded default: scikit-learn's digits made long-tailed, a micro ViT pretrained on Fashion-MNIST (its
+weights ship with the package: `vit_micro.fmnist`, made by scripts/pretrain_micro_tower.py), and a preset that
+keeps a run short on a 2-core CPU. Methods that need a CLIP tower use `clip_micro`, which has no pretrained
+weights (random init, said in the run's output and record). The runner applies it (with each method's own `embedded_preset`, `embedded_backbone`
 and, for sweeps, `embedded_space`), so `bench run`, sweeps, ablations and Python callers get the same runs."""
 
 from __future__ import annotations
 
 EMBEDDED_DATASET = "digits_lt"
 EMBEDDED_ALIASES = (EMBEDDED_DATASET, "default", "digits")
-EMBEDDED_BACKBONE = "vit_micro"
+EMBEDDED_BACKBONE = "vit_micro.fmnist"
 # A tiny random-init ViT learns 8×8 digits best at 16 px, without crops, with AdamW at a larger learning rate
 # (the reference recipes' SGD at their learning rates are made for pretrained towers; finetune reaches 78 % test
 # with this preset, 28 % with LIFT's SGD recipe at lr 2e-3).

@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
+from bench.backbones import parse_backbone
 from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
@@ -79,19 +80,25 @@ def split_options(spec: RunSpec):
 
 
 def with_embedded_preset(spec: RunSpec) -> tuple[RunSpec, str | None]:
-    """On the embedded default (its dataset, no --backbone): the method's micro tower, random init, and the
-    embedded preset (the common one and the method's own) for every declared key not given; and a line saying
-    so. Elsewhere the spec as it is."""
+    """On the embedded default (its dataset, no --backbone): the method's micro tower (pretrained weights
+    shipped with the package, or random init for towers that have none), and the embedded preset (the common
+    one and the method's own) for every declared key not given; and a line saying so. Elsewhere the spec as
+    it is."""
     if not is_embedded(spec.dataset, spec.backbone):
         return spec, None
     method_cls = METHODS.get(spec.method)
     declared = declared_options(spec.method, spec.dataset)
     preset = {key: value for key, value in {**EMBEDDED_PRESET, **method_cls.embedded_preset}.items()
               if key in declared and key not in spec.overrides}
-    note = (f"embedded default: {method_cls.embedded_backbone} (random init) on {EMBEDDED_DATASET}, preset "
+    backbone = parse_backbone(method_cls.embedded_backbone)
+    towers = [backbone, *(parse_backbone(value) for key, value in preset.items() if key.endswith("backbone"))]
+    random_init = [tower.name for tower in towers if not tower.shipped]  # micro towers with no weights to ship
+    weights = "pretrained weights shipped with lt-bench" if backbone.shipped else "random init"
+    note = (f"embedded default: {backbone.name} ({weights}) on {EMBEDDED_DATASET}"
+            + (f"; random init: {', '.join(random_init)}" if random_init else "") + ", preset "
             + " ".join(f"{key}={value}" for key, value in preset.items()))
-    return dataclasses.replace(spec, backbone=method_cls.embedded_backbone, overrides={**preset, **spec.overrides},
-                               allow_random_init=True), note
+    return dataclasses.replace(spec, backbone=backbone.name, overrides={**preset, **spec.overrides},
+                               allow_random_init=spec.allow_random_init or bool(random_init)), note
 
 
 def _logger(run_id: str, console: Console) -> logging.Logger:

@@ -107,7 +107,7 @@ def test_the_hash_covers_what_makes_rows_comparable(tmp_path):
     assert more_seeds.hash == base.hash  # adding seeds (or methods) keeps earlier runs
     other_size = load_protocol(write(tmp_path, variant(image_size="8"), "mine"))
     assert other_size.hash != base.hash
-    other_lpt = load_protocol(write(tmp_path, variant().replace("lr = 0.05", "lr = 0.1"), "mine"))
+    other_lpt = load_protocol(write(tmp_path, variant().replace("lr = 0.1", "lr = 0.05"), "mine"))
     assert other_lpt.hash != base.hash  # a method's own pins change what its runs are
 
 

@@ -93,7 +93,9 @@ def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant
     record = ResultsStore(tmp_path).records()[0]
     assert record["method"] == variant and 0 <= record["test"]["overall"] <= 100
     assert record["test_ms_per_image"] > 0
-    assert all(expert["pretrained"] is False and expert["weights_source"] == "random" for expert in record["experts"])
+    sources = {expert["name"]: (expert["pretrained"], expert["weights_source"]) for expert in record["experts"]}
+    assert sources.get("visual", (True, "shipped")) == (True, "shipped")  # vit_micro.fmnist
+    assert sources.get("vl", (False, "random")) == (False, "random")  # clip_micro: no weights to ship
     names = [expert["name"] for expert in record["experts"]]
     assert names == {"lptpp_visual": ["visual"], "lptpp_vl": ["vl"]}.get(variant, ["visual", "vl"])
     phases = [entry["phase"] for entry in record["selected"]]
@@ -103,9 +105,9 @@ def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant
     assert record["trainable_params"] == sum(e["trainable_params"] for e in record["experts"]) + \
         record["scorer_params"]
     # each tower's own preprocessing: the ViT's the harness default, the CLIP tower's open_clip's
-    towers = {"lptpp_visual": ["vit_micro"], "lptpp_vl": ["clip_micro"]}.get(variant, ["vit_micro", "clip_micro"])
+    towers = {"lptpp_visual": ["vit_micro.fmnist"], "lptpp_vl": ["clip_micro"]}.get(variant, ["vit_micro.fmnist", "clip_micro"])
     assert sorted(record["preprocessing"]) == sorted(towers)
-    assert record["preprocessing"].get("vit_micro", VIT_DEFAULT) == VIT_DEFAULT
+    assert record["preprocessing"].get("vit_micro.fmnist", VIT_DEFAULT) == VIT_DEFAULT
     assert record["preprocessing"].get("clip_micro", OPEN_CLIP_DEFAULT) == OPEN_CLIP_DEFAULT
 
 

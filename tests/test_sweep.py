@@ -125,9 +125,10 @@ def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
     assert sweep.space["shared_layers"] == IntRange(1, 3)  # the 4-block micro ViT cannot take 3..9
     trial = sweep.trials[0]
     spec, note = with_embedded_preset(trial_spec(sweep.plan, trial))  # what the runner will run
-    assert spec.overrides["lr"] == trial.overrides["lr"] != "0.05"  # searched, not pinned by the preset
-    assert spec.overrides["phase1_epochs"] == "6" and spec.backbone == "vit_micro" and spec.allow_random_init
-    assert "embedded default: vit_micro (random init)" in note
+    assert spec.overrides["lr"] == trial.overrides["lr"] != "0.1"  # searched, not pinned by the preset
+    assert spec.overrides["phase1_epochs"] == "6" and spec.backbone == "vit_micro.fmnist"
+    assert not spec.allow_random_init  # the shipped pretrained tower
+    assert "embedded default: vit_micro.fmnist (pretrained weights shipped with lt-bench)" in note
 
 
 def test_presets_are_the_runners_so_python_callers_get_what_bench_run_gets(tmp_path):
