@@ -116,8 +116,9 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
 
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
     """Run (or continue) every stage; returns the results root the records went to."""
-    from bench.sweeps.define import execute_sweep, results_and_sweeps_roots
+    from bench.sweeps.define import check_gpus_per_trial, execute_sweep, results_and_sweeps_roots
 
+    check_gpus_per_trial(options.gpus_per_trial)
     out, _ = results_and_sweeps_roots(options.out, None)
     preflight(protocol, options)
     console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)

@@ -71,7 +71,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Long-tailed classification benchmark harness."""
 
 
-RESUME_KEEPS = {"run": {"resume", "out"}, "sweep": {"resume", "name", "storage", "out"},
+RESUME_KEEPS = {"run": {"resume", "out", "nproc", "nnodes", "node_rank", "master_addr", "master_port"}, "sweep": {"resume", "name", "storage", "out"},
                 "ablate": {"resume", "name", "storage", "out"}}
 
 
@@ -154,11 +154,28 @@ def run(
     resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
     config: str | None = typer.Option(None, "--config", help="settings from a file: a run's config.json (an exact "
                                       "re-run) or a .toml/.yaml; options given here override it"),
+    nproc: int = typer.Option(1, "--nproc", help="data-parallel processes on this node (one per GPU; gloo on "
+                              "CPU), started by torchrun"),
+    nnodes: int = typer.Option(1, "--nnodes", help="nodes of a data-parallel run (start it on each node)"),
+    node_rank: int = typer.Option(0, "--node-rank", help="this node's rank, 0 .. nnodes-1"),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="host of node 0 (multi-node runs)"),
+    master_port: int | None = typer.Option(None, "--master-port", help="free port on node 0 (default: any free "
+                                           "port, single-node runs only)"),
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
     from bench.hparams import parse_assignments
 
+    if (nproc > 1 or nnodes > 1) and not _in_launched_rank():
+        import sys
+
+        from bench.distributed import launch, strip_launch_flags
+
+        if resume:  # refused here, in one line, rather than by every rank
+            with _interruptible_run():
+                runner.check_resumable_by(runner.find_run(resume, out), nproc * nnodes)
+        raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr,
+                                master_port))
     with _interruptible_run():
         if resume:
             _refuse_ignored_with_resume(ctx, "run")
@@ -186,8 +203,18 @@ def run(
                 out=out, device=device, allow_download=allow_download, allow_random_init=random_init,
             )
             result = runner.execute(spec, console)
-    console.print(metrics_table(result.record))
-    _say(f"run folder: {result.run_dir}")
+    from bench.distributed import leave, world
+
+    if world().is_main:  # the other ranks of a data-parallel run print nothing
+        console.print(metrics_table(result.record))
+        _say(f"run folder: {result.run_dir}")
+    leave()
+
+
+def _in_launched_rank() -> bool:
+    from bench.distributed import launched
+
+    return launched()
 
 
 @app.command("eval")

@@ -101,6 +101,8 @@ class RunContext:
     log: logging.Logger
     notes: list[str] = field(default_factory=list)
     data_paths: dict[str, str] = field(default_factory=dict)  # per split fed so far: how its images were read
+    # rank 0's run folder, where every rank of a data-parallel run resumes from (None: run_dir)
+    primary_run_dir: Path | None = None
     method_preprocessing: Mapping[str, Any] = field(default_factory=dict)  # the method's `preprocessing`
     _feeds: dict[str, ImageFeed] = field(default_factory=dict, repr=False)
 

@@ -14,6 +14,7 @@ import torch
 
 from bench.callbacks import Callback
 from bench.context import RunContext
+from bench.distributed import world
 from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits
 from bench.progress import Bars, progress_bars
@@ -80,6 +81,31 @@ def unreadable_checkpoint(path: Path, run_dir: Path, error: BaseException) -> Be
                       f"`{resume_command(run_dir)}` to train this run again from its first epoch")
 
 
+class _PhaseLoss(torch.nn.Module):
+    """A phase's loss as a module over the method's model, so DistributedDataParallel sees the forward pass of
+    the parameters it synchronises (the trainable ones: frozen parameters are not wrapped)."""
+
+    def __init__(self, model: torch.nn.Module, loss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.loss(batch)
+
+
+def phase_loss(phase: Phase, model: torch.nn.Module, device: torch.device):
+    """The phase's loss function: itself in one process; in several, through DDP (gradients averaged over the
+    ranks' shares of each global batch)."""
+    if not world().distributed:
+        return phase.loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: prompt pools and experts leave some trainable parameters out of a given step
+    return DistributedDataParallel(_PhaseLoss(model, phase.loss), find_unused_parameters=True,
+                                   device_ids=[device.index] if device.type == "cuda" else None)
+
+
 class Engine:
     def __init__(self, method: Method, ctx: RunContext, callbacks: Sequence[Callback] = ()):
         self.method = method
@@ -87,6 +113,8 @@ class Engine:
         self.callbacks = tuple(callbacks)
         self.checkpoint_path = ctx.run_dir / "checkpoints" / "last.pt"
         self.best_path = ctx.run_dir / "checkpoints" / "best.pt"
+        # every rank resumes from rank 0's checkpoint: one source, so no rank can be an epoch ahead of another
+        self.resume_path = (ctx.primary_run_dir or ctx.run_dir) / "checkpoints" / "last.pt"
 
     def evaluate(self, split: str):
         return self.evaluate_with_logits(split)[0]
@@ -104,8 +132,11 @@ class Engine:
 
     def _save(self, state: TrainingState, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
               phases: list[Phase]) -> None:
-        """The checkpoint after an epoch. At a phase boundary (next_epoch 0) it holds no optimizer state: the
-        optimizer belongs to the phase just finished, and the next phase starts with a fresh one."""
+        """The checkpoint after an epoch (rank 0's only: the ranks' states are equal). At a phase boundary
+        (next_epoch 0) it holds no optimizer state: the optimizer belongs to the phase just finished, and the
+        next phase starts with a fresh one."""
+        if not world().is_main:
+            return
         atomic_torch_save(self.checkpoint_path, {
             "phase": state.phase, "next_epoch": state.next_epoch, "history": state.history,
             "train_time_s": state.train_time_s, "best": state.best, "selected": state.selected,
@@ -117,9 +148,9 @@ class Engine:
     def _load(self, phases: list[Phase]) -> tuple[TrainingState, dict | None, dict | None]:
         """The training, optimizer and gradient-scaler states of the last checkpoint (fresh ones when there is
         none)."""
-        if not self.checkpoint_path.exists():
+        if not self.resume_path.exists():
             return TrainingState(), None, None
-        blob = load_checkpoint(self.checkpoint_path, self.ctx.device, self.ctx.run_dir)
+        blob = load_checkpoint(self.resume_path, self.ctx.device, self.ctx.run_dir)
         try:
             missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
             if missing:
@@ -129,7 +160,7 @@ class Engine:
                                   blob["best"], blob["selected"], blob.get("data_wait_s", 0.0), resumed=True,
                                   health=blob.get("health", []))
         except (KeyError, TypeError, RuntimeError) as error:
-            raise unreadable_checkpoint(self.checkpoint_path, self.ctx.run_dir, error) from None
+            raise unreadable_checkpoint(self.resume_path, self.ctx.run_dir, error) from None
         return state, blob["optimizer"], blob.get("scaler")
 
     def train(self) -> TrainingState:
@@ -163,13 +194,14 @@ class Engine:
                     try:
                         optimizer.load_state_dict(optimizer_state)
                     except (ValueError, KeyError) as error:
-                        raise BenchError(f"{self.checkpoint_path}: its optimizer state does not fit {phase.name}'s "
+                        raise BenchError(f"{self.resume_path}: its optimizer state does not fit {phase.name}'s "
                                          f"optimizer ({first_line(error)}); the run cannot resume from it: delete "
                                          f"it and run `{resume_command(ctx.run_dir)}` to train it again") from None
                 optimizer_state = None
+                loss_fn = phase_loss(phase, self.method.model(), ctx.device) if optimizer is not None else None
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
-                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress)
+                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress, loss_fn)
                     seconds = time.perf_counter() - started
                     state.train_time_s += seconds
                     state.data_wait_s += waited
@@ -208,7 +240,7 @@ class Engine:
     def recover(self, diverged: TrainingDiverged) -> TrainingState:
         """After a non-finite loss: the weights of the last finished epoch (the phase's best on val so far), or,
         when no epoch finished, the model as it stands; flagged either way."""
-        state = self.stop_early() if self.checkpoint_path.exists() else TrainingState()
+        state = self.stop_early() if self.resume_path.exists() else TrainingState()
         state.health.append(f"diverged: {diverged}")
         when = "evaluated with the weights of its last finished epoch" if state.history else "in its first epoch"
         self.ctx.warn(f"training health: diverged ({diverged}); {when}")
@@ -268,11 +300,13 @@ class Engine:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
 
-    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars, loss_fn
                      ) -> tuple[float, float]:
         """(mean loss, seconds spent waiting for batches) of one epoch."""
         ctx = self.ctx
-        seed_everything(derived_seed(ctx.seed, index, epoch))
+        ranks = world()  # each rank of a data-parallel run draws its own noise (dropout, A-GCL's cloud)
+        seed_everything(derived_seed(ctx.seed, index, epoch, "rank", ranks.rank) if ranks.distributed
+                        else derived_seed(ctx.seed, index, epoch))
         if phase.fit_epoch is not None:
             self.method.model().train()
             return phase.fit_epoch(epoch), 0.0
@@ -290,7 +324,7 @@ class Engine:
             if batch is None:
                 break
             with self.ctx.autocast():
-                loss = phase.loss(batch)
+                loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -305,8 +339,14 @@ class Engine:
 
     @staticmethod
     def _finite_mean(loss_sum: torch.Tensor, steps: int, phase: Phase, epoch: int) -> float:
-        """The mean loss so far; a non-finite one ends training (the weights since the last checkpoint are
-        dropped: recovery reloads it)."""
+        """The mean loss so far (over all ranks' shares); a non-finite one ends training (the weights since the
+        last checkpoint are dropped: recovery reloads it)."""
+        if world().distributed:
+            import torch.distributed as dist
+
+            loss_sum = loss_sum.clone()
+            dist.all_reduce(loss_sum)
+            loss_sum /= world().size
         mean = loss_sum.item() / steps
         if not math.isfinite(mean):
             raise TrainingDiverged(f"loss became {mean} in {phase.name} epoch {epoch + 1}")

@@ -9,6 +9,7 @@ import torch
 
 from bench.context import RunContext
 from bench.data import Transform, chunks
+from bench.distributed import world
 from bench.progress import progress_bars
 from bench.tensor_cache import load_cached, save_cached
 
@@ -27,8 +28,9 @@ def feature_key(ctx: RunContext, split_name: str, transform_text: str) -> str:
 
 @torch.no_grad()
 def extract_features(ctx: RunContext, split_name: str, transform: Transform) -> torch.Tensor:
+    """Features of the split under `transform`; over several ranks each computes its share and all gather."""
     backbone = ctx.backbone.eval()
-    batches = chunks(range(len(getattr(ctx.dataset, split_name))), ctx.eval_batch_size)
+    batches = chunks(world().shard(range(len(getattr(ctx.dataset, split_name)))), ctx.eval_batch_size)
     features = []
     with progress_bars(ctx.console) as progress:
         bar = progress.bar(f"features {split_name}", len(batches))
@@ -37,7 +39,7 @@ def extract_features(ctx: RunContext, split_name: str, transform: Transform) -> 
                 features.append(backbone(images).float().cpu())
             bar.advance()
         bar.close()
-    return torch.cat(features) if features else torch.zeros(0, backbone.feature_dim)
+    return world().gather_rows(torch.cat(features) if features else torch.zeros(0, backbone.feature_dim))
 
 
 def cached_features(ctx: RunContext, split_name: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ from bench.store import atomic_write_text, file_sha256, read_json
 if TYPE_CHECKING:
     from bench.engine import TrainingState
 
-RECORD_VERSION = 2  # 2: record_version, preprocessing per tower
+RECORD_VERSION = 3  # 2: record_version, preprocessing per tower; 3: weights_provenance, world
 
 
 def record_version(record: dict) -> int:
@@ -36,6 +36,7 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
                  health: list[str], stopped_early: dict | None, wall_s: float, test_s: float) -> dict:
     """The record of a finished run: what ran (spec, resolved settings, preprocessing, precision, data), how
     it went (metrics on val and test, post-hoc adjustment, epochs, selection, health) and what it cost."""
+    from bench.distributed import world  # torch: imported only where a record is built
     from bench.engine import count_parameters
 
     dataset, backbone = ctx.dataset, ctx.backbone
@@ -58,7 +59,8 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
         "data_wait_share": round(state.data_wait_s / state.train_time_s, 4) if state.train_time_s > 0 else None,
         "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
         else round(1000 * test_s / max(1, len(dataset.test)), 3),  # with data loading
-        "device": manifest["device"], "precision": ctx.precision, "data_paths": ctx.data_paths,
+        "device": manifest["device"], "world": {"size": world().size, "devices": world().all_gather(manifest["device"])},
+        "precision": ctx.precision, "data_paths": ctx.data_paths,
         "preprocessing": config["preprocessing"],
         "pretrained": backbone.weights_info.pretrained,
         "weights_source": backbone.weights_info.source, "weights_provenance": backbone.weights_info.provenance,

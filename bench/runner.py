@@ -22,6 +22,7 @@ from bench.backbones import parse_backbone
 from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
+from bench.distributed import join
 from bench.embedded import EMBEDDED_DATASET, EMBEDDED_PRESET, is_embedded
 from bench.engine import Engine, TrainingDiverged, TrainingState
 from bench.errors import BenchError, RunInterrupted, UsageError, first_line
@@ -120,7 +121,8 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     spec, preset_note = with_embedded_preset(spec)
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
     spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
-    device = pick_device(spec.device)
+    ranks, rank_device = join(spec.device)  # a data-parallel run's rank (torchrun), else the single process
+    device = rank_device if ranks.distributed else pick_device(spec.device)
     if run_dir is not None:
         out_root = run_dir.parents[1]
     else:
@@ -129,15 +131,22 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     checkpoint = _checkpoint_path(spec, method_cls)
     spec = dataclasses.replace(spec, checkpoint=str(checkpoint) if checkpoint else None)
     dataset = load_dataset(dataset_spec.name, spec.data_root, dataset_options)
-    run_id = run_dir.name if run_dir else new_run_id(method_cls.name, dataset_spec.name)
+    run_id = ranks.broadcast(run_dir.name if run_dir else new_run_id(method_cls.name, dataset_spec.name))
     run_dir = run_dir or out_root / "runs" / run_id
+    primary_run_dir = run_dir
+    if not ranks.is_main:  # its own scratch folder (log, best epoch's weights, caches) inside rank 0's
+        out_root = run_dir / "ranks" / str(ranks.rank)
+        run_dir = out_root / "runs" / run_id
+        console = Console(quiet=True)
+        check_writable(out_root)
+    check_resumable_by(run_dir, ranks.size)
     log = _logger(run_id, console)
     ctx = RunContext(dataset=dataset, hparams=hparams, device=device, seed=spec.seed, run_dir=run_dir,
                      cache_dir=out_root / "cache", console=console, log=log,
                      backbone_request=BackboneRequest(
                          spec.backbone, spec.weights or spec.checkpoint, spec.allow_download,
                          spec.allow_random_init, method_cls.checkpoint_prefixes if checkpoint else ()),
-                     method_preprocessing=method_cls.preprocessing)
+                     method_preprocessing=method_cls.preprocessing, primary_run_dir=primary_run_dir)
     ctx.notes.extend(dataset.notes)
     if preset_note:
         ctx.notes.append(preset_note)
@@ -157,7 +166,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
             for warning in dataset.warnings:
                 ctx.warn(warning)
             config = {"spec": dataclasses.asdict(spec), "method": method_cls.name, "dataset": dataset_spec.name,
-                      "hparams": hparams, "dataset_options": dataset_options}
+                      "hparams": hparams, "dataset_options": dataset_options, "world_size": ranks.size}
             atomic_write_json(run_dir / "config.json", config)
             _write_manifest(ctx, device, dataset)
             write_status(run_dir, "running")
@@ -183,6 +192,20 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
                 log.removeHandler(handler)
                 handler.close()
     return RunResult(run_id, run_dir, record)
+
+
+def check_resumable_by(run_dir: Path, world_size: int) -> None:
+    """A run resumes only with the world size it started with: its batches were sharded over that many ranks."""
+    config = run_dir / "config.json"
+    if not config.exists():
+        return
+    try:
+        started = int(read_json(config).get("world_size", 1))
+    except (OSError, ValueError, TypeError):
+        return  # an unreadable config is reported where it is read
+    if started != world_size:
+        raise UsageError(f"run {run_dir.name} was trained by {started} process(es) and this is {world_size}; "
+                         f"resume it with the same total (--nproc × --nnodes = {started})")
 
 
 def check_writable(root: Path) -> None:

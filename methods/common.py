@@ -11,6 +11,7 @@ from torch import nn
 
 from bench.context import RunContext
 from bench.data import Transform, chunks
+from bench.distributed import world
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
 from bench.seeding import derived_seed
 
@@ -62,9 +63,15 @@ def image_batches(ctx: RunContext, phase_name: str, sampler: str,
     def batches(epoch: int) -> Iterator:
         seed = derived_seed(ctx.seed, phase_name, epoch)
         indices = epoch_indices(sampler, split.labels, seed)
-        yield from ctx.feed("train").batches(transform, chunks(indices, batch_size), derived_seed(seed, "augment"))
+        shares = world().shard_batches(chunks(indices, batch_size))
+        yield from ctx.feed("train").batches(transform, shares, augment_seed(seed))
 
     return batches, steps(len(split), batch_size)
+
+
+def augment_seed(seed: int) -> int:
+    """The augmentation stream of a batch sequence; each rank of a data-parallel run draws its own."""
+    return derived_seed(seed, "augment", world().rank) if world().distributed else derived_seed(seed, "augment")
 
 
 def dual_steps(num_samples: int, batch_size: int) -> int:
@@ -103,8 +110,8 @@ def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_cl
     def batches(epoch: int) -> Iterator:
         seed = derived_seed(ctx.seed, phase_name, epoch)
         pairs = dual_index_batches(split.labels, batch_size, per_class, np.random.default_rng(seed))
-        flat = [indices for pair in pairs for indices in pair]
-        loader = iter(ctx.feed("train").batches(transform, flat, derived_seed(seed, "augment")))
+        flat = [world().shard(indices) for pair in pairs for indices in pair]
+        loader = iter(ctx.feed("train").batches(transform, flat, augment_seed(seed)))
         for balanced, uniform in zip(loader, loader, strict=True):
             yield (*balanced, *uniform)
 
@@ -119,9 +126,9 @@ def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Ca
 
     def batches(epoch: int) -> Iterator:
         table = features()
-        order = torch.as_tensor(epoch_indices(sampler, labels, derived_seed(ctx.seed, phase_name, epoch)))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        order = epoch_indices(sampler, labels, derived_seed(ctx.seed, phase_name, epoch))
+        for share in world().shard_batches(chunks(order, batch_size)):
+            idx = torch.as_tensor(share, dtype=torch.long)
             yield table[idx].to(ctx.device), targets[idx].to(ctx.device)
 
     return batches, steps(len(labels), batch_size)
@@ -135,7 +142,9 @@ def predict_images(ctx: RunContext, model: nn.Module, split_name: str, towers: S
     transform = tower_transforms(ctx, False, towers)
     model.eval()
     logits = []
-    for images, _ in ctx.feed(split_name).batches(transform, chunks(range(len(split)), ctx.eval_batch_size), 0):
+    share = world().shard(range(len(split)))  # over several ranks: each predicts its share, and all gather
+    for images, _ in ctx.feed(split_name).batches(transform, chunks(share, ctx.eval_batch_size), 0):
         with ctx.autocast():
             logits.append(model(images).float().cpu())
-    return torch.cat(logits), torch.as_tensor(split.labels)
+    local = torch.cat(logits) if logits else torch.zeros(0, ctx.dataset.num_classes)
+    return world().gather_rows(local), torch.as_tensor(split.labels)

@@ -61,12 +61,21 @@ def results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path
     return results, Path(absolute(storage)) if storage else results / "sweeps"
 
 
+def check_gpus_per_trial(gpus: float) -> None:
+    """A trial trains in one process on one device (data-parallel runs are `bench run --nproc`)."""
+    if gpus > 1:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: a trial trains in one process on one GPU, so it would hold "
+                         "GPUs it never uses; use 1 (or a fraction to share a card), and train the chosen "
+                         "configuration data-parallel with `bench run --nproc N`")
+
+
 def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, TrialPlan]:
     from bench.datasets.base import DATASETS
 
     if request.executor not in EXECUTORS:
         raise UsageError(f"--executor {request.executor}: choose one of {', '.join(EXECUTORS)}")
     check_metric(request.metric)
+    check_gpus_per_trial(request.gpus_per_trial)
     run = request.run
     out, storage = results_and_sweeps_roots(run.out, request.storage)
     name = check_name(request.name or default_name)

@@ -1,0 +1,176 @@
+"""One run over several processes (data-parallel): torch's own launcher (torchrun, `torch.distributed.run`)
+starts the processes, and each runs the ordinary run with its `World`.
+
+Every rank builds the same model from the same seed and draws the same global batches; each takes its
+contiguous share of every batch (`World.shard`), and DistributedDataParallel averages the gradients of the
+trainable parameters (frozen towers are not wrapped). Evaluation and feature extraction are sharded the same way
+and gathered, so every rank holds the same logits and metrics and takes the same decisions (best epoch on val,
+selection). Rank 0 writes the run folder: checkpoints, log, metrics and the record. The other ranks keep a
+scratch folder inside it (`<run>/ranks/<k>/`: their log, the best epoch's weights, caches), and every rank
+resumes from rank 0's checkpoint, so `--resume` needs the results folder on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bench.errors import UsageError
+
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, indices: Sequence[int]) -> list[int]:
+        """This rank's contiguous share of one global batch: sizes differ by at most one image."""
+        indices = list(indices)
+        if not self.distributed:
+            return indices
+        base, extra = divmod(len(indices), self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return indices[start:start + base + (self.rank < extra)]
+
+    def shard_batches(self, batches: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each global batch's share; a batch with fewer images than ranks (an epoch's last, partial one) is
+        skipped by every rank, since some rank would have nothing to learn from."""
+        if not self.distributed:
+            return [list(b) for b in batches]
+        return [self.shard(b) for b in batches if len(b) >= self.size]
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows (dim 0) concatenated in rank order: the inverse of `shard` over a split."""
+        if not self.distributed:
+            return tensor
+        device = tensor.device if dist.get_backend() != "gloo" else torch.device("cpu")
+        local = tensor.to(device).contiguous()
+        sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(self.size)]
+        dist.all_gather(sizes, torch.tensor([local.shape[0]], device=device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+        padded[:local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:int(size.item())] for part, size in zip(parts, sizes, strict=True)]).to(tensor.device)
+
+    def broadcast(self, value):
+        """Rank 0's `value` on every rank (any picklable object)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, value) -> list:
+        """Every rank's `value` (any picklable object), in rank order."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = World()
+_world = SINGLE
+
+
+def world() -> World:
+    return _world
+
+
+def launched() -> bool:
+    """True in a process torchrun started (it sets these for every rank)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def join(device_name: str) -> tuple[World, torch.device]:
+    """In a torchrun process: join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's device
+    (cuda:LOCAL_RANK) and CPU threads (this node's cores shared among its ranks). Else the single world."""
+    global _world
+    if not launched():
+        return SINGLE, None
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device_name}: no CUDA device is visible; use --device cpu")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:  # `launch` sets it: this node's cores shared among its ranks
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_size))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    _world = World(rank, size, local_rank, local_size)
+    return _world, device
+
+
+def leave() -> None:
+    global _world
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _world = SINGLE
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr: str, master_port: int | None
+           ) -> int:
+    """Run `bench <argv>` (without the launch flags) in nproc processes on this node through torchrun; the
+    exit status of the job."""
+    if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise UsageError(f"--nproc {nproc} --nnodes {nnodes} --node-rank {node_rank}: need nproc ≥ 1, nnodes ≥ 1 "
+                         "and 0 ≤ node-rank < nnodes")
+    if nnodes > 1 and master_port is None:
+        raise UsageError("--nnodes > 1 needs --master-addr HOST and --master-port PORT (the same on every node)")
+    port = master_port or free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
+               f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}",
+               "-m", "bench", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    return subprocess.call(command, env=env)
+
+
+def strip_launch_flags(argv: list[str]) -> list[str]:
+    """argv without --nproc/--nnodes/... (each with its value, as `--flag v` or `--flag=v`)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in LAUNCH_FLAGS:
+            skip = "=" not in item
+            continue
+        kept.append(item)
+    return kept
