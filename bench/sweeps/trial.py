@@ -95,9 +95,11 @@ def val_metrics(summary: dict) -> dict[str, float]:
     return {f"val_{name}": float("nan") if summary.get(name) is None else float(summary[name]) for name in REPORTED}
 
 
-def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None) -> dict:
+def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None,
+              node: str | None = None) -> dict:
     """Train (or resume, or just read back) the trial's run; report each validated epoch (to a scheduler, which
-    may raise TrialStopped); return its final validation metrics with {FINAL: True, "run_id": ...}."""
+    may raise TrialStopped); return its final validation metrics with {FINAL: True, "run_id": ...}. `node`
+    (a Ray node id) is recorded in the run's tags."""
     import torch
 
     from bench import runner
@@ -111,7 +113,10 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | No
         run_dir = Path(plan.run.out) / "runs" / run_id
         callbacks = [*plan.callbacks, *([SchedulerReport(report, run_id)] if report else [])]
         try:
-            record = runner.execute(trial_spec(plan, trial), Console(quiet=True), run_dir, callbacks).record
+            spec = trial_spec(plan, trial)
+            if node:
+                spec.tags["node"] = node
+            record = runner.execute(spec, Console(quiet=True), run_dir, callbacks).record
         except TrialStopped as stop:
             return stop_trial(plan, trial, stop.decision)
     return final_metrics(record)
