@@ -169,10 +169,11 @@ def run(
     if (nproc > 1 or nnodes > 1) and not _in_launched_rank():
         import sys
 
-        from bench.distributed import launch, strip_launch_flags
+        from bench.distributed import check_launch, launch, strip_launch_flags
 
-        if resume:  # refused here, in one line, rather than by every rank
-            with _interruptible_run():
+        with _interruptible_run():  # refused here, in one line, rather than by every rank
+            check_launch(nproc, nnodes, node_rank, master_port, device)
+            if resume:
                 runner.check_resumable_by(runner.find_run(resume, out), nproc * nnodes)
         raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr,
                                 master_port))

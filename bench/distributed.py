@@ -143,22 +143,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr: str, master_port: int | None
-           ) -> int:
-    """Run `bench <argv>` (without the launch flags) in nproc processes on this node through torchrun; the
-    exit status of the job."""
+def check_launch(nproc: int, nnodes: int, node_rank: int, master_port: int | None, device: str) -> None:
+    """Refuse a launch that cannot work, in one line, before any process starts."""
     if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise UsageError(f"--nproc {nproc} --nnodes {nnodes} --node-rank {node_rank}: need nproc ≥ 1, nnodes ≥ 1 "
                          "and 0 ≤ node-rank < nnodes")
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    if gpus and nproc > gpus:
+        raise UsageError(f"--nproc {nproc}: this node has {gpus} visible GPU(s), one per process; start at most "
+                         f"{gpus}, or pass --device cpu for CPU processes")
     if nnodes > 1 and master_port is None:
         raise UsageError("--nnodes > 1 needs --master-addr HOST and --master-port PORT (the same on every node)")
+
+
+def launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr: str, master_port: int | None
+           ) -> int:
+    """Run `bench <argv>` (without the launch flags) in nproc processes on this node through torchrun; the
+    exit status of the job (each rank says how it ended, and an interrupted one how to resume)."""
     port = master_port or free_port()
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
                f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}",
                "-m", "bench", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
-    return subprocess.call(command, env=env)
+    process = subprocess.Popen(command, env=env)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # the ranks got the same Ctrl-C: each saves its state and says how to resume
+            continue
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:

@@ -135,3 +135,17 @@ def test_a_sweep_trial_is_not_given_gpus_it_cannot_use(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--gpus-per-trial", "2", "--executor", "local", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "bench run --nproc N" in result.output
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--nproc", "2", "--nnodes", "2"], "--nnodes > 1 needs --master-addr HOST and --master-port PORT"),
+    (["--nproc", "2", "--nnodes", "2", "--node-rank", "2", "--master-port", "29500"], "0 ≤ node-rank < nnodes"),
+])
+def test_a_launch_that_cannot_work_is_one_line_before_any_process_starts(tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--method", "linear_probe", "--out", str(tmp_path), *flags])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "runs").exists()
