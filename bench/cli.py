@@ -71,8 +71,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Long-tailed classification benchmark harness."""
 
 
-RESUME_KEEPS = {"run": {"resume", "out", "nproc", "nnodes", "node_rank", "master_addr", "master_port"}, "sweep": {"resume", "name", "storage", "out"},
-                "ablate": {"resume", "name", "storage", "out"}}
+RESUME_KEEPS = {"run": {"resume", "out", "nproc", "nnodes", "node_rank", "master_addr", "master_port"},
+                "sweep": {"resume", "name", "storage", "out"}, "ablate": {"resume", "name", "storage", "out"}}
 
 
 def _refuse_ignored_with_resume(ctx: typer.Context, command: str) -> None:
@@ -164,9 +164,10 @@ def run(
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
+    from bench.distributed import launched
     from bench.hparams import parse_assignments
 
-    if (nproc > 1 or nnodes > 1) and not _in_launched_rank():
+    if (nproc > 1 or nnodes > 1) and not launched():
         import sys
 
         from bench.distributed import check_launch, launch, strip_launch_flags
@@ -210,12 +211,6 @@ def run(
         console.print(metrics_table(result.record))
         _say(f"run folder: {result.run_dir}")
     leave()
-
-
-def _in_launched_rank() -> bool:
-    from bench.distributed import launched
-
-    return launched()
 
 
 @app.command("eval")

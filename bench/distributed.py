@@ -89,9 +89,13 @@ class World:
         dist.all_gather_object(values, value)
         return values
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over the ranks (itself in one process)."""
+        if not self.distributed:
+            return value
+        total = value.clone()
+        dist.all_reduce(total)
+        return total / self.size
 
 
 SINGLE = World()
@@ -107,23 +111,27 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def join(device_name: str) -> tuple[World, torch.device]:
-    """In a torchrun process: join the process group (NCCL on CUDA, gloo on CPU) and pick this rank's device
-    (cuda:LOCAL_RANK) and CPU threads (this node's cores shared among its ranks). Else the single world."""
+def cpu_share(processes: int) -> int:
+    """Threads for each of `processes` processes sharing this machine's cores (its CPU affinity)."""
+    return max(1, len(os.sched_getaffinity(0)) // processes)
+
+
+def join(device: torch.device) -> tuple[World, torch.device]:
+    """In a torchrun process: join the process group (NCCL on CUDA, gloo on CPU) and return this rank's
+    device (cuda:LOCAL_RANK for a CUDA `device`) and CPU threads (this node's cores shared among its ranks).
+    Else the single world and `device`."""
     global _world
     if not launched():
-        return SINGLE, None
+        return SINGLE, device
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-    cuda = device_name != "cpu" and torch.cuda.is_available()
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device_name}: no CUDA device is visible; use --device cpu")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    cuda = device.type == "cuda"
     if cuda:
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:  # `launch` sets it: this node's cores shared among its ranks
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_size))
+    elif "OMP_NUM_THREADS" not in os.environ:  # `launch` sets it
+        torch.set_num_threads(cpu_share(local_size))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     _world = World(rank, size, local_rank, local_size)
@@ -165,7 +173,7 @@ def launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr
                f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}",
                "-m", "bench", *argv]
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(cpu_share(nproc)))
     process = subprocess.Popen(command, env=env)
     while True:
         try:

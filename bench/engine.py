@@ -341,13 +341,7 @@ class Engine:
     def _finite_mean(loss_sum: torch.Tensor, steps: int, phase: Phase, epoch: int) -> float:
         """The mean loss so far (over all ranks' shares); a non-finite one ends training (the weights since the
         last checkpoint are dropped: recovery reloads it)."""
-        if world().distributed:
-            import torch.distributed as dist
-
-            loss_sum = loss_sum.clone()
-            dist.all_reduce(loss_sum)
-            loss_sum /= world().size
-        mean = loss_sum.item() / steps
+        mean = world().mean(loss_sum).item() / steps
         if not math.isfinite(mean):
             raise TrainingDiverged(f"loss became {mean} in {phase.name} epoch {epoch + 1}")
         return mean

@@ -121,8 +121,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     spec, preset_note = with_embedded_preset(spec)
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
     spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
-    ranks, rank_device = join(spec.device)  # a data-parallel run's rank (torchrun), else the single process
-    device = rank_device if ranks.distributed else pick_device(spec.device)
+    ranks, device = join(pick_device(spec.device))  # a data-parallel run's rank (torchrun), else one process
     if run_dir is not None:
         out_root = run_dir.parents[1]
     else:

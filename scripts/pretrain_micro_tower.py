@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import math
 import platform
@@ -48,10 +47,6 @@ def read_idx(path: Path) -> np.ndarray:
     dims = data[3]
     shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load(root: Path) -> dict[str, np.ndarray]:
@@ -119,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     from bench.backbones import create_backbone
+    from bench.store import file_sha256
 
     data = load(args.data)
     torch.manual_seed(args.seed)
@@ -176,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {
         "backbone": "vit_micro.fmnist", "architecture": "vit_micro (timm VisionTransformer: patch 4, width 64, "
         "depth 4, 4 heads)", "image_size": args.image_size, "normalisation": {"mean": MEAN, "std": STD},
-        "file": weights.name, "sha256": sha256(weights), "parameters": sum(v.numel() for v in state.values()),
+        "file": weights.name, "sha256": file_sha256(weights), "parameters": sum(v.numel() for v in state.values()),
         "data": {"name": "Fashion-MNIST", "reference": "Xiao, Rasul, Vollgraf (2017), arXiv:1708.07747",
                  "licence": "MIT", "obtained_from": f"Debian package dataset-fashion-mnist ({INSTALL})",
                  "train_images": len(train_x), "test_images": len(test_x),
-                 "files": {name: sha256(args.data / name) for name in FILES.values()}},
+                 "files": {name: file_sha256(args.data / name) for name in FILES.values()}},
         "recipe": {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "adamw",
                    "lr": args.lr, "schedule": "1 epoch linear warm-up, then cosine to 0",
                    "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
@@ -188,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                    "on the class token, discarded"},
         "test_accuracy": round(history[-1]["test_acc"], 2) if history else None,
         "history": history, "wall_time_s": round(wall, 1),
-        "script": "scripts/pretrain_micro_tower.py", "script_sha256": sha256(Path(__file__).resolve()),
+        "script": "scripts/pretrain_micro_tower.py", "script_sha256": file_sha256(Path(__file__).resolve()),
         "commit": commit, "script_differs_from_commit": dirty,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
                     "cpu": platform.processor() or platform.machine()},

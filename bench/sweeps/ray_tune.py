@@ -47,15 +47,14 @@ def init_ray(address: str | None) -> bool:
 
 def _ray_trainable(config: dict, sweep: Sweep) -> None:
     import ray
+    import torch
     from ray import tune
 
     trial = sweep.trial_from_ray(config, tune.get_context().get_trial_id())
     context = ray.get_runtime_context()
-    node = context.get_node_id()  # recorded (tags.node): where the trial finished
-    import torch
-
     torch.set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))  # the trial's CPU share
-    tune.report(run_trial(sweep.plan, trial, tune.report, node=node))
+    # the Ray node is recorded (tags.node): where the trial finished
+    tune.report(run_trial(sweep.plan, trial, tune.report, node=context.get_node_id()))
 
 
 def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
