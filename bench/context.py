@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ from rich.markup import escape
 
 from bench.data import AUGMENTATIONS, ImageFeed, Preprocessing, Transform
 from bench.datasets.base import LongTailDataset
+from bench.distributed import cpu_share, world
 from bench.errors import UsageError
 from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
 from bench.metrics import SHOT_CONVENTIONS
@@ -32,7 +32,8 @@ COMMON_OPTIONS: dict[str, HParam] = {
                               "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
     "num_workers": HParam(-1, help="DataLoader workers for splits fed image by image; -1 = 0 on CPU (workers would "
                           "take the cores the model computes on), on GPU one per CPU this run may use (its Ray "
-                          "trial's share, else the process's CPU affinity) less one, at most 8",
+                          "trial's share, else the process's CPU affinity shared among this node's ranks) less one, "
+                          "at most 8",
                           bounds=AUTO_OR_NON_NEGATIVE),
     "data_cache": HParam("auto", help="auto: splits of small images (one size, sides ≤ 64 px: CIFAR, digits) are "
                          "decoded once into uint8 pixels and augmented a batch at a time as tensors | off: every "
@@ -70,13 +71,14 @@ def cpu_has_bf16() -> bool:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may use: its Ray task's CPU share inside a Ray worker, else its CPU affinity."""
+    """CPUs this process may use: its Ray task's CPU share inside a Ray worker (a Ray Train worker's is its
+    own), else its share of its CPU affinity among the ranks of a data-parallel run on this node."""
     ray = sys.modules.get("ray")  # a Ray worker has imported it; importing it here would cost seconds
     if ray is not None and ray.is_initialized():
         share = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if share:
             return max(1, int(share))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpu_share(world().local_size)
 
 
 @dataclass
