@@ -38,6 +38,7 @@ class BenchmarkOptions:
     gpus_per_trial: float = 0.0
     address: str | None = None
     max_failures: int = 2
+    nproc_per_trial: int = 1
 
 
 def stage_name(protocol: Protocol, stage: str) -> str:
@@ -56,7 +57,7 @@ def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: Benchma
                   weights=protocol.weights_path, data_root=absolute(options.data_root), out=str(out),
                   device=options.device, allow_random_init=protocol.random_init, sweep=name,
                   tags=protocol_tags(protocol, stage))
-    plan = TrialPlan("benchmark", run, options.cpus_per_trial)
+    plan = TrialPlan("benchmark", run, options.cpus_per_trial, nproc=options.nproc_per_trial)
     base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
     return Sweep(name=name, storage=str(out / "benchmarks"), plan=plan, base=base, search="fixed", trials=trials,
                  num_trials=len(trials), metric=protocol.selection, executor=options.executor,
@@ -116,9 +117,9 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
 
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
     """Run (or continue) every stage; returns the results root the records went to."""
-    from bench.sweeps.define import check_gpus_per_trial, execute_sweep, results_and_sweeps_roots
+    from bench.sweeps.define import check_trial_resources, execute_sweep, results_and_sweeps_roots
 
-    check_gpus_per_trial(options.gpus_per_trial)
+    check_trial_resources(options.executor, options.gpus_per_trial, options.nproc_per_trial)
     out, _ = results_and_sweeps_roots(options.out, None)
     preflight(protocol, options)
     console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)

@@ -244,6 +244,9 @@ def eval_(
 # Options `bench sweep` and `bench ablate` share.
 EXECUTOR = typer.Option(Executor.ray, "--executor", help="ray (Ray Tune) or local (in-process, no Ray)")
 ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
+NPROC_PER_TRIAL = typer.Option(1, "--nproc-per-trial", help="processes per trial: above 1 each trial trains "
+                               "data-parallel (Ray Train; one GPU per process with --gpus-per-trial equal to it, "
+                               "gloo CPU processes with 0); --cpus-per-trial is shared among them")
 TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)",
         autocompletion=_names("backbone"))
 TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
@@ -284,6 +287,7 @@ def sweep(
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial",
                                               help="CPUs (torch threads) per trial; default 1 on Ray, all locally"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial (fractions share a card)"),
+    nproc_per_trial: int = NPROC_PER_TRIAL,
     address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps); "
                                        "shared storage on a cluster"),
@@ -317,7 +321,7 @@ def sweep(
                                   allow_download, random_init)
             request = Request(run, storage=storage, name=name, executor=executor.value, metric=metric,
                               max_failures=max_failures, cpus_per_trial=cpus_per_trial,
-                              gpus_per_trial=gpus_per_trial, address=address)
+                              gpus_per_trial=gpus_per_trial, address=address, nproc_per_trial=nproc_per_trial)
             definition = define_sweep(request, trials, search.value, scheduler.value, space, search_seed, grace_period,
                                       reduction_factor)
         _execute_interruptibly(definition, "sweep", resume)
@@ -340,6 +344,7 @@ def ablate(
     assignments: list[str] = typer.Option([], "--set", help="key=value for every run (repeatable)"),
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
+    nproc_per_trial: int = NPROC_PER_TRIAL,
     address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps)"),
     name: str | None = typer.Option(None, "--name", help="ablation name (default ablate-<method>-<dataset>-<time>)"),
@@ -366,7 +371,8 @@ def ablate(
             run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
                                   allow_download, random_init)
             request = Request(run, storage=storage, name=name, executor=executor.value, max_failures=max_failures,
-                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address)
+                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
+                              nproc_per_trial=nproc_per_trial)
             chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
             definition = define_ablation(request, chosen, seeds)
         _execute_interruptibly(definition, "ablate", resume)
@@ -385,6 +391,7 @@ def benchmark(
                                 "not run again"),
     cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
+    nproc_per_trial: int = NPROC_PER_TRIAL,
     address: str | None = ADDRESS,
     max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
     out: str | None = RESULTS_OUT,
@@ -404,7 +411,7 @@ def benchmark(
         definition = load_protocol(protocol)
         options = BenchmarkOptions(data_root=data_root, out=out, executor=executor.value, resume=resume, device=device,
                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
-                                   max_failures=max_failures)
+                                   max_failures=max_failures, nproc_per_trial=nproc_per_trial)
         try:
             with _sigterm_as_interrupt():
                 root = run_benchmark(definition, options, console)

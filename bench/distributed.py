@@ -1,5 +1,6 @@
 """One run over several processes (data-parallel): torch's own launcher (torchrun, `torch.distributed.run`)
-starts the processes, and each runs the ordinary run with its `World`.
+starts the processes (Ray Train does, for a sweep's data-parallel trials: bench/sweeps/ray_train.py), and each
+runs the ordinary run with its `World`.
 
 Every rank builds the same model from the same seed and draws the same global batches; each takes its
 contiguous share of every batch (`World.shard`), and DistributedDataParallel averages the gradients of the
@@ -100,6 +101,7 @@ class World:
 
 SINGLE = World()
 _world = SINGLE
+_assigned_device: torch.device | None = None
 
 
 def world() -> World:
@@ -107,7 +109,7 @@ def world() -> World:
 
 
 def launched() -> bool:
-    """True in a process torchrun started (it sets these for every rank)."""
+    """True in a process torchrun (or Ray Train) started: they set these for every rank."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "LOCAL_RANK" in os.environ
 
 
@@ -116,10 +118,18 @@ def cpu_share(processes: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // processes)
 
 
+def assign_device(device: torch.device) -> None:
+    """This process's CUDA device, when its launcher chose it: Ray Train gives each worker a GPU whose position
+    among the visible ones need not be its local rank (torchrun's ranks use cuda:LOCAL_RANK)."""
+    global _assigned_device
+    _assigned_device = device
+
+
 def join(device: torch.device) -> tuple[World, torch.device]:
-    """In a torchrun process: join the process group (NCCL on CUDA, gloo on CPU) and return this rank's
-    device (cuda:LOCAL_RANK for a CUDA `device`) and CPU threads (this node's cores shared among its ranks).
-    Else the single world and `device`."""
+    """In a launched process (torchrun, or a Ray Train worker, which sets the same variables and has joined
+    its group already): join the process group (NCCL on CUDA, gloo on CPU) and return this rank's device
+    (cuda:LOCAL_RANK for a CUDA `device`, or the one `assign_device` named) and CPU threads (this node's cores
+    shared among its ranks, unless OMP_NUM_THREADS says). Else the single world and `device`."""
     global _world
     if not launched():
         return SINGLE, device
@@ -128,7 +138,7 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     cuda = device.type == "cuda"
     if cuda:
-        device = torch.device("cuda", local_rank)
+        device = _assigned_device or torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:  # `launch` sets it
         torch.set_num_threads(cpu_share(local_size))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Minimum versions: the declared floors (pyproject.toml) of the libraries whose private or recent APIs the
-# harness uses (open_clip_torch, timm, ray[tune]) are installed into a throwaway venv layered over the current
+# harness uses (open_clip_torch, timm, ray[tune,train]) are installed into a throwaway venv layered over the current
 # environment (its packages stay visible behind the floors; torch and the rest are as installed), then the
 # tests that exercise those APIs run there. Needs the project installed in the active environment (as .ci/run
 # does).
@@ -51,5 +51,6 @@ EOF
     tests/test_baselines.py::test_text_towers_with_hub_tokenizers_are_refused_offline \
     tests/test_sweep.py::test_ray_internals_are_used_only_on_checked_ray_versions \
     tests/test_sweep.py::test_ray_sweep_with_optuna_and_asha_records_four_trials \
-    tests/test_sweep.py::test_interrupted_ray_sweep_resumes_without_duplicates
+    tests/test_sweep.py::test_interrupted_ray_sweep_resumes_without_duplicates \
+    tests/test_sweep.py::test_a_sweep_of_data_parallel_trials_runs_each_as_a_two_process_job_under_asha
 echo "minimum versions checked in $((SECONDS - started)) s"

@@ -127,14 +127,34 @@ def test_a_two_process_run_interrupted_mid_phase_resumes_to_the_same_weights(tmp
     assert record_of(out)["test"] == record_of(tmp_path / "straight")["test"]
 
 
-def test_a_sweep_trial_is_not_given_gpus_it_cannot_use(tmp_path):
+def test_a_data_parallel_trial_larger_than_this_machines_ray_is_refused_before_anything_is_written(tmp_path):
+    pytest.importorskip("ray")
     from typer.testing import CliRunner
 
     from bench.cli import app
 
-    result = CliRunner().invoke(app, ["sweep", "--gpus-per-trial", "2", "--executor", "local", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "bench run --nproc N" in result.output
+    result = CliRunner().invoke(app, ["sweep", "--nproc-per-trial", "2", "--cpus-per-trial", "64", "--out",
+                                      str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "a trial needs 64.1 CPU, 0 GPU at once" in result.output and "ask for less per trial" in result.output
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--gpus-per-trial", "2"], "add --nproc-per-trial 2"),
+    (["--nproc-per-trial", "2", "--gpus-per-trial", "1"], "pass --gpus-per-trial 2 (or 0 for CPU processes)"),
+    (["--nproc-per-trial", "2", "--executor", "local"], "needs --executor ray"),
+    (["--nproc-per-trial", "0"], "need at least 1"),
+])
+def test_a_sweep_trial_is_not_given_gpus_it_cannot_use(tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    for command in (["sweep"], ["ablate"], ["benchmark", "embedded"]):
+        result = CliRunner().invoke(app, [*command, *flags, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output, (command, result.output)
+        assert not (tmp_path / "sweeps").exists() and not (tmp_path / "benchmarks").exists()
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -355,6 +355,10 @@ def test_rerun_command_quotes_paths_with_spaces(tmp_path):
     words = shlex.split(rerun_command(record, sweep))
     assert words[words.index("--data-root") + 1] == "/data/my images"
     assert words[:2] == ["bench", "run"] and words[words.index("--seed") + 1] == "3"
+    assert "--nproc" not in words
+    plan.nproc = 4  # a data-parallel trial is repeated with its world size
+    words = shlex.split(rerun_command(record, sweep))
+    assert words[words.index("--nproc") + 1] == "4"
 
 
 @pytest.mark.slow
@@ -409,3 +413,50 @@ def test_a_sweep_on_a_two_node_ray_cluster_survives_losing_a_node(tmp_path):
               f"on the head ({len(manifest.get('resumes', []))} resume(s) from its checkpoint)")
     finally:
         cluster.shutdown()
+
+
+class LoseRankOneOnce(Callback):
+    """Fault injection: rank 1 of trial t000's job dies (its process exits) after the first epoch, once."""
+
+    def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+        from bench.distributed import world
+
+        marker = run_dir.parents[5] / "lost-rank-1"  # run_dir: <out>/runs/<run>/ranks/1/runs/<run>
+        if world().rank == 1 and run_dir.name.endswith("-t000") and not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_data_parallel_trials_runs_each_as_a_two_process_job_under_asha(tmp_path, ray_session):
+    """--nproc-per-trial 2 on CPUs (gloo): each trial is a Ray Train job of two ranks. Rank 1 of the first trial
+    dies after an epoch: the job fails, Tune retries the trial and its run resumes from rank 0's checkpoint.
+    Rank 0's validated epochs reach ASHA, which stops the hopeless trial (lr 1e-7) at its first rung; the sweep
+    then evaluates it where its last checkpoint left it, with a job of the same size. Both records say world
+    size 2."""
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    sweep = define_sweep(request(tmp_path, executor="ray", method="lpt", nproc_per_trial=2,
+                                 assignments=["phase1_epochs=2", "phase2_epochs=1"]),
+                         2, "random", "asha", None, search_seed=0, grace_period=1, reduction_factor=2)
+    sweep.trials = [sweep.make_trial("t000", {"lr": 0.1}), sweep.make_trial("t001", {"lr": 1e-7})]
+    sweep.plan.callbacks.append(LoseRankOneOnce())
+    execute_sweep(sweep, quiet())
+    assert (tmp_path / "lost-rank-1").exists()
+    records = {r["tags"]["trial"]: r for r in ResultsStore(tmp_path).records(sweep=sweep.name)}
+    assert sorted(records) == ["t000", "t001"]
+    assert len(list((tmp_path / "records").glob(f"{sweep.name}-*.json"))) == 2  # no duplicates
+    for record in records.values():
+        assert record["world"]["size"] == 2 and len(record["world"]["devices"]) == 2
+        assert record["tags"]["node"]
+        assert (tmp_path / "runs" / record["run_id"] / "ranks" / "1").is_dir()  # rank 1's scratch folder
+    assert not records["t000"]["stopped_early"] and records["t000"]["epochs_trained"] == 3
+    manifest = json.loads((tmp_path / "runs" / records["t000"]["run_id"] / "manifest.json").read_text())
+    assert len(manifest["resumes"]) == 1  # the retry went on from the epoch rank 0 had saved
+    # the workers do not wait for ASHA's answer, so the job may train on a little before Tune ends it
+    assert records["t001"]["stopped_early"] == {"reason": "asha", "epoch": 1}
+    assert 1 <= records["t001"]["epochs_trained"] < 3
+    print(f"t000: rank 1 lost after epoch 1, the trial retried and resumed from rank 0's checkpoint, "
+          f"{records['t000']['epochs_trained']} epochs, val overall {records['t000']['val']['overall']:.2f}; "
+          f"t001: ASHA stopped it at the epoch-1 rung, evaluated by a 2-process job after "
+          f"{records['t001']['epochs_trained']} epoch(s), val overall {records['t001']['val']['overall']:.2f}")
+    assert records["t001"]["val"]["overall"] < records["t000"]["val"]["overall"]

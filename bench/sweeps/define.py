@@ -47,6 +47,7 @@ class Request:
     cpus_per_trial: int | None = None
     gpus_per_trial: float = 0.0
     address: str | None = None
+    nproc_per_trial: int = 1
 
 
 def absolute(path: str | None) -> str | None:
@@ -61,12 +62,20 @@ def results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path
     return results, Path(absolute(storage)) if storage else results / "sweeps"
 
 
-def check_gpus_per_trial(gpus: float) -> None:
-    """A trial trains in one process on one device (data-parallel runs are `bench run --nproc`)."""
-    if gpus > 1:
-        raise UsageError(f"--gpus-per-trial {gpus:g}: a trial trains in one process on one GPU, so it would hold "
-                         "GPUs it never uses; use 1 (or a fraction to share a card), and train the chosen "
-                         "configuration data-parallel with `bench run --nproc N`")
+def check_trial_resources(executor: str, gpus: float, nproc: int) -> None:
+    """A trial is one process on one device (a fraction of a GPU shares a card), or `nproc` data-parallel
+    processes with one GPU each (or none: CPU processes), which Ray Train starts."""
+    if nproc < 1:
+        raise UsageError(f"--nproc-per-trial {nproc}: need at least 1")
+    if nproc > 1 and gpus not in (0, nproc):
+        raise UsageError(f"--gpus-per-trial {gpus:g} with --nproc-per-trial {nproc}: each process trains on one "
+                         f"GPU, so pass --gpus-per-trial {nproc} (or 0 for CPU processes)")
+    if nproc == 1 and gpus > 1:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: a trial process trains on one GPU; to train each trial "
+                         f"data-parallel on {gpus:g} GPUs add --nproc-per-trial {gpus:g}")
+    if nproc > 1 and executor != "ray":
+        raise UsageError(f"--nproc-per-trial {nproc}: Ray Train starts a trial's processes, so it needs "
+                         "--executor ray; the local executor runs one process per trial")
 
 
 def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, TrialPlan]:
@@ -75,7 +84,7 @@ def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, 
     if request.executor not in EXECUTORS:
         raise UsageError(f"--executor {request.executor}: choose one of {', '.join(EXECUTORS)}")
     check_metric(request.metric)
-    check_gpus_per_trial(request.gpus_per_trial)
+    check_trial_resources(request.executor, request.gpus_per_trial, request.nproc_per_trial)
     run = request.run
     out, storage = results_and_sweeps_roots(run.out, request.storage)
     name = check_name(request.name or default_name)
@@ -85,7 +94,7 @@ def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, 
     shared = dataclasses.replace(run, dataset=DATASETS.canonical(run.dataset), out=str(out),
                                  weights=absolute(run.weights), data_root=absolute(run.data_root), sweep=name,
                                  overrides={}, tags={})
-    return storage, name, TrialPlan(kind, shared, request.cpus_per_trial)
+    return storage, name, TrialPlan(kind, shared, request.cpus_per_trial, nproc=request.nproc_per_trial)
 
 
 def _stamp() -> str:
@@ -179,6 +188,16 @@ def load_for_resume(name: str | None, storage: str | None, out: str | None) -> S
 
 
 def execute_sweep(sweep: Sweep, console: Console, resume: bool = False) -> None:
+    if sweep.executor == "ray":
+        from bench.sweeps.ray_tune import ray_for
+
+        with ray_for(sweep, console) as at_once:
+            _execute(sweep, console, resume, at_once)
+    else:
+        _execute(sweep, console, resume)
+
+
+def _execute(sweep: Sweep, console: Console, resume: bool, at_once: int = 1) -> None:
     from bench.sweeps.local import already_done, run_local
     from bench.sweeps.progress import SweepProgress
 
@@ -199,4 +218,4 @@ def execute_sweep(sweep: Sweep, console: Console, resume: bool = False) -> None:
         else:
             from bench.sweeps.ray_tune import run_ray
 
-            run_ray(sweep, progress, resume)
+            run_ray(sweep, progress, resume, at_once)

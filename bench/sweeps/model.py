@@ -132,6 +132,8 @@ def rerun_command(record: dict, sweep: Sweep) -> str:
     for key, value in sorted(overrides.items()):
         parts += ["--set", f"{key}={value}"]
     parts += ["--seed", str(record["seed"])]
+    if sweep.plan.nproc > 1:  # the same world size (the same global batches, sharded the same way)
+        parts += ["--nproc", str(sweep.plan.nproc)]
     if run.allow_random_init and not sweep.embedded:
         parts.append("--random-init")
     return shlex.join(parts)

@@ -1,5 +1,5 @@
 """The Ray Tune executor: trials on this machine or a cluster (`--address`), through the same `run_trial` as
-the in-process one. Ray's experiment lives in `<sweep>/` beside `sweep.json`, and Tuner.restore resumes it; the
+the in-process one (a data-parallel trial's ranks each call it, in its Ray Train job: bench/sweeps/ray_train.py). Ray's experiment lives in `<sweep>/` beside `sweep.json`, and Tuner.restore resumes it; the
 results store, not Ray's files, holds every trial's outcome.
 
 Two things here lean on Ray internals, each behind `ray_internals_checked` (Ray 2, from the floor this
@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.sweeps.asha import ASHA_MAX_T
@@ -37,7 +39,10 @@ def init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    # data-parallel trials use Ray Train V2 (its Tune integration), the default only from later Ray versions;
+    # every worker of this job gets the setting, on this machine or a cluster's nodes
+    settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
+                "runtime_env": {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}}
     if address:
         ray.init(address=address, **settings)
     else:
@@ -51,42 +56,105 @@ def _ray_trainable(config: dict, sweep: Sweep) -> None:
     from ray import tune
 
     trial = sweep.trial_from_ray(config, tune.get_context().get_trial_id())
-    context = ray.get_runtime_context()
-    torch.set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))  # the trial's CPU share
-    # the Ray node is recorded (tags.node): where the trial finished
-    tune.report(run_trial(sweep.plan, trial, tune.report, node=context.get_node_id()))
+    if sweep.plan.nproc > 1:  # this actor drives the trial's Ray Train job
+        from bench.sweeps.ray_train import train_trial
+
+        tune.report(train_trial(sweep, trial, in_tune=True))
+        return
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    tune.report(run_trial(sweep.plan, trial, tune.report, node=ray_node()))
 
 
-def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool) -> None:
+def ray_node() -> str:
+    """The Ray node this process runs on: records name it (tags.node), where a trial finished."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _stop_trial_here(plan, trial, decision: dict) -> dict:
+    return stop_trial(plan, trial, decision, ray_node())
+
+
+def _run_trial_here(plan, trial) -> dict:
+    return run_trial(plan, trial, node=ray_node())
+
+
+def check_cluster_fits(sweep: Sweep, warn) -> int:
+    """How many trials fit on the Ray cluster at once (at least 1). A trial bigger than the whole cluster is
+    refused on this machine's Ray (nothing will add nodes), and `warn`ed about on a cluster joined with
+    --address (an autoscaler may add them)."""
+    import ray
+
+    from bench.errors import UsageError
+    from bench.sweeps.ray_train import trial_needs
+
+    needs, total = trial_needs(sweep), ray.cluster_resources()
+    short = {name: amount for name, amount in needs.items() if amount > total.get(name, 0.0) + 1e-9}
+    if short:
+        have = ", ".join(f"{total.get(name, 0.0):g} {name}" for name in needs)
+        message = (f"a trial needs {', '.join(f'{amount:g} {name}' for name, amount in needs.items())} at once "
+                   f"(--cpus-per-trial, --gpus-per-trial, --nproc-per-trial"
+                   + (", and the driver's share of a CPU" if sweep.plan.nproc > 1 else "")
+                   + f") and this Ray cluster has {have}")
+        if not sweep.address:
+            raise UsageError(f"{message}; ask for less per trial")
+        warn(f"{message}: its trials wait until nodes are added")
+    fits = [int(total.get(name, 0.0) // amount) for name, amount in needs.items() if amount > 0]
+    return max(1, min(fits, default=1))
+
+
+@contextmanager
+def ray_for(sweep: Sweep, console) -> Iterator[int]:
+    """Ray for `sweep`: started (or joined, with --address) unless this process has it already, and shut down
+    after if this started it. Yields how many trials fit on it at once, having refused a trial too large for it
+    before the sweep writes anything."""
+    import ray
+
+    started = init_ray(sweep.address)
+    try:
+        yield check_cluster_fits(sweep, lambda message: console.print(f"warning: {message}", highlight=False,
+                                                                      markup=False))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool, at_once: int) -> None:
+    """Run the sweep's trials as Ray Tune trials (on the Ray `ray_for` gave), at most `at_once` data-parallel
+    trials at a time."""
     import ray
     from ray import tune
 
     from bench.sweeps.ray_hooks import ProgressCallback
 
-    started = init_ray(sweep.address)
-    try:
-        trainable = tune.with_resources(tune.with_parameters(_ray_trainable, sweep=sweep),
-                                        {"cpu": sweep.plan.cpus_per_trial or 1, "gpu": sweep.gpus_per_trial})
-        callback = ProgressCallback(progress, sweep)
+    def warn(message: str) -> None:
+        progress.console.print(f"warning: {message} (Ray {ray.__version__}; checked: Ray 2, {ray_floor()})",
+                               highlight=False, markup=False)
 
-        def warn(message: str) -> None:
-            progress.console.print(f"warning: {message} (Ray {ray.__version__}; checked: Ray 2, "
-                                   f"{ray_floor()})", highlight=False, markup=False)
+    if sweep.plan.nproc > 1:
+        from bench.sweeps.ray_train import DRIVER_CPUS
 
-        if resume and tune.Tuner.can_restore(str(sweep.folder)):
-            alias_moved_modules()
-            tuner = tune.Tuner.restore(str(sweep.folder), trainable, resume_errored=True)
-            if not _attach_callbacks(tuner, [callback]):
-                warn("a restored sweep gets no live progress on this Ray; its trials run and are recorded")
-        else:
-            tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
-                               tune_config=_tune_config(sweep), run_config=_run_config(sweep, callback))
-        results, interrupted = _fit_noting_interrupt(tuner, warn)
-        if not interrupted:  # after an interrupt, --resume completes the trials
-            _complete_trials(sweep, progress, results)
-    finally:
-        if started:
-            ray.shutdown()
+        resources = {"cpu": DRIVER_CPUS}
+        progress.console.print(
+            f"each trial trains data-parallel in {sweep.plan.nproc} processes (Ray Train; "
+            + ("one GPU each, NCCL" if sweep.gpus_per_trial else "CPUs, gloo")
+            + f"); at most {at_once} trial(s) at once on this cluster", highlight=False, markup=False)
+    else:
+        resources = {"cpu": sweep.plan.cpus_per_trial or 1, "gpu": sweep.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(_ray_trainable, sweep=sweep), resources)
+    callback = ProgressCallback(progress, sweep)
+    if resume and tune.Tuner.can_restore(str(sweep.folder)):
+        alias_moved_modules()
+        tuner = tune.Tuner.restore(str(sweep.folder), trainable, resume_errored=True)
+        if not _attach_callbacks(tuner, [callback]):
+            warn("a restored sweep gets no live progress on this Ray; its trials run and are recorded")
+    else:
+        tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
+                           tune_config=_tune_config(sweep, at_once), run_config=_run_config(sweep, callback))
+    results, interrupted = _fit_noting_interrupt(tuner, warn)
+    if not interrupted:  # after an interrupt, --resume completes the trials
+        _complete_trials(sweep, progress, results)
 
 
 def ray_floor():
@@ -143,8 +211,19 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
     from bench.sweeps.ray_hooks import read_stops
 
     stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.run.out)
-    resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
-    stop, finish = ray.remote(**resources)(stop_trial), ray.remote(**resources)(run_trial)
+    if sweep.plan.nproc > 1:  # each completion drives a Ray Train job of the trial's size
+        from bench.sweeps.ray_train import DRIVER_CPUS, train_trial
+
+        job = ray.remote(num_cpus=DRIVER_CPUS)(train_trial)
+
+        def stop(plan, trial, decision):
+            return job.remote(sweep, trial, decision)
+
+        def finish(plan, trial):
+            return job.remote(sweep, trial)
+    else:
+        resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
+        stop, finish = ray.remote(**resources)(_stop_trial_here).remote, ray.remote(**resources)(_run_trial_here).remote
     pending = []
     for result in results:
         metrics = result.metrics or {}
@@ -156,9 +235,9 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
             continue
         if trial_id in stops:
             decision = {"reason": "asha", "epoch": stops[trial_id]["epoch"]}
-            pending.append((trial, stop.remote(sweep.plan, trial, decision)))
+            pending.append((trial, stop(sweep.plan, trial, decision)))
         else:  # no ASHA outside the Tuner: the trial runs to its end
-            pending.append((trial, finish.remote(sweep.plan, trial)))
+            pending.append((trial, finish(sweep.plan, trial)))
     for trial, ref in pending:
         final = ray.get(ref)
         progress.finished(trial.key, final[sweep.metric], final["stopped_early"])
@@ -172,7 +251,7 @@ def _param_space(sweep: Sweep) -> dict:
     return {}
 
 
-def _tune_config(sweep: Sweep):
+def _tune_config(sweep: Sweep, at_once: int):
     from ray import tune
 
     search_alg = None
@@ -192,8 +271,11 @@ def _tune_config(sweep: Sweep):
         scheduler = RecordingASHA(str(sweep.folder), time_attr="epoch", max_t=ASHA_MAX_T,
                                   grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
     # reuse_actors: a worker process runs trial after trial, so torch and the harness are imported once per worker
+    # a data-parallel trial's driver holds almost nothing, so Tune alone would start every trial's driver at
+    # once, each job waiting for workers: at most as many as fit (Ray Train's advice)
     return tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=search_alg, scheduler=scheduler,
-                           num_samples=1 if sweep.trials is not None else sweep.num_trials, reuse_actors=True)
+                           num_samples=1 if sweep.trials is not None else sweep.num_trials, reuse_actors=True,
+                           max_concurrent_trials=at_once if sweep.plan.nproc > 1 else None)
 
 
 def _run_config(sweep: Sweep, callback):

@@ -51,23 +51,30 @@ class Trial:
 @dataclass
 class TrialPlan:
     """What every trial of one sweep shares: the run settings (a run spec whose method, seed, backbone and --set
-    values each trial fills in; paths absolute, as Ray runs trials in other folders), the sweep's kind, the torch
-    threads per trial, and training callbacks added to every trial's run (not saved with the sweep)."""
+    values each trial fills in; paths absolute, as Ray runs trials in other folders), the sweep's kind, the CPUs
+    and processes of a trial, and training callbacks added to every trial's run (not saved with the sweep)."""
 
     kind: str  # sweep | ablation | benchmark
     run: RunSpec  # its `sweep` names the sweep; its tags go on every trial's record
-    cpus_per_trial: int | None = None  # torch threads per trial; None: torch's default
+    cpus_per_trial: int | None = None  # CPUs of a trial, shared by its processes; None: Ray's 1 per process
     callbacks: list[Callback] = field(default_factory=list)
+    nproc: int = 1  # processes of a trial: above 1 it trains data-parallel (bench/sweeps/ray_train.py)
 
     @property
     def sweep(self) -> str:
         return self.run.sweep
 
+    @property
+    def threads(self) -> int | None:
+        """Torch threads of each of a trial's processes (None: leave torch's own choice)."""
+        return max(1, self.cpus_per_trial // self.nproc) if self.cpus_per_trial else None
+
     def run_id(self, trial: Trial) -> str:
         return f"{self.sweep}-{trial.key}"
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "run": dataclasses.asdict(self.run), "cpus_per_trial": self.cpus_per_trial}
+        return {"kind": self.kind, "run": dataclasses.asdict(self.run), "cpus_per_trial": self.cpus_per_trial,
+                "nproc": self.nproc}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrialPlan:
@@ -76,7 +83,7 @@ class TrialPlan:
                     "run": {"method": "", "sweep": data["sweep"], "tags": data.get("tags", {}),
                             **{key: data[key] for key in ("dataset", "out", "weights", "data_root", "device",
                                                           "allow_download", "allow_random_init")}}}
-        return cls(data["kind"], RunSpec(**data["run"]), data.get("cpus_per_trial"))
+        return cls(data["kind"], RunSpec(**data["run"]), data.get("cpus_per_trial"), nproc=data.get("nproc", 1))
 
 
 class SchedulerReport(Callback):
@@ -108,22 +115,20 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | No
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
-        if plan.cpus_per_trial:
-            torch.set_num_threads(plan.cpus_per_trial)
+        if plan.threads:
+            torch.set_num_threads(plan.threads)
         run_dir = Path(plan.run.out) / "runs" / run_id
         callbacks = [*plan.callbacks, *([SchedulerReport(report, run_id)] if report else [])]
         try:
-            spec = trial_spec(plan, trial)
-            if node:
-                spec.tags["node"] = node
-            record = runner.execute(spec, Console(quiet=True), run_dir, callbacks).record
+            record = runner.execute(trial_spec(plan, trial, node), Console(quiet=True), run_dir, callbacks).record
         except TrialStopped as stop:
-            return stop_trial(plan, trial, stop.decision)
+            return stop_trial(plan, trial, stop.decision, node)
     return final_metrics(record)
 
 
-def stop_trial(plan: TrialPlan, trial: Trial, decision: dict) -> dict:
-    """Evaluate a trial a scheduler stopped where its checkpoint left it (once: a recorded one is read back)."""
+def stop_trial(plan: TrialPlan, trial: Trial, decision: dict, node: str | None = None) -> dict:
+    """Evaluate a trial a scheduler stopped where its checkpoint left it (once: a recorded one is read back);
+    `node` as for `run_trial`."""
     from bench import runner
     from bench.store import ResultsStore
 
@@ -131,7 +136,7 @@ def stop_trial(plan: TrialPlan, trial: Trial, decision: dict) -> dict:
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
         run_dir = Path(plan.run.out) / "runs" / run_id
-        record = runner.execute(trial_spec(plan, trial), Console(quiet=True), run_dir,
+        record = runner.execute(trial_spec(plan, trial, node), Console(quiet=True), run_dir,
                                 stopped_early=decision).record
     return final_metrics(record)
 
@@ -142,9 +147,11 @@ def final_metrics(record: dict) -> dict:
             "stopped_early": bool(record.get("stopped_early"))}
 
 
-def trial_spec(plan: TrialPlan, trial: Trial) -> RunSpec:
+def trial_spec(plan: TrialPlan, trial: Trial, node: str | None = None) -> RunSpec:
     tags = {**plan.run.tags, "kind": plan.kind, plan.kind: plan.sweep, "trial": trial.key}
     if trial.searched:
         tags["searched"] = ",".join(trial.searched)
+    if node:
+        tags["node"] = node
     return dataclasses.replace(plan.run, method=trial.method, seed=trial.seed, backbone=trial.backbone,
                                overrides=dict(trial.overrides), tags=tags)
