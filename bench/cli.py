@@ -416,8 +416,13 @@ def benchmark(
             with _sigterm_as_interrupt():
                 root = run_benchmark(definition, options, console)
         except KeyboardInterrupt:
-            again = ["bench", "benchmark", protocol, "--resume", *(["--data-root", data_root] if data_root else []),
-                     *(["--out", out] if out else []), *(["--executor", executor] if executor != "local" else [])]
+            settings = {"--executor": executor.value if executor != Executor.local else None,
+                        "--data-root": data_root, "--out": out, "--address": address,
+                        "--cpus-per-trial": cpus_per_trial,
+                        "--gpus-per-trial": f"{gpus_per_trial:g}" if gpus_per_trial else None,
+                        "--nproc-per-trial": nproc_per_trial if nproc_per_trial > 1 else None}
+            again = ["bench", "benchmark", protocol, "--resume",
+                     *(part for flag, value in settings.items() if value is not None for part in (flag, str(value)))]
             _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         tag = f"{definition.name} {definition.hash}"

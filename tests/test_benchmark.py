@@ -183,3 +183,21 @@ def test_a_protocol_without_its_data_fails_before_any_run(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["benchmark", "places_lt_lpt", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "places_lt needs its data" in result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "benchmarks").exists()
+
+
+def test_an_interrupted_benchmark_says_how_to_continue_with_the_same_resources(tmp_path, monkeypatch):
+    import shlex
+
+    import bench.benchmark
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.benchmark, "run_benchmark", interrupted)
+    result = CliRunner().invoke(app, ["benchmark", "embedded", "--executor", "ray", "--out", str(tmp_path / "my results"),
+                                      "--cpus-per-trial", "2", "--gpus-per-trial", "2", "--nproc-per-trial", "2"])
+    assert result.exit_code == 130, result.output
+    command = result.output.split("continue with: ", 1)[1].strip()
+    assert shlex.split(command) == ["bench", "benchmark", "embedded", "--resume", "--executor", "ray", "--out",
+                                    str(tmp_path / "my results"), "--cpus-per-trial", "2", "--gpus-per-trial", "2",
+                                    "--nproc-per-trial", "2"]
