@@ -1,6 +1,7 @@
 """The Ray Tune executor: trials on this machine or a cluster (`--address`), through the same `run_trial` as
-the in-process one (a data-parallel trial's ranks each call it, in its Ray Train job: bench/sweeps/ray_train.py). Ray's experiment lives in `<sweep>/` beside `sweep.json`, and Tuner.restore resumes it; the
-results store, not Ray's files, holds every trial's outcome.
+the in-process one (each rank of a data-parallel trial calls it in the trial's Ray Train job:
+bench/sweeps/ray_train.py). Ray's experiment lives in `<sweep>/` beside `sweep.json`, and Tuner.restore resumes
+it; the results store, not Ray's files, holds every trial's outcome.
 
 Two things here lean on Ray internals, each behind `ray_internals_checked` (Ray 2, from the floor this
 package declares; checked up to Ray 2.60): a restored Tuner's live callbacks (`_attach_callbacks`) and telling
@@ -72,12 +73,12 @@ def ray_node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _stop_trial_here(plan, trial, decision: dict) -> dict:
-    return stop_trial(plan, trial, decision, ray_node())
+def _stop_trial_here(sweep: Sweep, trial, decision: dict) -> dict:
+    return stop_trial(sweep.plan, trial, decision, ray_node())
 
 
-def _run_trial_here(plan, trial) -> dict:
-    return run_trial(plan, trial, node=ray_node())
+def _run_trial_here(sweep: Sweep, trial) -> dict:
+    return run_trial(sweep.plan, trial, node=ray_node())
 
 
 def check_cluster_fits(sweep: Sweep, warn) -> int:
@@ -214,13 +215,8 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
     if sweep.plan.nproc > 1:  # each completion drives a Ray Train job of the trial's size
         from bench.sweeps.ray_train import DRIVER_CPUS, train_trial
 
-        job = ray.remote(num_cpus=DRIVER_CPUS)(train_trial)
-
-        def stop(plan, trial, decision):
-            return job.remote(sweep, trial, decision)
-
-        def finish(plan, trial):
-            return job.remote(sweep, trial)
+        task = ray.remote(num_cpus=DRIVER_CPUS)(train_trial)
+        stop, finish = task.remote, task.remote
     else:
         resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
         stop, finish = ray.remote(**resources)(_stop_trial_here).remote, ray.remote(**resources)(_run_trial_here).remote
@@ -235,9 +231,9 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
             continue
         if trial_id in stops:
             decision = {"reason": "asha", "epoch": stops[trial_id]["epoch"]}
-            pending.append((trial, stop(sweep.plan, trial, decision)))
+            pending.append((trial, stop(sweep, trial, decision)))
         else:  # no ASHA outside the Tuner: the trial runs to its end
-            pending.append((trial, finish(sweep.plan, trial)))
+            pending.append((trial, finish(sweep, trial)))
     for trial, ref in pending:
         final = ray.get(ref)
         progress.finished(trial.key, final[sweep.metric], final["stopped_early"])
