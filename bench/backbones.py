@@ -3,11 +3,11 @@
 The view exposes the real model's own pieces (patch embedding, blocks, final norm): prompt and adapter
 methods insert tokens or modules between blocks without re-implementing a ViT.
 
-Weights resolve in this order, and `weights_info` records which one was used:
-explicit file → weights shipped inside this package (`bench/pretrained`, each with its provenance file; the
-micro towers of the embedded default) → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for
-url-only weights) → download, only with allow_download → random init, only with allow_random_init. A file
-found in the cache is handed to timm / open_clip by its path, so they make no network lookup for it.
+Weights resolve in this order, and `weights_info` records which one was used: explicit file → weights shipped
+inside this package (`bench/pretrained`, each with its provenance file; the micro towers of the embedded
+default) → the library's local cache (Hugging Face hub cache, or torch hub / ~/.cache/clip for url-only
+weights) → download, only with allow_download → random init, only with allow_random_init. A file found in the
+cache is handed to timm / open_clip by its path, so they make no network lookup for it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from bench.errors import UsageError
+from bench.seeding import derived_seed
 
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
@@ -89,6 +90,11 @@ class World:
         values = [None] * self.size
         dist.all_gather_object(values, value)
         return values
+
+    def noise_seed(self, *parts: object) -> int:
+        """The seed of noise each rank draws for its own share of a batch (dropout, augmentation, A-GCL's
+        cloud): `derived_seed(*parts)` in one process, a different one per rank in several."""
+        return derived_seed(*parts, "rank", self.rank) if self.distributed else derived_seed(*parts)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of `value` over the ranks (itself in one process)."""

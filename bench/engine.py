@@ -19,7 +19,7 @@ from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits
 from bench.progress import Bars, progress_bars
 from bench.run_folder import resume_command
-from bench.seeding import derived_seed, seed_everything
+from bench.seeding import seed_everything
 from bench.store import atomic_torch_save
 
 if TYPE_CHECKING:
@@ -304,9 +304,7 @@ class Engine:
                      ) -> tuple[float, float]:
         """(mean loss, seconds spent waiting for batches) of one epoch."""
         ctx = self.ctx
-        ranks = world()  # each rank of a data-parallel run draws its own noise (dropout, A-GCL's cloud)
-        seed_everything(derived_seed(ctx.seed, index, epoch, "rank", ranks.rank) if ranks.distributed
-                        else derived_seed(ctx.seed, index, epoch))
+        seed_everything(world().noise_seed(ctx.seed, index, epoch))
         if phase.fit_epoch is not None:
             self.method.model().train()
             return phase.fit_epoch(epoch), 0.0

@@ -64,14 +64,11 @@ def image_batches(ctx: RunContext, phase_name: str, sampler: str,
         seed = derived_seed(ctx.seed, phase_name, epoch)
         indices = epoch_indices(sampler, split.labels, seed)
         shares = world().shard_batches(chunks(indices, batch_size))
-        yield from ctx.feed("train").batches(transform, shares, augment_seed(seed))
+        yield from ctx.feed("train").batches(transform, shares, world().noise_seed(seed, "augment"))
 
     return batches, steps(len(split), batch_size)
 
 
-def augment_seed(seed: int) -> int:
-    """The augmentation stream of a batch sequence; each rank of a data-parallel run draws its own."""
-    return derived_seed(seed, "augment", world().rank) if world().distributed else derived_seed(seed, "augment")
 
 
 def dual_steps(num_samples: int, batch_size: int) -> int:
@@ -111,7 +108,7 @@ def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_cl
         seed = derived_seed(ctx.seed, phase_name, epoch)
         pairs = dual_index_batches(split.labels, batch_size, per_class, np.random.default_rng(seed))
         flat = [world().shard(indices) for pair in pairs for indices in pair]
-        loader = iter(ctx.feed("train").batches(transform, flat, augment_seed(seed)))
+        loader = iter(ctx.feed("train").batches(transform, flat, world().noise_seed(seed, "augment")))
         for balanced, uniform in zip(loader, loader, strict=True):
             yield (*balanced, *uniform)
 

@@ -35,19 +35,21 @@ python scripts/lpt_speed.py --backbone vit_base_patch16_224.augreg_in21k --devic
 # Issue 18: a data-parallel run through torchrun (--nproc) against the plain run on the same GPU(s): LPT, both
 # phases one epoch each, on the generated JPEGs; images/s from each run's per-epoch times (2 × batch images a step).
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+batch=128
 for mode in plain "nproc $gpus"; do
     extra=(); [ "$mode" != plain ] && extra=(--nproc "$gpus")
     bench run --method lpt --dataset folder --data-root "$out/jpegs" --backbone vit_base_patch16_224.augreg_in21k \
-        --random-init --set amp=bf16 --set image_size=224 --set batch_size=128 --set phase1_epochs=1 \
+        --random-init --set amp=bf16 --set image_size=224 --set batch_size=$batch --set phase1_epochs=1 \
         --set phase2_epochs=1 --out "$out/ddp-${mode// /}" "${extra[@]}" > "$out/ddp-${mode// /}.log" 2>&1
-    python - "$out/ddp-${mode// /}" "$mode" <<'PY' | tee -a "$out/gpu_check.txt"
+    python - "$out/ddp-${mode// /}" "$mode" "$batch" <<'PY' | tee -a "$out/gpu_check.txt"
 import json, sys
 from pathlib import Path
 (record,) = [json.loads(p.read_text()) for p in Path(sys.argv[1], "records").glob("*.json")]
 metrics = json.loads(Path(record["run_dir"], "metrics.json").read_text())
-steps = record["train_size"] // 128 + 1
+batch = int(sys.argv[3])
+steps = record["train_size"] // batch + 1
 for entry in metrics["history"]:
-    print(f"{sys.argv[2]:>8} (world {record['world']['size']}): {entry['phase']} {steps * 256 / entry['seconds']:.0f} "
+    print(f"{sys.argv[2]:>8} (world {record['world']['size']}): {entry['phase']} {steps * 2 * batch / entry['seconds']:.0f} "
           f"images/s ({entry['seconds']:.1f} s an epoch, {entry['data_wait_share']:.0%} waiting for data)")
 PY
 done
