@@ -11,13 +11,16 @@ from contextlib import contextmanager
 from enum import Enum
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
+from bench.metrics import ACCURACIES
 from bench.report import PUBLISHED_CHOICES
+from bench.selection import DEFAULT_METRIC, METRIC_CHOICES
 from bench.sweeps.model import EXECUTORS, SCHEDULERS, SEARCHES
 
 app = typer.Typer(add_completion=True, no_args_is_help=False, pretty_exceptions_show_locals=False,
@@ -277,8 +280,9 @@ def sweep(
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
         autocompletion=_names("dataset")),
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
-    metric: str = typer.Option("val_overall", "--metric", help="validation metric to maximise: val_overall | "
-                               "val_many | val_medium | val_few | val_worst_class | val_harmonic_mean | val_macro_f1"),
+    metric: str = typer.Option(f"val_{DEFAULT_METRIC}", "--metric", help="validation metric every choice "
+                               "maximises (the trials' epochs too; ties: lower class-balanced val NLL): "
+                               + " | ".join(f"val_{name}" for name in METRIC_CHOICES)),
     search: Search = typer.Option(Search.optuna, "--search", help="optuna (TPE), random or grid"),
     scheduler: Scheduler = typer.Option(Scheduler.asha, "--scheduler", help="asha (stop poor trials early) or none"),
     space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),
@@ -426,10 +430,12 @@ def benchmark(
             _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         tag = f"{definition.name} {definition.hash}"
-        records = [r for r in reports.load_records(ResultsStore(root)) if reports.protocol_of(r) == tag]
+        store = ResultsStore(root)
+        records = [r for r in reports.load_records(store) if reports.protocol_of(r) == tag]
         if not records:
             raise BenchError(f"benchmark {definition.name}: no run was recorded; see the run logs under {root}/runs")
-        built = reports.build_report(records, reports.method_order(), str(root), published="none")
+        built = reports.build_report(records, reports.method_order(), str(root), published="none",
+                                     predictions=store.predictions)
         files, blocks = reports.render_report(built, chosen_formats, root)
         folder = root / "reports" / definition.name
         written = reports.write_files(folder, files)
@@ -440,6 +446,12 @@ def benchmark(
     expected = len(definition.methods) * (len(definition.seeds) + max(0, definition.trials - 1))
     _say(f"{len(records)} runs recorded under protocol {tag} (at most {expected} planned); report: "
          + ", ".join(str(path) for path in written))
+    for section in built.datasets:
+        for row in section.leaderboard:
+            if row.configuration.still_rising:
+                _say(f"{reports.RISING_MARK} this budget does not let {row.configuration.method} converge: its "
+                     f"val {section.metric} was still rising at the end in {len(row.configuration.still_rising)} "
+                     f"of {row.configuration.seeds} seed(s) (see the report's footnote)")
 
 
 def _execute_interruptibly(definition, command: str, resume: bool) -> None:
@@ -457,23 +469,32 @@ def _execute_interruptibly(definition, command: str, resume: bool) -> None:
              f"(interrupted or failed); {hint}")
 
 
+SHORT_METRIC_NAMES = {"mean_per_class": "mean/cls", "worst_class": "worst", "harmonic_mean": "h-mean",
+                      "macro_f1": "macro-F1"}
+
+
 def metrics_table(record: dict) -> Table:
+    """A run's val and test metrics, compact enough for an 80-column terminal or a pipe (nothing cut or
+    folded): short headers, no box, the post-hoc row's tau in the caption."""
     table = Table(title=Text(f"{record['method']} on {record['dataset']} ({record['backbone']}, "
-                             f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})"))
-    columns = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
-    table.add_column("split")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
+                             f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})"),
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("split", no_wrap=True)
+    for column in ACCURACIES:
+        table.add_column(SHORT_METRIC_NAMES.get(column, column), justify="right", no_wrap=True)
     for split in ("val", "test"):
         metrics = record[split]
-        table.add_row(split, *(_cell(metrics.get(column)) for column in columns))
+        table.add_row(split, *(_cell(metrics.get(column)) for column in ACCURACIES))
     posthoc = record.get("posthoc")
     if posthoc:
-        table.add_row(f"test, post-hoc LA τ={posthoc['tau']:.1f} (τ from val)",
-                      *(_cell(posthoc["test"].get(column)) for column in columns), style="dim")
+        table.add_row("post-hoc", *(_cell(posthoc["test"].get(column)) for column in ACCURACIES), style="dim")
     table.caption = Text(f"{record['trainable_params']:,} trainable parameters, trained "
-                         f"{record['train_time_s']:.1f} s on {record['device']}; shot groups: "
-                         f"{record['shot_convention']}")
+                         f"{record['train_time_s']:.1f} s on {record['device']}"
+                         f"{' in ' + record['precision'] if record.get('precision') else ''}; shot groups: "
+                         f"{record['shot_convention']}; chosen on "
+                         f"{(record.get('selection') or {}).get('metric', 'val_overall')}"
+                         + (f"; post-hoc: test with logit adjustment tau={posthoc['tau']:.1f} chosen on val"
+                            if posthoc else ""))
     return table
 
 
@@ -629,7 +650,8 @@ def report(
         else:
             root = Path(results).expanduser().resolve()
         try:
-            records = reports.load_records(ResultsStore(root), dataset)
+            store = ResultsStore(root)
+            records = reports.load_records(store, dataset)
             if protocol is not None:
                 records = [r for r in records if (reports.protocol_of(r) or "").split(" ")[0] == protocol]
                 if not records:
@@ -639,7 +661,8 @@ def report(
             err_console.print(str(nothing), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_RUNTIME) from None
         source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
-        built = reports.build_report(records, reports.method_order(), str(source), published)
+        built = reports.build_report(records, reports.method_order(), str(source), published,
+                                     predictions=store.predictions)
         files, blocks = reports.render_report(built, chosen_formats, root)
         folder = Path(report_dir).expanduser().resolve() if report_dir else root / "report"
         written = reports.write_files(folder, files)

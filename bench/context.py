@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from bench import selection
 from bench.data import AUGMENTATIONS, ImageFeed, Preprocessing, Transform
 from bench.datasets.base import LongTailDataset
 from bench.distributed import cpu_share, world
@@ -47,8 +48,12 @@ COMMON_OPTIONS: dict[str, HParam] = {
                       "scripts/lpt_speed.py --compile; off by default)"),
     "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)",
                         bounds=NON_NEGATIVE),
-    "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (best overall "
-                              "top-1 on val among validated epochs) | last", choices=("best_val", "last")),
+    "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (the best "
+                              "selection_metric on val among validated epochs) | last", choices=("best_val", "last")),
+    "selection_metric": HParam(selection.DEFAULT_METRIC, help="the val metric every choice in the run maximises "
+                               "(a phase's best epoch, a probe's weight decay, post-hoc tau): mean_per_class "
+                               "matches a balanced test set's overall accuracy; ties go to the lower class-balanced "
+                               "val NLL, then the earlier candidate", choices=selection.METRIC_CHOICES),
     "shot_convention": HParam("standard", help="many/medium/few thresholds: " + " | ".join(
         f"{name} ({convention.description})" for name, convention in SHOT_CONVENTIONS.items()),
         choices=tuple(SHOT_CONVENTIONS)),

@@ -16,10 +16,11 @@ from bench.callbacks import Callback
 from bench.context import RunContext
 from bench.distributed import world
 from bench.errors import BenchError, first_line
-from bench.metrics import evaluate_logits
+from bench.metrics import evaluate_logits, none_if_nan
 from bench.progress import Bars, progress_bars
 from bench.run_folder import resume_command
 from bench.seeding import seed_everything
+from bench.selection import TIE_BREAK, selection_key
 from bench.store import atomic_torch_save
 
 if TYPE_CHECKING:
@@ -210,7 +211,9 @@ class Engine:
                              "lr": optimizer.param_groups[0]["lr"] if optimizer else None,
                              "seconds": seconds, "data_wait_share": waited / seconds if seconds > 0 else 0.0}
                     if self._should_validate(epoch, phase):
-                        entry["val"] = self.evaluate("val").summary()
+                        val = self.evaluate("val")
+                        entry["val"] = val.summary()
+                        entry["val_se"] = none_if_nan(val.standard_error(ctx.hparams["selection_metric"]))
                         self._track_best(state, index, epoch, entry["val"], phases)
                     state.history.append(entry)
                     state.next_epoch = epoch + 1
@@ -264,13 +267,16 @@ class Engine:
         return state
 
     def _track_best(self, state: TrainingState, index: int, epoch: int, val: dict, phases: list[Phase]) -> None:
-        """Keep the weights of the phase's best epoch on val (overall top-1; the earliest wins ties)."""
-        if self.ctx.hparams["model_selection"] != "best_val" or val.get("overall") is None:
+        """Keep the weights of the phase's best epoch on val by the selection rule (`bench.selection`: the
+        selection metric, then the lower class-balanced NLL, then the earlier epoch)."""
+        metric = self.ctx.hparams["selection_metric"]
+        if self.ctx.hparams["model_selection"] != "best_val" or val.get(metric) is None:
             return
         best = state.best if state.best and state.best["phase"] == index else None
-        if best is None or val["overall"] > best["val"]:
+        key = selection_key(val, metric)
+        if best is None or key > selection_key({metric: best["val"], TIE_BREAK: best.get(TIE_BREAK)}, metric):
             atomic_torch_save(self.best_path, trainable_state(self.method.model(), phases))
-            state.best = {"phase": index, "epoch": epoch, "val": val["overall"]}
+            state.best = {"phase": index, "epoch": epoch, "val": val[metric], TIE_BREAK: val.get(TIE_BREAK)}
 
     def _select(self, state: TrainingState, index: int, phase: Phase, phases: list[Phase],
                 last_epoch: int | None = None) -> None:
@@ -282,8 +288,8 @@ class Engine:
             weights = load_checkpoint(self.best_path, self.ctx.device, self.ctx.run_dir)
             self.method.model().load_state_dict(weights, strict=False)
             epoch = best["epoch"]
-            self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val overall {best['val']:.2f}) "
-                              "instead of the last")
+            self.ctx.log.info(f"{phase.name}: kept epoch {epoch + 1} (best val "
+                              f"{self.ctx.hparams['selection_metric']} {best['val']:.2f}) instead of the last")
         state.selected.append({"phase": phase.name, "epoch": epoch, "val": best["val"] if best else None})
         atomic_torch_save(self.checkpoint_path.parent / f"phase-{phase.name}.pt",
                         trainable_state(self.method.model(), phases))
@@ -346,7 +352,8 @@ class Engine:
 
     def _report(self, entry: dict) -> None:
         val = entry.get("val")
-        shown = f" val overall {val['overall']:.2f}" if val else ""
+        metric = self.ctx.hparams["selection_metric"]
+        shown = f" val {metric} {val[metric]:.2f}" if val and val.get(metric) is not None else ""
         lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
         self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown} "
                           f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data)")

@@ -6,6 +6,7 @@ the thresholds live only in `SHOT_CONVENTIONS`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -14,7 +15,10 @@ import numpy as np
 from bench.errors import BenchError, UsageError
 
 GROUPS = ("many", "medium", "few")
-HEADLINE = ("overall", "mean_per_class", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
+# nll_balanced: the class-balanced negative log-likelihood of the scores' softmax (defined only from scores)
+HEADLINE = ("overall", "mean_per_class", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1",
+            "nll_balanced")
+ACCURACIES = HEADLINE[:-1]
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,33 @@ class Metrics:
     per_class: np.ndarray = field(repr=False)  # NaN where a class has no evaluation samples
     group_sizes: dict[str, int] = field(default_factory=dict)  # classes per shot group (all classes)
     evaluated_classes: int = 0  # classes with at least one evaluation sample
+    nll_balanced: float = math.nan  # mean over classes of the class's mean NLL; NaN without scores
+    support: np.ndarray = field(default=None, repr=False)  # evaluation samples per class
+    groups: np.ndarray = field(default=None, repr=False)  # each class's shot group
+
+    def standard_error(self, name: str) -> float:
+        """The standard error of accuracy `name` under a bootstrap of the evaluation images resampled within
+        their classes (exact, not simulated: class c's accuracy varies as p_c(1 - p_c)/n_c, independently of
+        the others). Defined for the class means (mean_per_class, many, medium, few) and overall; NaN for the
+        rest."""
+        present = self.support > 0
+        p = np.where(present, self.per_class, 0.0) / 100.0
+        variance = np.zeros_like(p)
+        variance[present] = p[present] * (1 - p[present]) / self.support[present]
+        if name == "overall":
+            total = self.support.sum()
+            return float(100.0 * np.sqrt((self.support.astype(float) ** 2 * variance).sum()) / total) \
+                if total else math.nan
+        members = present if name == "mean_per_class" else (present & (self.groups == name)
+                                                              if name in GROUPS else None)
+        if members is None or not members.any():
+            return math.nan
+        return float(100.0 * np.sqrt(variance[members].sum()) / members.sum())
 
     def summary(self) -> dict[str, float | None]:
         """The headline numbers a record keeps. Undefined values (NaN) are None, so a record compares equal
         before and after a round trip through JSON."""
-        return {name: _none_if_nan(getattr(self, name)) for name in HEADLINE}
+        return {name: none_if_nan(getattr(self, name)) for name in HEADLINE}
 
     def as_dict(self) -> dict[str, float | int | str]:
         """Every scalar, flat: the headline numbers (NaN kept), sample and class counts, the convention."""
@@ -81,7 +107,7 @@ class Metrics:
         return flat
 
 
-def _none_if_nan(value: float) -> float | None:
+def none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
@@ -138,6 +164,8 @@ def evaluate(labels, preds, train_counts, convention: str = DEFAULT_CONVENTION) 
         per_class=per_class,
         group_sizes={group: int(np.count_nonzero(groups == group)) for group in GROUPS},
         evaluated_classes=int(np.count_nonzero(present)),
+        support=support,
+        groups=groups,
     )
 
 
@@ -147,4 +175,20 @@ def evaluate_logits(labels, logits, train_counts, convention: str = DEFAULT_CONV
     if logits.ndim != 2 or logits.shape[1] != len(train_counts):
         raise BenchError(f"scores have shape {logits.shape}; expected [samples, {len(train_counts)}] "
                          f"(one column per class in the training counts)")
-    return evaluate(labels, logits.argmax(axis=1), train_counts, convention)
+    metrics = evaluate(labels, logits.argmax(axis=1), train_counts, convention)
+    return dataclasses.replace(metrics, nll_balanced=balanced_nll(labels, logits))
+
+
+def balanced_nll(labels, scores) -> float:
+    """Mean over the classes present of the mean negative log-likelihood of softmax(scores) on that class's
+    samples: the log loss with every class weighted equally, as a balanced test weighs them."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if labels.size == 0:
+        return math.nan
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_p = shifted[np.arange(labels.size), labels] - np.log(np.exp(shifted).sum(axis=1))
+    support = np.bincount(labels, minlength=scores.shape[1])
+    per_class = np.bincount(labels, weights=-log_p, minlength=scores.shape[1])
+    present = support > 0
+    return float((per_class[present] / support[present]).mean())

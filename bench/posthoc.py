@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from bench.errors import BenchError
-from bench.metrics import DEFAULT_CONVENTION, HEADLINE, evaluate_logits
+from bench.metrics import ACCURACIES, DEFAULT_CONVENTION, evaluate_logits
+from bench.selection import DEFAULT_METRIC, selection_key
 
 DEFAULT_TAUS = np.linspace(0.0, 2.0, 21)
 
@@ -35,28 +36,28 @@ def _to_numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
-def choose_tau(val_logits, val_labels, counts, taus=DEFAULT_TAUS, metric: str = "mean_per_class",
+def choose_tau(val_logits, val_labels, counts, taus=DEFAULT_TAUS, metric: str = DEFAULT_METRIC,
                convention: str = DEFAULT_CONVENTION) -> tuple[float, np.ndarray]:
-    """The tau in `taus` that maximises `metric` on the validation split (ties go to the smallest tau; an
-    undefined score never wins), and the score of every tau, in the order given."""
-    if metric not in HEADLINE:
-        raise BenchError(f"unknown metric {metric!r}; choose one of {', '.join(HEADLINE)}")
+    """The tau in `taus` that maximises `metric` on the validation split by the selection rule (ties: the lower
+    class-balanced NLL of the adjusted scores, then the smallest tau; an undefined score never wins), and the
+    score of every tau, in the order given."""
+    if metric not in ACCURACIES:
+        raise BenchError(f"unknown metric {metric!r}; choose one of {', '.join(ACCURACIES)}")
     taus = np.asarray(taus, dtype=np.float64).reshape(-1)
     if taus.size == 0:
         raise BenchError("choose_tau needs at least one candidate tau")
     logits, labels = _to_numpy(val_logits), _to_numpy(val_labels)
-    scores = np.array([
-        getattr(evaluate_logits(labels, adjust(logits, counts, float(tau)), counts, convention), metric)
-        for tau in taus
-    ], dtype=np.float64)
-    ranked = np.where(np.isnan(scores), -math.inf, scores)
-    best = np.flatnonzero(ranked == ranked.max())
-    return float(taus[best].min()), scores
+    summaries = [evaluate_logits(labels, adjust(logits, counts, float(tau)), counts, convention).summary()
+                 for tau in taus]
+    keys = [(selection_key(summary, metric), -float(tau)) for summary, tau in zip(summaries, taus, strict=True)]
+    best = max(range(len(taus)), key=keys.__getitem__)
+    scores = np.array([math.nan if s[metric] is None else s[metric] for s in summaries], dtype=np.float64)
+    return float(taus[best]), scores
 
 
 def posthoc_report(val_logits, val_labels, test_logits, test_labels, counts,
                    convention: str = DEFAULT_CONVENTION, taus=DEFAULT_TAUS,
-                   metric: str = "mean_per_class") -> dict:
+                   metric: str = DEFAULT_METRIC) -> dict:
     """{"tau": tau chosen on val, "val": summary at tau, "test": summary at tau}. The test split is read only
     after tau is fixed."""
     tau, _ = choose_tau(val_logits, val_labels, counts, taus, metric, convention)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import selection as selection_rule
 from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 
@@ -47,7 +48,7 @@ class Protocol:
     epoch_scale: float = 1.0
     trials: int = 0  # configurations per method searched on val (the first: the method's defaults); 0: none
     search_seed: int = 0
-    selection: str = "val_overall"
+    selection: str = f"val_{selection_rule.DEFAULT_METRIC}"
     method_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -71,8 +72,10 @@ class Protocol:
         from bench.runner import declared_options
 
         declared = declared_options(method, self.dataset)
-        pins = {**self.dataset_options, **{k: v for k, v in self.settings.items() if k in declared},
-                **self.method_settings.get(method, {})}
+        pins = selection_rule.pinned({**self.dataset_options, **{k: v for k, v in self.settings.items()
+                                                                 if k in declared},
+                                      **self.method_settings.get(method, {})}, self.selection,
+                                     f"{self.path.name}'s [search] selection")
         if self.epoch_scale != 1.0:
             scaled = []
             for name, hp in declared.items():
@@ -194,7 +197,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     trials, search_seed = search.get("trials", 0), search.get("seed", 0)
     if not isinstance(trials, int) or trials < 0:
         raise _Invalid(f"search.trials = {trials!r}: a non-negative integer (configurations per method)")
-    selection = search.get("selection", "val_overall")
+    selection = search.get("selection", Protocol.selection)
     if selection not in METRICS:
         raise _Invalid(f"search.selection = {selection!r}: one of {', '.join(METRICS)} (validation only)")
     dataset_options = _strings(_table(data, "dataset_options"), "dataset_options")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench import selection
 from bench.errors import BenchError
 from bench.metrics import shot_groups
 from bench.store import atomic_write_text, file_sha256, read_json
@@ -17,7 +18,9 @@ from bench.store import atomic_write_text, file_sha256, read_json
 if TYPE_CHECKING:
     from bench.engine import TrainingState
 
-RECORD_VERSION = 3  # 2: record_version, preprocessing per tower; 3: weights_provenance, world
+# 2: record_version, preprocessing per tower; 3: weights_provenance, world; 4: selection (the rule), convergence,
+# predictions (per-image, beside the record), val nll_balanced; a run's epochs chosen on selection_metric
+RECORD_VERSION = 4
 
 
 def record_version(record: dict) -> int:
@@ -40,6 +43,9 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
     from bench.engine import count_parameters
 
     dataset, backbone = ctx.dataset, ctx.backbone
+    metric = ctx.hparams["selection_metric"]
+    # the phases that follow a schedule (a probe's grid of weight decays is a search, not one)
+    schedules = {phase.name: phase.epochs for phase in method.phases() if phase.fit_epoch is None}
     manifest = read_json(ctx.run_dir / "manifest.json")
     if method.predicts_from_features():
         ctx.notes.append("test time per image not recorded: predictions come from precomputed features")
@@ -50,6 +56,8 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
         "hparams": config["hparams"], "dataset_options": config["dataset_options"],
         "val": val.summary(), "test": test.summary(), "posthoc": posthoc,
         "selected": state.selected, "epochs_trained": len(state.history),
+        "selection": selection.rule(metric),
+        "convergence": selection.convergence(state.history, schedules, metric),
         "health": {"ok": not health, "flags": health}, "stopped_early": stopped_early,
         "trainable_params": count_parameters(method.phases()),
         "checkpoint": {"path": spec.checkpoint, "sha256": file_sha256(Path(spec.checkpoint))} if spec.checkpoint

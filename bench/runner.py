@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
+from bench import selection
 from bench.backbones import parse_backbone
 from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
@@ -322,7 +323,7 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequ
     posthoc = None
     if len(dataset.val):
         posthoc = posthoc_report(val_logits, val_labels, test_logits, test_labels, dataset.train_counts,
-                                 ctx.hparams["shot_convention"])
+                                 ctx.hparams["shot_convention"], metric=ctx.hparams["selection_metric"])
     else:
         ctx.notes.append("no post-hoc logit adjustment: it chooses tau on val, and this run has no val split")
     wall = time.perf_counter() - started
@@ -332,7 +333,15 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequ
     write_per_class(ctx, val, test)
     record = build_record(spec, ctx, method, config, state, val, test, posthoc, health, stopped_early,
                           wall_s=wall, test_s=test_seconds)
-    ResultsStore(out_root).add(record, overwrite=True)
+    store = ResultsStore(out_root)
+    record["predictions"] = store.add_predictions(record["run_id"], {
+        "val": val_logits.argmax(axis=1), "val_labels": val_labels, "test": test_logits.argmax(axis=1),
+        "test_labels": test_labels, "train_counts": np.asarray(dataset.train_counts)})
+    for phase in record["convergence"]["still_rising"]:
+        ctx.warn(f"convergence: val {ctx.hparams['selection_metric']} was still rising over the last quarter of "
+                 f"{phase} by more than its noise ({record['convergence']['phases'][phase]}); this budget does not "
+                 "let it converge")
+    store.add(record, overwrite=True)
     write_status(ctx.run_dir, "complete")
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
                  f"few {test.few:.2f}")
@@ -385,6 +394,8 @@ def resume(run: str | Path, console: Console | None = None, out: str | None = No
         config = read_json(run_dir / "config.json")
         spec = RunSpec(**config["spec"])
         resolved = {**config["hparams"], **config["dataset_options"]}
+        # a run started before `selection_metric` existed chose its epochs on val overall: it goes on doing so
+        resolved.setdefault("selection_metric", selection.LEGACY_METRIC)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BenchError(f"{run_dir / 'config.json'} is unreadable ({first_line(error)}); the run cannot be "
                          "resumed: start it again with `bench run`") from None

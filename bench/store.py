@@ -8,6 +8,7 @@ in the same folder, fsynced, then renamed (or hard-linked, when it must not repl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -45,6 +46,7 @@ _FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; results are meant to
 
 
 TEMP_SUFFIX = ".tmp"
+PREDICTIONS_SUFFIX = ".predictions.npz"  # beside a record: its run's per-image predictions
 
 
 def _temp_owner() -> str:
@@ -222,6 +224,42 @@ class ResultsStore:
                 raise BenchError(f"record {path.stem!r} already exists at {path}; "
                                  "pass overwrite=True to replace it") from None
             os.replace(temp, path)
+
+    def predictions_path(self, run_id: str) -> Path:
+        return self.path_for(run_id).with_suffix(PREDICTIONS_SUFFIX)
+
+    def add_predictions(self, run_id: str, arrays: dict[str, np.ndarray]) -> dict:
+        """Write a run's per-image arrays (predicted and true class per split, the training counts) beside its
+        record, compactly (int16 where the classes fit), and return what the record keeps of them: the file,
+        its sha256 and the images per array."""
+        path = self.predictions_path(run_id)
+        largest = max((int(array.max()) for array in arrays.values() if array.size), default=0)
+        dtype = np.int16 if largest <= np.iinfo(np.int16).max else np.int32
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{name: np.asarray(array).astype(dtype) for name, array in arrays.items()})
+        data = buffer.getvalue()
+        atomic_write_bytes(path, data)
+        return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "dtype": np.dtype(dtype).name,
+                "sizes": {name: int(np.asarray(array).size) for name, array in arrays.items()}}
+
+    def predictions(self, record: dict) -> dict[str, np.ndarray] | None:
+        """The per-image arrays kept beside `record`, checked against its sha256; None (with a warning when
+        they should be there) where they are missing or do not match."""
+        entry = record.get("predictions")
+        if not entry:
+            return None
+        path = self.folder / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            warnings.warn(f"{record['run_id']}: its predictions {path} cannot be read ({error.strerror})",
+                          stacklevel=2)
+            return None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            warnings.warn(f"{record['run_id']}: {path} does not match its record's sha256; left out", stacklevel=2)
+            return None
+        with np.load(io.BytesIO(data)) as arrays:
+            return {name: arrays[name].astype(np.int64) for name in arrays.files}
 
     def _paths(self) -> list[Path]:
         if not self.folder.is_dir():

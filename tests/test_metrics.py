@@ -8,10 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, recall_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
 
 from bench.errors import BenchError
-from bench.metrics import HEADLINE, SHOT_CONVENTIONS, evaluate, evaluate_logits, shot_groups
+from bench.metrics import (
+    ACCURACIES,
+    SHOT_CONVENTIONS,
+    balanced_nll,
+    evaluate,
+    evaluate_logits,
+    shot_groups,
+)
 
 PLACES_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "splits" / "Places_LT_train.txt"
 
@@ -86,7 +93,7 @@ def test_unknown_convention_lists_the_known_ones():
 
 def test_all_correct_is_100_everywhere():
     m = evaluate(LABELS, LABELS, TRAIN_COUNTS)
-    for name in HEADLINE:
+    for name in ACCURACIES:
         assert getattr(m, name) == 100.0, name
     np.testing.assert_array_equal(m.per_class[:5], 100.0)
 
@@ -108,7 +115,9 @@ def test_evaluate_logits_takes_the_argmax():
     logits = np.full((len(PREDS), 6), -1.0)
     logits[np.arange(len(PREDS)), PREDS] = 3.0
     from_logits = evaluate_logits(LABELS, logits, TRAIN_COUNTS)
-    assert from_logits.as_dict() == evaluate(LABELS, PREDS, TRAIN_COUNTS).as_dict()
+    from_preds = evaluate(LABELS, PREDS, TRAIN_COUNTS).as_dict()
+    assert math.isnan(from_preds.pop("nll_balanced")) and from_logits.as_dict().pop("nll_balanced") > 0
+    assert {k: v for k, v in from_logits.as_dict().items() if k != "nll_balanced"} == from_preds
     assert evaluate_logits(LABELS, logits, TRAIN_COUNTS, "lpt").few == 55.0
     with pytest.raises(BenchError, match=r"expected \[samples, 5\]"):
         evaluate_logits(LABELS, logits, TRAIN_COUNTS[:5])
@@ -150,3 +159,35 @@ def test_places_lt_group_sizes_under_both_conventions():
     for convention, expected in (("standard", (131, 163, 71)), ("lpt", (131, 157, 77))):
         groups = shot_groups(counts, convention)
         assert tuple(int((groups == g).sum()) for g in ("many", "medium", "few")) == expected
+
+
+def test_balanced_nll_is_the_log_loss_with_every_class_weighted_equally():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), [50, 20, 5, 1])
+    scores = rng.normal(size=(labels.size, 4)) * 3
+    support = np.bincount(labels)
+    probabilities = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    expected = log_loss(labels, probabilities, sample_weight=1.0 / support[labels])
+    assert balanced_nll(labels, scores) == pytest.approx(expected, rel=1e-9)
+    assert evaluate_logits(labels, scores, [100, 50, 10, 5]).nll_balanced == pytest.approx(expected, rel=1e-9)
+    # the plain (sample-weighted) log loss differs: the head would dominate it
+    assert log_loss(labels, probabilities) != pytest.approx(expected, rel=1e-3)
+
+
+def test_standard_error_is_the_stratified_bootstrap_one():
+    """The closed form against a simulated bootstrap of the images resampled within their classes."""
+    rng = np.random.default_rng(1)
+    counts = np.array([200, 150, 60, 40, 12, 6])
+    labels = np.repeat(np.arange(6), [40, 30, 20, 10, 5, 3])
+    preds = np.where(rng.random(labels.size) < np.linspace(0.9, 0.3, 6)[labels], labels, (labels + 1) % 6)
+    metrics = evaluate(labels, preds, counts)
+    draws = {name: [] for name in ("overall", "mean_per_class", "few", "many")}
+    members = [np.flatnonzero(labels == c) for c in range(6)]
+    for _ in range(4000):
+        index = np.concatenate([rng.choice(m, size=m.size) for m in members])
+        resampled = evaluate(labels[index], preds[index], counts)
+        for name, values in draws.items():
+            values.append(getattr(resampled, name))
+    for name, values in draws.items():
+        assert metrics.standard_error(name) == pytest.approx(np.std(values), rel=0.06), name
+    assert math.isnan(metrics.standard_error("worst_class"))

@@ -14,6 +14,7 @@ from bench.errors import BenchError, UsageError
 from bench.method_order import METHOD_ORDER
 from bench.record import check_readable
 from bench.report.document import Block, build_document
+from bench.report.formatting import RISING_MARK
 from bench.report.plots import make_plots
 from bench.report.render_console import console_tables
 from bench.report.render_csv import render_csv
@@ -29,9 +30,22 @@ PLOTTED_FORMATS = ("md", "html")  # the formats that show the plots (markdown li
 # published rows for: the datasets with records | every dataset that has some | none
 PUBLISHED_CHOICES = ("store", "all", "none")
 
-__all__ = ["DEFAULT_FORMATS", "FILES", "PUBLISHED_CHOICES", "NothingToReport", "Report", "build_report",
-           "console_tables", "load_records", "method_order", "parse_formats", "protocol_of",
-           "render_report", "write_files"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "FILES",
+    "PUBLISHED_CHOICES",
+    "RISING_MARK",
+    "NothingToReport",
+    "Report",
+    "build_report",
+    "console_tables",
+    "load_records",
+    "method_order",
+    "parse_formats",
+    "protocol_of",
+    "render_report",
+    "write_files",
+]
 REQUIRED_FIELDS = ("run_id", "method", "dataset")
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.selection import DEFAULT_METRIC, TIE_BREAK
+
 METRICS = ("overall", "many", "medium", "few")
 CONFIGURATION_FIELDS = ("method", "dataset", "backbone", "hparams", "dataset_options", "shot_convention",
                         "pretrained")
@@ -30,8 +32,21 @@ def mean_std(values: Iterable[Any]) -> Stat | None:
     return Stat(statistics.fmean(present), std, len(present))
 
 
+def device_kind(description: str | None) -> str | None:
+    """"cpu" for any CPU (its thread count aside), else the accelerator's name."""
+    return "cpu" if description and description.startswith("cpu") else description
+
+
+def conditions(record: dict) -> dict[str, Any]:
+    """What a run ran under besides its settings that can change its numbers: the precision, the kind of
+    device and the world size. Runs that differ in them are never one row."""
+    return {"precision": record.get("precision"), "device_kind": device_kind(record.get("device")),
+            "world_size": (record.get("world") or {}).get("size", 1)}
+
+
 def configuration_key(record: dict) -> str:
-    return json.dumps({name: record.get(name) for name in CONFIGURATION_FIELDS}, sort_keys=True, default=str)
+    return json.dumps({**{name: record.get(name) for name in CONFIGURATION_FIELDS}, **conditions(record)},
+                      sort_keys=True, default=str)
 
 
 def stopped_early(record: dict) -> bool:
@@ -39,11 +54,18 @@ def stopped_early(record: dict) -> bool:
 
 
 class Configuration:
-    """The runs of one configuration, one per seed (ordered by seed, then run id)."""
+    """The runs of one configuration, one per seed (ordered by seed): where one seed ran more than once under
+    the same configuration, the newest run counts and the others are `superseded`."""
 
     def __init__(self, records: Sequence[dict]):
-        self.records = sorted(records, key=lambda record: (record.get("seed", 0), record["run_id"]))
+        newest: dict[int, dict] = {}
+        for record in sorted(records, key=lambda record: (record.get("finished_at") or "", record["run_id"])):
+            newest[record.get("seed", 0)] = record
+        self.records = [newest[seed] for seed in sorted(newest)]
+        self.superseded = len(records) - len(self.records)
         first = self.records[0]
+        self.precision: str | None = first.get("precision")
+        self.world_size: int = conditions(first)["world_size"]
         self.method: str = first["method"]
         self.dataset: str = first["dataset"]
         self.backbone: str | None = first.get("backbone")
@@ -55,9 +77,15 @@ class Configuration:
         self.health_flags: list[str] = [flag for record in self.records
                                         for flag in (record.get("health") or {}).get("flags", [])]
         self.image_size = (first.get("hparams") or {}).get("image_size")  # 0: the backbone's native size
+        # per seed whose val curve was still rising when its budget ended: {phase: its convergence entry}
+        self.still_rising: list[dict[str, dict]] = [
+            {phase: convergence["phases"][phase] for phase in convergence["still_rising"]}
+            for convergence in (record.get("convergence") or {} for record in self.records)
+            if convergence.get("still_rising")]
 
     @property
     def seeds(self) -> int:
+        """Distinct seeds (never repeated runs of one seed)."""
         return len(self.records)
 
     @property
@@ -88,13 +116,14 @@ def group_configurations(records: Iterable[dict]) -> list[Configuration]:
     return [Configuration(group) for group in groups.values()]
 
 
-def best_on_val(configurations: Sequence[Configuration], metric: str = "overall") -> Configuration:
+def best_on_val(configurations: Sequence[Configuration], metric: str = DEFAULT_METRIC) -> Configuration:
     """The configuration with the best mean val `metric` (never test) among those whose training was not flagged
-    (a flagged one only when every one is); ties: more seeds, then earliest run."""
+    (a flagged one only when every one is); ties: the lower mean class-balanced val NLL, then more seeds, then
+    the earliest run."""
     def rank(configuration: Configuration) -> tuple:
-        val = configuration.selection_score(metric)
-        return (bool(configuration.health_flags), val is None, -val.mean if val else 0.0, -configuration.seeds,
-                configuration.earliest)
+        val, nll = configuration.selection_score(metric), configuration.selection_score(TIE_BREAK)
+        return (bool(configuration.health_flags), val is None, -val.mean if val else 0.0,
+                nll.mean if nll else math.inf, -configuration.seeds, configuration.earliest)
 
     return min(configurations, key=rank)
 

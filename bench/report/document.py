@@ -7,16 +7,25 @@ from dataclasses import dataclass, field
 from bench.report import formatting as fmt
 from bench.report.aggregate import METRICS, Configuration, Stat
 from bench.report.plots import Plot, Plots, row_label
+from bench.report.significance import REPLICATES, Evidence
+from bench.report.significance import SEED as BOOTSTRAP_SEED
 from bench.report.tables import TOP_TRIALS, Ablation, DatasetReport, Report, Sweep, searched_values
 
 TITLE = "Long-tailed benchmark report"
 LPT_SHOTS_MARK = "‡"
 READING_GUIDE = (
     "Measured rows are test top-1 accuracy (%) as mean ± std over seeds (sample std; a single seed shows no "
-    "±); n is the number of seeds. For each method the configuration (every setting but the seed) with the "
-    "best mean val overall accuracy is shown: chosen on validation only, among the method's configurations "
-    f"(column configs). {fmt.UNDEFINED} is undefined (an empty shot group), never 0. Published numbers are "
-    "listed apart and never take part in a choice.")
+    "±); n is the number of distinct seeds. For each method the configuration (every setting but the seed) "
+    "with the best mean val score under the section's selection rule is shown: chosen on validation only, "
+    f"among the method's configurations (column configs). {fmt.UNDEFINED} is undefined (an empty shot group), "
+    "never 0. Published numbers are listed apart and never take part in a choice.")
+EVIDENCE_NOTE = (
+    f"95 % CI: percentile interval of a paired bootstrap ({REPLICATES} replicates, seed {BOOTSTRAP_SEED}) that "
+    "resamples the test images within their classes (the same images for every row) and each row's seeds; vs "
+    f"best: {fmt.BELOW_MARK} where the row is significantly below the row with the best test overall (the 95 % "
+    "interval of their difference excludes 0), n.s. where it is not; p: the share of replicates in which the "
+    f"row was not below the best. {fmt.UNDEFINED}: the row's runs kept no per-image predictions (recorded "
+    "before they were kept) or were scored on other test images.")
 RANDOM_INIT_NOTE = f"{fmt.RANDOM_INIT_MARK} a random-init tower (the backbone or an LPT++ expert's; not pretrained)."
 LPT_SHOTS_NOTE = (f"{LPT_SHOTS_MARK} official LPT shot groups (few ≤ 20 training images); the others use the "
                   "standard ones (many > 100, medium 20–100, few < 20).")
@@ -84,6 +93,13 @@ def _metric_cells(configuration: Configuration) -> list[str]:
     return [fmt.stat(configuration.metric("test", metric), configuration.seeds) for metric in METRICS]
 
 
+def _evidence_cells(configuration: Configuration, evidence: Evidence | None) -> list[str]:
+    """overall, its interval, many, medium, few, its interval, vs best."""
+    overall, many, medium, few = _metric_cells(configuration)
+    return [overall, fmt.interval(evidence and evidence.overall), many, medium, few,
+            fmt.interval(evidence and evidence.few), fmt.versus_best(evidence, REPLICATES)]
+
+
 def _mean(value: Stat | None) -> float | None:
     return None if value is None else value.mean
 
@@ -94,23 +110,49 @@ def leaderboard_block(section: DatasetReport) -> Block:
         configuration = row.configuration
         mark = LPT_SHOTS_MARK if configuration.shot_convention == "lpt" else ""
         rows.append([row_label(row) + mark, configuration.backbone or fmt.UNDEFINED,
-                     fmt.image_size(configuration.image_size), *_metric_cells(configuration), str(configuration.seeds), str(row.candidates),
+                     fmt.image_size(configuration.image_size), *_evidence_cells(configuration, row.evidence),
+                     str(configuration.seeds), str(row.candidates),
                      fmt.parameters(_mean(configuration.field("trainable_params"))),
                      fmt.duration(_mean(configuration.field("train_time_s"))),
-                     fmt.devices(configuration.devices()),
+                     fmt.devices(configuration.devices()) + f" · {configuration.precision or fmt.UNDEFINED}",
                      fmt.milliseconds(_mean(configuration.field("test_ms_per_image")))])
     configurations = [row.configuration for row in section.leaderboard]
     notes = [RANDOM_INIT_NOTE] if any(not c.pretrained for c in configurations) else []
-    notes += health_notes(configurations)
+    notes += health_notes(configurations) + convergence_notes(configurations, section.metric)
     if any(c.shot_convention == "lpt" for c in configurations):
         notes.append(LPT_SHOTS_NOTE)
     if section.stopped_excluded:
         notes.append(f"{section.stopped_excluded} sweep trial(s) stopped early are not ranked.")
-    notes.append(COST_NOTE)
-    header = ["method", "backbone", "px", *METRICS, "n", "configs", "trainable", "train time", "device", "ms/img"]
-    numeric = [False, False, *[True] * 9, False, True]
-    return Block("Leaderboard", 3, "leaderboard", section.key, grid=Grid(header, rows, numeric),
-                 notes=notes)
+    notes += [f"{c.method}: {c.superseded} earlier run(s) of a seed already shown (same configuration) are "
+              "superseded by the newest" for c in configurations if c.superseded]
+    notes += [f"{c.method}: its train time averages runs on {fmt.devices(c.devices())}" for c in configurations
+              if len(c.devices()) > 1]
+    notes += [EVIDENCE_NOTE, COST_NOTE]
+    header = ["method", "backbone", "px", "overall", "overall 95 % CI", "many", "medium", "few", "few 95 % CI",
+              "vs best", "n", "configs", "trainable", "train time", "device · precision", "ms/img"]
+    numeric = [False, False, *[True] * 6, True, False, True, True, True, True, False, True]
+    rule = (f"Each method's configuration is chosen on val {section.metric} (equal scores: the lower "
+            "class-balanced val NLL).")
+    return Block("Leaderboard", 3, "leaderboard", section.key, paragraphs=[rule],
+                 grid=Grid(header, rows, numeric), notes=notes)
+
+
+def convergence_notes(configurations: list[Configuration], metric: str) -> list[str]:
+    """One footnote per row whose val curve was still rising over the last quarter of a phase when its budget
+    ended: which phases, in how many seeds, by how much against its noise."""
+    notes = []
+    for configuration in configurations:
+        if not configuration.still_rising:
+            continue
+        phases = dict.fromkeys(phase for seed in configuration.still_rising for phase in seed)
+        worst = max((entry for seed in configuration.still_rising for entry in seed.values()),
+                    key=lambda entry: entry["rise"] - entry["noise"])
+        notes.append(f"{fmt.RISING_MARK} {configuration.method}: val {metric} was still rising over the last "
+                     f"quarter of {', '.join(phases)} in {len(configuration.still_rising)} of "
+                     f"{configuration.seeds} seed(s) (up to +{worst['rise']:.2f} from epoch {worst['from_epoch']} "
+                     f"to {worst['to_epoch']}, noise ±{worst['noise']:.2f}): this budget does not let "
+                     f"{configuration.method} converge")
+    return notes
 
 
 def health_notes(configurations: list[Configuration]) -> list[str]:
@@ -140,7 +182,7 @@ def ablation_block(dataset: str, ablation: Ablation) -> Block:
     for row in ablation.rows:
         delta = "reference" if row.variant == ablation.base_method else fmt.signed(row.delta_overall)
         rows.append([fmt.method_label(row.variant, row.configuration.pretrained,
-                                      bool(row.configuration.health_flags)),
+                                      bool(row.configuration.health_flags), bool(row.configuration.still_rising)),
                      *_metric_cells(row.configuration), str(row.configuration.seeds), delta])
     notes = [f"Δ overall: the variant's test overall minus the full method's ({ablation.base_method})."]
     if all(row.variant != ablation.base_method for row in ablation.rows):
@@ -148,6 +190,7 @@ def ablation_block(dataset: str, ablation: Ablation) -> Block:
     if any(not row.configuration.pretrained for row in ablation.rows):
         notes.append(RANDOM_INIT_NOTE)
     notes += health_notes([row.configuration for row in ablation.rows])
+    notes += convergence_notes([row.configuration for row in ablation.rows], ablation.metric)
     return Block(f"Ablation: {ablation.name}", 3, "ablation", dataset,
                  grid=Grid(["variant", *METRICS, "n", "Δ overall"], rows, [False] + [True] * 6), notes=notes)
 
@@ -156,15 +199,15 @@ def sweep_block(dataset: str, sweep: Sweep) -> Block:
     finished, searched = len(sweep.finished), ", ".join(sweep.searched) or "nothing"
     summary = (f"{', '.join(sweep.methods)}: {finished + sweep.stopped} trials, {finished} finished, "
                f"{sweep.stopped} stopped early by the scheduler. Searched: {searched}. The top {TOP_TRIALS} "
-               "finished trials by val overall:")
+               f"finished trials by val {sweep.metric}:")
     rows = []
     for rank, record in enumerate(sweep.top, start=1):
         values = searched_values(record, sweep.searched)
         rows.append([str(rank), (record.get("tags") or {}).get("trial") or record["run_id"],
                      *(fmt.setting(values[name]) for name in sweep.searched), str(record.get("seed", "")),
-                     fmt.accuracy((record.get("val") or {}).get("overall")),
+                     fmt.accuracy((record.get("val") or {}).get(sweep.metric)),
                      fmt.accuracy((record.get("test") or {}).get("overall"))])
-    header = ["rank", "trial", *sweep.searched, "seed", "val overall", "test overall"]
+    header = ["rank", "trial", *sweep.searched, "seed", f"val {sweep.metric}", "test overall"]
     return Block(f"Sweep: {sweep.name}", 3, "sweep", dataset, paragraphs=[summary],
                  grid=Grid(header, rows, [True, False] + [True] * (len(header) - 2)),
                  notes=[importance_text(sweep)])
@@ -176,5 +219,5 @@ def importance_text(sweep: Sweep) -> str:
     ranked = ", ".join(f"{name} {value:.2f}" for name, value in sweep.importance.items())
     caveat = (f" With fewer than {FEW_TRIALS} finished trials these are indicative at best."
               if len(sweep.finished) < FEW_TRIALS else "")
-    return (f"Hyperparameter importance (fANOVA via optuna, seed 0, on val overall of the "
+    return (f"Hyperparameter importance (fANOVA via optuna, seed 0, on val {sweep.metric} of the "
             f"{len(sweep.finished)} finished trials): {ranked}.{caveat}")

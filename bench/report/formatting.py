@@ -11,6 +11,8 @@ UNDEFINED = "–"
 MINUS = "−"
 RANDOM_INIT_MARK = "†"
 HEALTH_MARK = "⚠"
+RISING_MARK = "↗"  # the val curve was still rising when the budget ended
+BELOW_MARK = "▼"  # significantly below the best row
 
 
 def accuracy(value: float | None) -> str:
@@ -85,6 +87,28 @@ def setting(value: Any) -> str:
     return str(value)
 
 
-def method_label(method: str, pretrained: bool, flagged: bool = False) -> str:
-    """The method's name, marked when its backbone was not pretrained and when its training was flagged."""
-    return method + ("" if pretrained else RANDOM_INIT_MARK) + (HEALTH_MARK if flagged else "")
+def method_label(method: str, pretrained: bool, flagged: bool = False, rising: bool = False) -> str:
+    """The method's name, marked when its backbone was not pretrained, when its training was flagged and when
+    its val curve had not flattened."""
+    return (method + ("" if pretrained else RANDOM_INIT_MARK) + (HEALTH_MARK if flagged else "")
+            + (RISING_MARK if rising else ""))
+
+
+def interval(value: Any) -> str:
+    """"[77.10, 81.50]" for a bootstrap interval; "–" without one."""
+    return UNDEFINED if value is None else f"[{value.low:.2f}, {value.high:.2f}]"
+
+
+def p_value(p: float, replicates: int) -> str:
+    floor = 1 / replicates
+    return f"p<{floor:.0e}" if p < floor else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
+
+
+def versus_best(evidence: Any, replicates: int) -> str:
+    """"best", "▼ p=0.004" (significantly below the best row) or "n.s. p=0.21"; "–" without evidence."""
+    if evidence is None:
+        return UNDEFINED
+    if evidence.is_best:
+        return "best"
+    mark = BELOW_MARK if evidence.below_best else "n.s."
+    return f"{mark} {p_value(evidence.p_value, replicates)}"

@@ -44,7 +44,7 @@ def make_plots(report: Report, results_root: Path | None) -> Plots:
 
 def row_label(row: LeaderboardRow) -> str:
     return method_label(row.configuration.method, row.configuration.pretrained,
-                        bool(row.configuration.health_flags))
+                        bool(row.configuration.health_flags), bool(row.configuration.still_rising))
 
 
 def _dataset_plots(section: DatasetReport, results_root: Path | None, plots: Plots) -> None:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from bench.report.document import Block
 
-CONSOLE_COLUMNS = ("method", "px", "overall", "many", "medium", "few", "n", "trainable", "train time", "ms/img")
+CONSOLE_COLUMNS = ("method", "px", "overall", "overall 95 % CI", "few", "vs best", "n", "train time")
 
 
 def console_tables(blocks: list[Block]) -> list[Table]:

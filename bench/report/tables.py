@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import selection
 from bench.report.aggregate import (
     Configuration,
     best_on_val,
@@ -15,15 +16,17 @@ from bench.report.aggregate import (
 )
 from bench.report.importance import param_importances
 from bench.report.published import PublishedResult, published_datasets, published_for
+from bench.report.significance import Evidence, leaderboard_evidence
 
-SELECTION_METRIC = "overall"  # on val: picks a method's configuration and ranks sweep trials
 TOP_TRIALS = 5
+Predictions = Callable[[dict], "dict | None"]  # a record → its stored per-image arrays (ResultsStore.predictions)
 
 
 @dataclass
 class LeaderboardRow:
     configuration: Configuration
     candidates: int  # configurations of this method the choice was made among
+    evidence: Evidence | None = None  # bootstrap intervals and the comparison with the best row
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Ablation:
     name: str
     base_method: str
     rows: list[AblationRow]
+    metric: str  # the val metric each variant's configuration was chosen on
 
 
 @dataclass
@@ -45,7 +49,8 @@ class Sweep:
     name: str
     methods: list[str]
     searched: list[str]
-    finished: list[dict]  # ranked by val SELECTION_METRIC, best first
+    metric: str  # the val metric its trials are ranked on (the sweep's selection rule)
+    finished: list[dict]  # ranked by it, best first
     stopped: int
     importance: dict[str, float] | None
 
@@ -61,6 +66,7 @@ class DatasetReport:
     dataset: str
     leaderboard: list[LeaderboardRow]
     stopped_excluded: int
+    metric: str  # the val metric each method's configuration was chosen on
     published: list[PublishedResult]
     ablations: list[Ablation] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
@@ -101,9 +107,10 @@ class Report:
 
 
 def build_report(records: Sequence[dict], method_order: Sequence[str], source: str,
-                 published: str = "store") -> Report:
+                 published: str = "store", predictions: Predictions | None = None) -> Report:
     """`published`: "store" shows published rows for the datasets that have records, "all" for every dataset
-    that has published rows, "none" hides them."""
+    that has published rows, "none" hides them. `predictions` (a record → its per-image arrays) gives the
+    leaderboards their bootstrap intervals and significance; without it they have none."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["dataset"], protocol_of(record) or ""), []).append(record)
@@ -116,9 +123,10 @@ def build_report(records: Sequence[dict], method_order: Sequence[str], source: s
         group = groups[(dataset, protocol)]
         ranked = [record for record in group if not stopped_early(record)]
         has_protocols = any(key[0] == dataset and key[1] for key in groups)
+        metric = selection_metric(group)
         sections.append(DatasetReport(
-            dataset=dataset, leaderboard=leaderboard(ranked, order, selection_metric(group)),
-            stopped_excluded=len(group) - len(ranked),
+            dataset=dataset, leaderboard=leaderboard(ranked, order, metric, predictions),
+            stopped_excluded=len(group) - len(ranked), metric=metric,
             published=published_for(dataset) if published != "none" and not protocol else [],
             ablations=ablations(ranked, order), sweeps=sweeps(group), protocol=protocol or None,
             outside_protocols=not protocol and has_protocols))
@@ -139,15 +147,27 @@ def _by_method(records: Sequence[dict], order) -> dict[str, list[Configuration]]
 
 
 def selection_metric(records: Sequence[dict]) -> str:
-    """The val metric configurations are chosen on: the protocol's selection rule, else SELECTION_METRIC."""
+    """The val metric configurations are chosen on: the protocol's selection rule, else the rule the runs
+    chose their own epochs by when they share one, else the default (`bench.selection`)."""
     chosen = {(record.get("tags") or {}).get("selection") for record in records} - {None}
-    return chosen.pop().removeprefix("val_") if len(chosen) == 1 else SELECTION_METRIC
+    if len(chosen) == 1:
+        return chosen.pop().removeprefix("val_")
+    rules = {selection.record_metric(record) for record in records}
+    return rules.pop() if len(rules) == 1 else selection.DEFAULT_METRIC
 
 
-def leaderboard(records: Sequence[dict], order, metric: str = SELECTION_METRIC) -> list[LeaderboardRow]:
-    """One row per method in registry order: its configuration with the best mean val `metric`."""
-    return [LeaderboardRow(best_on_val(configurations, metric), len(configurations))
+def leaderboard(records: Sequence[dict], order, metric: str = selection.DEFAULT_METRIC,
+                predictions: Predictions | None = None) -> list[LeaderboardRow]:
+    """One row per method in registry order: its configuration with the best mean val `metric`, with bootstrap
+    evidence when `predictions` can load the runs' per-image predictions."""
+    rows = [LeaderboardRow(best_on_val(configurations, metric), len(configurations))
             for configurations in _by_method(records, order).values()]
+    if predictions is not None and rows:
+        evidence = leaderboard_evidence([row.configuration.records for row in rows], predictions,
+                                        lambda records: records[0].get("shot_convention") or "standard")
+        for row, found in zip(rows, evidence, strict=True):
+            row.evidence = found
+    return rows
 
 
 def _kind(record: dict) -> str | None:
@@ -168,15 +188,15 @@ def ablation(name: str, records: Sequence[dict], order) -> Ablation:
     variants: dict[str, list[dict]] = {}
     for record in records:
         variants.setdefault(record["tags"].get("variant") or record["method"], []).append(record)
-    chosen = {variant: best_on_val(group_configurations(group), SELECTION_METRIC)
-              for variant, group in variants.items()}
+    metric = selection_metric(records)
+    chosen = {variant: best_on_val(group_configurations(group), metric) for variant, group in variants.items()}
     base_overall = chosen[base].metric("test", "overall") if base in chosen else None
     rows = []
     for variant in sorted(chosen, key=lambda variant: (variant != base, order(variant))):
         overall = chosen[variant].metric("test", "overall")
         delta = overall.mean - base_overall.mean if overall and base_overall else None
         rows.append(AblationRow(variant, chosen[variant], delta))
-    return Ablation(name, base, rows)
+    return Ablation(name, base, rows, metric)
 
 
 def sweeps(records: Sequence[dict]) -> list[Sweep]:
@@ -190,10 +210,12 @@ def sweeps(records: Sequence[dict]) -> list[Sweep]:
 def sweep(name: str, records: Sequence[dict]) -> Sweep:
     searched = list(dict.fromkeys(key for record in records
                                   for key in (record["tags"].get("searched") or "").split(",") if key))
-    finished = sorted((record for record in records if not stopped_early(record)), key=_trial_rank)
-    scored = [(searched_values(record, searched), _val(record)) for record in finished]
+    metric = selection_metric(records)
+    finished = sorted((record for record in records if not stopped_early(record)),
+                      key=lambda record: _trial_rank(record, metric))
+    scored = [(searched_values(record, searched), (record.get("val") or {}).get(metric)) for record in finished]
     return Sweep(name=name, methods=list(dict.fromkeys(record["method"] for record in records)),
-                 searched=searched, finished=finished, stopped=len(records) - len(finished),
+                 searched=searched, metric=metric, finished=finished, stopped=len(records) - len(finished),
                  importance=param_importances([(params, val) for params, val in scored if val is not None]))
 
 
@@ -203,10 +225,6 @@ def searched_values(record: dict, searched: Sequence[str]) -> dict[str, Any]:
     return {name: settings.get(name) for name in searched}
 
 
-def _val(record: dict) -> float | None:
-    return (record.get("val") or {}).get(SELECTION_METRIC)
-
-
-def _trial_rank(record: dict) -> tuple:
-    value = _val(record)
-    return (value is None, -value if value is not None else 0.0, record["run_id"])
+def _trial_rank(record: dict, metric: str) -> tuple:
+    value, nll = selection.selection_key(record.get("val"), metric)
+    return -value, -nll, record["run_id"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench import selection
 from bench.embedded import is_embedded
 from bench.errors import UsageError
 from bench.hparams import resolve
@@ -42,7 +43,7 @@ class Request:
     storage: str | None = None
     name: str | None = None
     executor: str = "ray"
-    metric: str = "val_overall"
+    metric: str = f"val_{selection.DEFAULT_METRIC}"
     max_failures: int = 2
     cpus_per_trial: int | None = None
     gpus_per_trial: float = 0.0
@@ -116,7 +117,7 @@ def define_sweep(request: Request, trials: int, search: str, scheduler: str, spa
     method = METHODS.canonical(run.method)
     storage, name, plan = _common(request, "sweep", f"{method}-{run.dataset}-{_stamp()}")
     declared = declared_options(method, plan.run.dataset)
-    pins = dict(run.overrides)
+    pins = selection.pinned(run.overrides, request.metric, "--metric")
     if resolve(declared, pins).get("val_split") == "none":
         raise UsageError("a sweep chooses on val, and val_split=none leaves no val split; sweep with "
                          "val_split=carved, then train the chosen configuration with val_split=none")
@@ -163,7 +164,7 @@ def define_ablation(request: Request, variants: list[str] | None, seeds: int) ->
                          f"variant of {method}; its variants: {', '.join(registered) or 'none'}")
     storage, name, plan = _common(request, "ablation", f"ablate-{method}-{run.dataset}-{_stamp()}")
     plan.run.tags = {"base_method": method}
-    pins = dict(run.overrides)
+    pins = selection.pinned(run.overrides, request.metric, "--metric")
     for variant in chosen:  # refuses unknown keys and ill-typed values before anything starts
         resolve(declared_options(variant, plan.run.dataset), pins)
     trials = [Trial(key=f"{variant}-s{seed}", method=variant, seed=seed, overrides=pins, backbone=run.backbone)

@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.errors import UsageError
 from bench.hparams import Space, as_override
+from bench.selection import DEFAULT_METRIC, selection_key
 from bench.store import atomic_write_json, read_json
 from bench.sweeps.space import from_entries, to_entries
 from bench.sweeps.trial import METRICS, Trial, TrialPlan, val_metrics
@@ -39,7 +40,7 @@ class Sweep:
     space: dict[str, Space] = field(default_factory=dict)
     trials: list[Trial] | None = None  # the fixed list; None: Optuna draws `num_trials`
     num_trials: int = 0
-    metric: str = "val_overall"
+    metric: str = f"val_{DEFAULT_METRIC}"
     scheduler: str = "none"
     grace_period: int = 1
     reduction_factor: int = 3
@@ -107,14 +108,15 @@ def metric_value(record: dict, metric: str) -> float:
 
 def best_record(records: list[dict], metric: str) -> dict | None:
     """The record with the best validation `metric`; trials a scheduler stopped, then trials whose training was
-    flagged (diverged, exploded, collapsed), count only when nothing better is left. Ties go to the earlier
-    trial."""
+    flagged (diverged, exploded, collapsed), count only when nothing better is left. Equal scores go to the
+    lower class-balanced val NLL, then to the earlier trial."""
     healthy = [r for r in records if (r.get("health") or {}).get("ok", True)]
     for candidates in ([r for r in healthy if not r.get("stopped_early")], healthy,
                        [r for r in records if not r.get("stopped_early")], records):
         scored = [r for r in candidates if not math.isnan(metric_value(r, metric))]
-        if scored:
-            return max(sorted(scored, key=lambda r: r["tags"].get("trial", "")), key=lambda r: metric_value(r, metric))
+        if scored:  # by the selection rule: the metric, then the lower balanced NLL, then the earlier trial
+            return max(sorted(scored, key=lambda r: r["tags"].get("trial", "")),
+                       key=lambda r: selection_key(r["val"], metric.removeprefix("val_")))
     return None
 
 

@@ -15,9 +15,9 @@ from rich.console import Console
 
 from bench.callbacks import Callback
 from bench.run_spec import RunSpec
+from bench.selection import METRIC_CHOICES
 
-REPORTED = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
-METRICS = tuple(f"val_{name}" for name in REPORTED)  # sweeps select on validation metrics only
+METRICS = tuple(f"val_{name}" for name in METRIC_CHOICES)  # sweeps select on validation metrics only
 FINAL = "trial_finished"  # marks a trial's last report (Ray's own results carry a "done" key)
 
 
@@ -99,7 +99,7 @@ class SchedulerReport(Callback):
 
 def val_metrics(summary: dict) -> dict[str, float]:
     """Reported metrics; an undefined one (an empty shot group) is NaN, never 0."""
-    return {f"val_{name}": float("nan") if summary.get(name) is None else float(summary[name]) for name in REPORTED}
+    return {f"val_{name}": float("nan") if summary.get(name) is None else float(summary[name]) for name in METRIC_CHOICES}
 
 
 def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None,
