@@ -62,9 +62,9 @@ ListWhat = _choices("ListWhat", ("all", "methods", "datasets", "backbones", "pro
 
 def _version(shown: bool) -> None:
     if shown:
-        from importlib.metadata import version
+        from bench import __version__
 
-        _say(f"bench {version('lt-bench')}")
+        _say(f"bench {__version__}")
         raise typer.Exit()
 
 
