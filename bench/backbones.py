@@ -347,6 +347,41 @@ def library_weights(spec: BackboneSpec) -> tuple[str | None, str]:
     return None, f"pretrained weights for {spec.name} (the library registers none)"
 
 
+RANDOM_INIT_FIX = "--random-init"
+
+
+def _missing_offline(spec: BackboneSpec, wanted: str, random_init_fix: str = RANDOM_INIT_FIX) -> BenchError:
+    return BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
+                      f"(or {random_init_fix} to run without)")
+
+
+def _random_only(spec: BackboneSpec, random_init_fix: str = RANDOM_INIT_FIX) -> BenchError:
+    what = "is a random-init test model" if spec.micro else "names no pretrained tag (open_clip:ARCH@TAG)"
+    return BenchError(f"backbone {spec.name} {what}: pass --weights FILE, or {random_init_fix} to run without")
+
+
+def _needs_weights(spec: BackboneSpec) -> bool:
+    """Whether the backbone's weights come from its library (timm / open_clip): not shipped, not a test model."""
+    return not (spec.shipped or spec.micro or (spec.family == "open_clip" and not spec.tag))
+
+
+def check_weights_available(name: str, *, allow_download: bool = False, allow_random_init: bool = False,
+                            random_init_fix: str = RANDOM_INIT_FIX) -> None:
+    """Raise, without building anything, what `create_backbone` would raise for missing weights (no --weights
+    file given): a benchmark says it once, before any run starts. `random_init_fix` names how the caller
+    allows random weights."""
+    spec = parse_backbone(name)
+    if spec.shipped:
+        read_provenance(spec)
+    elif not _needs_weights(spec):
+        if not allow_random_init:
+            raise _random_only(spec, random_init_fix)
+    elif not (allow_download or allow_random_init):
+        cached, wanted = library_weights(spec)
+        if cached is None:
+            raise _missing_offline(spec, wanted, random_init_fix)
+
+
 def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bool,
                   allow_random_init: bool) -> tuple[nn.Module, WeightsInfo]:
     cached, wanted = library_weights(spec)
@@ -354,8 +389,7 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
         if allow_random_init:
             info = WeightsInfo(False, "random", f"random init; missing {wanted}")
             return _create(spec, image_size, False), info
-        raise BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
-                         "(or --random-init to run without)")
+        raise _missing_offline(spec, wanted)
     try:  # a cache hit is loaded from its path and never touches the network, even with allow_download
         model = _create(spec, image_size, True, cached)
     except BenchError:
@@ -387,10 +421,9 @@ def create_backbone(name: str, *, weights: str | None = None, allow_download: bo
         provenance = read_provenance(spec)
         model = _load_file(spec, image_size, path, ignore_prefixes)
         info = WeightsInfo(True, "shipped", str(path), provenance["sha256"], provenance)
-    elif spec.micro or (spec.family == "open_clip" and not spec.tag):
+    elif not _needs_weights(spec):
         if not allow_random_init:
-            what = "is a random-init test model" if spec.micro else "names no pretrained tag (open_clip:ARCH@TAG)"
-            raise BenchError(f"backbone {name} {what}: pass --weights FILE, or --random-init to run without")
+            raise _random_only(spec)
         model, info = _create(spec, image_size, False), WeightsInfo(False, "random", "random init")
     else:
         model, info = _from_library(spec, image_size, allow_download, allow_random_init)

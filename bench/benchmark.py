@@ -12,7 +12,7 @@ Stage folders are named after the protocol and its hash: a changed protocol star
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -30,6 +30,8 @@ IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the L
 @dataclass
 class BenchmarkOptions:
     data_root: str | None = None
+    weights: str | None = None  # a local file of the protocol's backbone weights (its pretrained tag's)
+    allow_download: bool = False
     out: str | None = None
     executor: str = "local"
     resume: bool = False
@@ -39,6 +41,7 @@ class BenchmarkOptions:
     address: str | None = None
     max_failures: int = 2
     nproc_per_trial: int = 1
+    trackers: list[str] = field(default_factory=list)
 
 
 def stage_name(protocol: Protocol, stage: str) -> str:
@@ -54,8 +57,9 @@ def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: Benchma
 
     name = stage_name(protocol, stage)
     run = RunSpec(method=protocol.methods[0], dataset=protocol.dataset, backbone=protocol.backbone,
-                  weights=protocol.weights_path, data_root=absolute(options.data_root), out=str(out),
-                  device=options.device, allow_random_init=protocol.random_init, sweep=name,
+                  weights=absolute(options.weights) or protocol.weights_path, data_root=absolute(options.data_root),
+                  out=str(out), device=options.device, allow_download=options.allow_download,
+                  allow_random_init=protocol.random_init, sweep=name, trackers=options.trackers,
                   tags=protocol_tags(protocol, stage))
     plan = TrialPlan("benchmark", run, options.cpus_per_trial, nproc=options.nproc_per_trial)
     base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
@@ -102,14 +106,28 @@ def chosen_configurations(protocol: Protocol, search: Sweep | None, console: Con
 
 
 def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
-    """What would make every run fail, said once before any starts: the weights file, the dataset."""
+    """What would make every run fail, said once before any starts: the weights, the dataset."""
+    from bench.backbones import check_weights_available
     from bench.datasets.base import DATASETS, load_dataset
     from bench.hparams import resolve
+    from bench.trackers import check_trackers
 
-    weights = protocol.weights_path
-    if weights and not Path(weights).is_file():
-        raise BenchError(f"protocol {protocol.name}: weights file {weights} not found (weights = "
-                         f"{protocol.weights!r} in {protocol.path})")
+    check_trackers(options.trackers)
+    if options.weights:
+        if not Path(options.weights).expanduser().is_file():
+            raise BenchError(f"--weights {options.weights}: file not found; give the path of a local copy of "
+                             f"{protocol.backbone}'s weights (.safetensors or a state dict)")
+    elif protocol.weights:
+        if not Path(protocol.weights_path).is_file():
+            raise BenchError(f"protocol {protocol.name}: weights file {protocol.weights_path} not found (weights = "
+                             f"{protocol.weights!r} in {protocol.path}); put the file there or pass --weights FILE")
+    else:
+        try:
+            check_weights_available(protocol.backbone, allow_download=options.allow_download,
+                                    allow_random_init=protocol.random_init,
+                                    random_init_fix="random_init = true in a protocol of your own")
+        except BenchError as error:
+            raise BenchError(f"protocol {protocol.name}: {error}") from None
     spec = DATASETS.get(protocol.dataset)
     load_dataset(protocol.dataset, options.data_root, resolve(spec.options, {
         k: v for k, v in protocol.dataset_options.items() if k in spec.options}))
@@ -119,7 +137,7 @@ def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Consol
     """Run (or continue) every stage; returns the results root the records went to."""
     from bench.sweeps.define import check_trial_resources, execute_sweep, results_and_sweeps_roots
 
-    check_trial_resources(options.executor, options.gpus_per_trial, options.nproc_per_trial)
+    check_trial_resources(options.executor, options.gpus_per_trial, options.nproc_per_trial, options.cpus_per_trial)
     out, _ = results_and_sweeps_roots(options.out, None)
     preflight(protocol, options)
     console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)

@@ -11,7 +11,11 @@ class Callback:
     interrupts it (resumable), anything else crashes it. Checkpoints are written before the hooks run."""
 
     def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
-        """After every epoch: `entry` is its history line (phase, epoch, step, loss, lr, seconds, val if run)."""
+        """After every epoch: `entry` is its history line (phase, epoch, step, loss, lr, seconds, val if run);
+        `epoch` counts within the phase and `step` over all phases, both from 1, as the log does."""
 
     def on_phase_end(self, phase: str, selected: dict, run_dir: Path) -> None:
-        """After a phase's last epoch: `selected` says which epoch's weights the phase kept."""
+        """After a phase's last epoch: `selected` says which epoch's weights the phase kept (from 1)."""
+
+    def on_run_end(self, record: dict, run_dir: Path) -> None:
+        """After the run is evaluated and recorded: `record` is its record (bench.record)."""

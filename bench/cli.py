@@ -57,14 +57,17 @@ Executor = _choices("Executor", EXECUTORS)
 Search = _choices("Search", SEARCHES)
 Scheduler = _choices("Scheduler", SCHEDULERS)
 Published = _choices("Published", PUBLISHED_CHOICES)
+Tracker = _choices("Tracker", ("tensorboard", "mlflow"))
+TRACKER = typer.Option([], "--tracker", help="log to an experiment tracker (repeatable): tensorboard (event files "
+                       "in each run folder) or mlflow (a local store, <results>/mlflow.db)")
 ListWhat = _choices("ListWhat", ("all", "methods", "datasets", "backbones", "protocols", "hparams"))
 
 
 def _version(shown: bool) -> None:
     if shown:
-        from importlib.metadata import version
+        from bench import __version__
 
-        _say(f"bench {version('lt-bench')}")
+        _say(f"bench {__version__}")
         raise typer.Exit()
 
 
@@ -164,6 +167,7 @@ def run(
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="host of node 0 (multi-node runs)"),
     master_port: int | None = typer.Option(None, "--master-port", help="free port on node 0 (default: any free "
                                            "port, single-node runs only)"),
+    trackers: list[Tracker] = TRACKER,
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
@@ -206,6 +210,7 @@ def run(
                 method=method, dataset=dataset, backbone=backbone,
                 weights=weights, data_root=data_root, overrides=overrides, seed=seed,
                 out=out, device=device, allow_download=allow_download, allow_random_init=random_init,
+                trackers=[tracker.value for tracker in trackers],
             )
             result = runner.execute(spec, console)
     from bench.distributed import leave, world
@@ -262,14 +267,17 @@ RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initia
 
 def _trial_settings(method: str, dataset: str, backbone: str | None, weights: str | None, data_root: str | None,
                     assignments: list[str], seed: int, out: str | None, device: str, allow_download: bool,
-                    random_init: bool):
+                    random_init: bool, trackers: list[Tracker]):
     """The run settings every trial of a sweep or ablation shares, from its options."""
     from bench.hparams import parse_assignments
     from bench.run_spec import RunSpec
+    from bench.trackers import check_trackers
 
+    names = [tracker.value for tracker in trackers]
+    check_trackers(names)
     return RunSpec(method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
                    overrides=parse_assignments(assignments), seed=seed, out=out, device=device,
-                   allow_download=allow_download, allow_random_init=random_init)
+                   allow_download=allow_download, allow_random_init=random_init, trackers=names)
 
 
 @app.command()
@@ -309,6 +317,7 @@ def sweep(
     device: str = TRIAL_DEVICE,
     allow_download: bool = ALLOW_DOWNLOAD,
     random_init: bool = RANDOM_INIT,
+    trackers: list[Tracker] = TRACKER,
 ) -> None:
     """Sweep a method's hyperparameters (Optuna/random/grid, ASHA), with Ray Tune or in-process.
 
@@ -322,7 +331,7 @@ def sweep(
             definition = load_for_resume(name, storage, out)
         else:
             run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
-                                  allow_download, random_init)
+                                  allow_download, random_init, trackers)
             request = Request(run, storage=storage, name=name, executor=executor.value, metric=metric,
                               max_failures=max_failures, cpus_per_trial=cpus_per_trial,
                               gpus_per_trial=gpus_per_trial, address=address, nproc_per_trial=nproc_per_trial)
@@ -362,6 +371,7 @@ def ablate(
     device: str = TRIAL_DEVICE,
     allow_download: bool = ALLOW_DOWNLOAD,
     random_init: bool = RANDOM_INIT,
+    trackers: list[Tracker] = TRACKER,
 ) -> None:
     """Run a method and its registered ablation variants × seeds through the sweep executors."""
     from bench.sweeps.define import Request, define_ablation, load_for_resume
@@ -373,7 +383,7 @@ def ablate(
             definition = load_for_resume(name, storage, out)
         else:
             run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
-                                  allow_download, random_init)
+                                  allow_download, random_init, trackers)
             request = Request(run, storage=storage, name=name, executor=executor.value, max_failures=max_failures,
                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
                               nproc_per_trial=nproc_per_trial)
@@ -389,6 +399,9 @@ def ablate(
 def benchmark(
     protocol: str = typer.Argument(..., help="a shipped protocol (bench list protocols) or a protocol .toml file"),
     data_root: str | None = TRIAL_DATA_ROOT,
+    weights: str | None = typer.Option(None, "--weights", help="a local file of the protocol backbone's weights "
+                                       "(its pretrained tag's; .safetensors or a state dict)"),
+    allow_download: bool = ALLOW_DOWNLOAD,
     executor: Executor = typer.Option(Executor.local, "--executor", help="local (in-process, no Ray) or ray "
                                       "(Ray Tune)"),
     resume: bool = typer.Option(False, "--resume", help="continue a benchmark started before; recorded runs are "
@@ -401,6 +414,7 @@ def benchmark(
     out: str | None = RESULTS_OUT,
     device: str = TRIAL_DEVICE,
     formats: str = typer.Option("md,html", "--format", "-f", help="report formats: md, html, tex, csv"),
+    trackers: list[Tracker] = TRACKER,
 ) -> None:
     """Run a benchmark protocol (methods × configurations searched on val × seeds), then its report.
 
@@ -413,20 +427,23 @@ def benchmark(
     try:
         chosen_formats = reports.parse_formats(formats)
         definition = load_protocol(protocol)
-        options = BenchmarkOptions(data_root=data_root, out=out, executor=executor.value, resume=resume, device=device,
+        options = BenchmarkOptions(data_root=data_root, weights=weights, allow_download=allow_download, out=out,
+                                   executor=executor.value, resume=resume, device=device,
                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
-                                   max_failures=max_failures, nproc_per_trial=nproc_per_trial)
+                                   max_failures=max_failures, nproc_per_trial=nproc_per_trial,
+                                   trackers=[tracker.value for tracker in trackers])
         try:
             with _sigterm_as_interrupt():
                 root = run_benchmark(definition, options, console)
         except KeyboardInterrupt:
             settings = {"--executor": executor.value if executor != Executor.local else None,
-                        "--data-root": data_root, "--out": out, "--address": address,
+                        "--data-root": data_root, "--weights": weights, "--out": out, "--address": address,
                         "--cpus-per-trial": cpus_per_trial,
                         "--gpus-per-trial": f"{gpus_per_trial:g}" if gpus_per_trial else None,
                         "--nproc-per-trial": nproc_per_trial if nproc_per_trial > 1 else None}
-            again = ["bench", "benchmark", protocol, "--resume",
-                     *(part for flag, value in settings.items() if value is not None for part in (flag, str(value)))]
+            again = ["bench", "benchmark", protocol, "--resume", *(["--allow-download"] if allow_download else []),
+                     *(part for flag, value in settings.items() if value is not None for part in (flag, str(value))),
+                     *(part for tracker in trackers for part in ("--tracker", tracker.value))]
             _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         tag = f"{definition.name} {definition.hash}"

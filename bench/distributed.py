@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -119,9 +120,22 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def allowed_cpus() -> int:
+    """CPUs this process may use on this machine: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's `--cpus`), which the affinity does not show."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def cpu_share(processes: int) -> int:
-    """Threads for each of `processes` processes sharing this machine's cores (its CPU affinity)."""
-    return max(1, len(os.sched_getaffinity(0)) // processes)
+    """Threads for each of `processes` processes sharing this machine's CPUs (`allowed_cpus`)."""
+    return max(1, allowed_cpus() // processes)
 
 
 def assign_device(device: torch.device) -> None:

@@ -224,8 +224,9 @@ class Engine:
                     self._save(state, optimizer, scaler, phases)
                     self._report(entry)
                     if phase_done:
+                        selected = {**state.selected[-1], "epoch": state.selected[-1]["epoch"] + 1}
                         for callback in self.callbacks:
-                            callback.on_phase_end(phase.name, state.selected[-1], ctx.run_dir)
+                            callback.on_phase_end(phase.name, selected, ctx.run_dir)
                 state.phase, state.next_epoch = index + 1, 0
         return state
 
@@ -357,5 +358,6 @@ class Engine:
         lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
         self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown} "
                           f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data)")
+        numbered = {**entry, "epoch": entry["epoch"] + 1}  # hooks number epochs from 1, as the log line above
         for callback in self.callbacks:
-            callback.on_epoch_end(entry, self.ctx.run_dir)
+            callback.on_epoch_end(numbered, self.ctx.run_dir)

@@ -1,7 +1,7 @@
 """The order in which reports list methods: baselines (probe, full fine-tuning, long-tail losses and samplers,
 parameter-efficient tuning, decoupled classifiers, CLIP), then LPT, then LPT++ and its ablations. Light, so
-`bench report` lists rows in this order without importing torch; `register_method` refuses a method missing
-here, so every registered method has its place."""
+`bench report` lists rows in this order without importing torch; `register_method` refuses a method of this
+package missing here, so every one has its place. Plugin methods (entry points) need no place: they come last."""
 
 METHOD_ORDER = (
     "linear_probe", "finetune", "la", "bs", "vpt_shallow", "vpt_deep", "adaptformer", "bitfit", "lift", "crt", "lws",

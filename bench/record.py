@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from bench import selection
 from bench.errors import BenchError
@@ -68,6 +69,7 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
         "test_ms_per_image": None if method.predicts_from_features()  # the backbone's pass is not timed
         else round(1000 * test_s / max(1, len(dataset.test)), 3),  # with data loading
         "device": manifest["device"], "world": {"size": world().size, "devices": world().all_gather(manifest["device"])},
+        "threads": torch.get_num_threads(),  # torch threads of each of the run's processes
         "precision": ctx.precision, "data_paths": ctx.data_paths,
         "preprocessing": config["preprocessing"],
         "pretrained": backbone.weights_info.pretrained,

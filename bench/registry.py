@@ -1,8 +1,11 @@
-"""Name → object registries for methods, datasets and backbones, with nearest-name suggestions."""
+"""Name → object registries for methods, datasets and backbones, with nearest-name suggestions, and the
+entry points through which other installed packages add methods and datasets."""
 
 from __future__ import annotations
 
 import difflib
+import sys
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from bench.errors import UsageError
@@ -44,6 +47,19 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())
+
+
+def load_plugins(group: str) -> None:
+    """Import what installed packages declare in the entry-point `group` (`lt_bench.methods`,
+    `lt_bench.datasets`): a module (or an object in one) that registers with `register_method` /
+    `register_dataset` as this package's own modules do. A plugin that fails to import is skipped, said in one
+    line, so that it cannot break every command."""
+    for entry in entry_points(group=group):
+        try:
+            entry.load()
+        except Exception as error:  # noqa: BLE001  (whatever a third-party import raises)
+            print(f"warning: plugin {entry.name} = {entry.value!r} (entry point group {group}) failed to load and "
+                  f"is skipped: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 KNOWN_SHOWN = 30  # a vocabulary longer than this (timm's model names) is cut in the message

@@ -23,3 +23,4 @@ class RunSpec:
     sweep: str | None = None  # the sweep, ablation or benchmark stage the run belongs to
     tags: dict[str, str] = field(default_factory=dict)
     checkpoint: str | None = None  # evaluate this trained checkpoint (method format) instead of training
+    trackers: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow (bench.trackers)

@@ -23,7 +23,7 @@ from bench.backbones import parse_backbone
 from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
 from bench.datasets.base import DATASETS, load_dataset
-from bench.distributed import join
+from bench.distributed import join, world
 from bench.embedded import EMBEDDED_DATASET, EMBEDDED_PRESET, is_embedded
 from bench.engine import Engine, TrainingDiverged, TrainingState
 from bench.errors import BenchError, RunInterrupted, UsageError, first_line
@@ -45,6 +45,7 @@ from bench.run_folder import (
 from bench.run_spec import RunSpec
 from bench.seeding import derived_seed, seed_everything
 from bench.store import ResultsStore, atomic_write_json, read_json, remove_temp_files
+from bench.trackers import check_trackers, make_trackers
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 
@@ -119,6 +120,7 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
     decision, e.g. {"reason": "asha", "epoch": 3}) ends the run at its last checkpoint instead: it is evaluated
     as it stands and its record says so."""
     console = console or Console()
+    check_trackers(spec.trackers)
     spec, preset_note = with_embedded_preset(spec)
     method_cls, dataset_spec, hparams, dataset_options = split_options(spec)
     spec = dataclasses.replace(spec, backbone=spec.backbone or method_cls.default_backbone or DEFAULT_BACKBONE)
@@ -295,6 +297,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequ
     config["preprocessing"] = {tower.name: dataclasses.asdict(ctx.preprocessing(tower))
                                for tower in method.towers()}
     atomic_write_json(ctx.run_dir / "config.json", config)
+    if spec.trackers and world().is_main:
+        callbacks = [*callbacks, *make_trackers(spec.trackers, config, ctx.run_dir)]
     engine = Engine(method, ctx, callbacks)
     if spec.checkpoint:
         method.import_checkpoint(Path(spec.checkpoint))
@@ -343,6 +347,8 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequ
                  "let it converge")
     store.add(record, overwrite=True)
     write_status(ctx.run_dir, "complete")
+    for callback in callbacks:
+        callback.on_run_end(record, ctx.run_dir)
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
                  f"few {test.few:.2f}")
     return record

@@ -8,15 +8,16 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import shared_path
 from typer.testing import CliRunner
 
 from bench import runner
 from bench.cli import app
 from bench.errors import BenchError
-from bench.protocols import load_protocol, shipped_protocols
+from bench.protocols import find_protocol, load_protocol, shipped_protocols
 from bench.store import ResultsStore
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "protocols" / "embedded.toml"
+EMBEDDED = find_protocol("embedded")
 PROBE_ONLY = """name = "mine"
 description = "the probe at 8 px, one seed, no search"
 dataset = "digits_lt"
@@ -180,9 +181,29 @@ def test_benchmark_through_ray(tmp_path):
 
 def test_a_protocol_without_its_data_fails_before_any_run(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
-    result = CliRunner().invoke(app, ["benchmark", "places_lt_lpt", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["benchmark", "places_lt_lpt", "--out", str(tmp_path), "--allow-download"])
     assert result.exit_code == 1 and "places_lt needs its data" in result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "benchmarks").exists()
+
+
+def test_shipped_protocols_name_weights_by_tag_and_the_preflight_says_how_to_supply_them(tmp_path, monkeypatch):
+    """No shipped protocol names a local file; missing weights are one line naming the file looked for and the
+    fix, before anything is written; --weights FILE supplies them offline."""
+    import huggingface_hub.constants
+
+    assert all(load_protocol(path.stem).weights is None for path in shipped_protocols())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    cli, out = CliRunner(), tmp_path / "results"
+    missing = cli.invoke(app, ["benchmark", "cifar10_lt_cpu", "--out", str(out)])
+    assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1, missing.output
+    assert "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in missing.output and "--weights FILE" in missing.output
+    wrong = cli.invoke(app, ["benchmark", "cifar10_lt_cpu", "--out", str(out), "--weights", str(tmp_path / "no.pt")])
+    assert wrong.exit_code == 1 and f"--weights {tmp_path / 'no.pt'}: file not found" in wrong.output
+    assert not out.exists()
+    weights = shared_path("assets/vit_tiny_patch16_224.safetensors")  # the shared copy, passed as the override
+    supplied = cli.invoke(app, ["benchmark", "cifar10_lt_cpu", "--out", str(out), "--weights", str(weights)])
+    assert supplied.exit_code == 1 and "cifar10_lt needs its data" in supplied.output  # past the weights
 
 
 def test_an_interrupted_benchmark_says_how_to_continue_with_the_same_resources(tmp_path, monkeypatch):

@@ -307,7 +307,7 @@ def test_lpt_run_resumes_in_the_right_phase_and_epoch(tmp_path):
         pass
 
     def stop_in_phase2(entry):
-        if entry["phase"] == "lpt_group" and entry["epoch"] == 0:
+        if entry["phase"] == "lpt_group" and entry["epoch"] == 1:
             raise Stop
 
     with pytest.raises(Stop):

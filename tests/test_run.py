@@ -36,8 +36,11 @@ def test_finetune_run_writes_folder_and_record(tmp_path):
     recorder = Recorder()
     result = runner.execute(fast_spec(tmp_path), callbacks=[recorder])
     selected = result.record["selected"][0]
-    assert recorder.seen == [("epoch", "full", 0, result.run_id), ("epoch", "full", 1, result.run_id),
-                             ("phase", "full", selected["epoch"], result.run_id)]
+    # hooks number epochs from 1, as the log does (the record's `selected` counts from 0)
+    assert recorder.seen == [("epoch", "full", 1, result.run_id), ("epoch", "full", 2, result.run_id),
+                             ("phase", "full", selected["epoch"] + 1, result.run_id)]
+    log = (result.run_dir / "log.txt").read_text()
+    assert "full epoch 1:" in log and "full epoch 2:" in log
     assert 0.0 <= result.record["data_wait_share"] < 1.0  # the share of training time spent waiting for batches
     history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
     assert all(entry["seconds"] > 0 and 0.0 <= entry["data_wait_share"] < 1.0 for entry in history)
@@ -64,7 +67,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
     full = runner.execute(fast_spec(tmp_path / "a", epochs="3"))
 
     def interrupt_after_first_epoch(entry):
-        if entry["epoch"] == 0:
+        if entry["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -249,7 +252,7 @@ def test_a_scheduler_stop_after_the_last_epoch_is_no_early_stop(tmp_path):
     """ASHA does not know a trial's length: its stop can come with the last epoch's report. Nothing was cut
     short, so the record says the run finished (and a sweep may choose it)."""
     def stop_at_the_end(entry):
-        if entry["epoch"] == 1:
+        if entry["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -63,9 +63,18 @@ def results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path
     return results, Path(absolute(storage)) if storage else results / "sweeps"
 
 
-def check_trial_resources(executor: str, gpus: float, nproc: int) -> None:
+def check_trial_resources(executor: str, gpus: float, nproc: int, cpus: int | None = None) -> None:
     """A trial is one process on one device (a fraction of a GPU shares a card), or `nproc` data-parallel
-    processes with one GPU each (or none: CPU processes), which Ray Train starts."""
+    processes with one GPU each (or none: CPU processes), which Ray Train starts. The local executor runs one
+    trial at a time, with at most the CPUs this process may use."""
+    if cpus is not None and cpus < 1:
+        raise UsageError(f"--cpus-per-trial {cpus}: need at least 1")
+    if executor == "local" and cpus is not None:
+        from bench.distributed import allowed_cpus
+
+        if cpus > allowed_cpus():
+            raise UsageError(f"--cpus-per-trial {cpus}: the local executor runs one trial at a time on the "
+                             f"{allowed_cpus()} CPUs this process may use; give at most {allowed_cpus()}")
     if nproc < 1:
         raise UsageError(f"--nproc-per-trial {nproc}: need at least 1")
     if nproc > 1 and gpus not in (0, nproc):
@@ -85,7 +94,7 @@ def _common(request: Request, kind: str, default_name: str) -> tuple[Path, str, 
     if request.executor not in EXECUTORS:
         raise UsageError(f"--executor {request.executor}: choose one of {', '.join(EXECUTORS)}")
     check_metric(request.metric)
-    check_trial_resources(request.executor, request.gpus_per_trial, request.nproc_per_trial)
+    check_trial_resources(request.executor, request.gpus_per_trial, request.nproc_per_trial, request.cpus_per_trial)
     run = request.run
     out, storage = results_and_sweeps_roots(run.out, request.storage)
     name = check_name(request.name or default_name)

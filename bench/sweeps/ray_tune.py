@@ -35,6 +35,8 @@ def init_ray(address: str | None) -> bool:
     """Start (or join, with `address`) Ray with small-machine settings; True if this call started it."""
     import ray
 
+    from bench.distributed import allowed_cpus
+
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -46,14 +48,12 @@ def init_ray(address: str | None) -> bool:
                 "runtime_env": {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}}
     if address:
         ray.init(address=address, **settings)
-    else:
-        ray.init(object_store_memory=OBJECT_STORE_CAP, **settings)
+    else:  # as many CPUs as this process may use (a container's quota included), not the host's count
+        ray.init(object_store_memory=OBJECT_STORE_CAP, num_cpus=allowed_cpus(), **settings)
     return True
 
 
 def _ray_trainable(config: dict, sweep: Sweep) -> None:
-    import ray
-    import torch
     from ray import tune
 
     trial = sweep.trial_from_ray(config, tune.get_context().get_trial_id())
@@ -62,7 +62,6 @@ def _ray_trainable(config: dict, sweep: Sweep) -> None:
 
         tune.report(train_trial(sweep, trial, in_tune=True))
         return
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     tune.report(run_trial(sweep.plan, trial, tune.report, node=ray_node()))
 
 

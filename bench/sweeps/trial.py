@@ -66,7 +66,7 @@ class TrialPlan:
 
     @property
     def threads(self) -> int | None:
-        """Torch threads of each of a trial's processes (None: leave torch's own choice)."""
+        """Torch threads of each of a trial's processes (None: the CPUs the process may use, `usable_cpus`)."""
         return max(1, self.cpus_per_trial // self.nproc) if self.cpus_per_trial else None
 
     def run_id(self, trial: Trial) -> str:
@@ -107,16 +107,13 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | No
     """Train (or resume, or just read back) the trial's run; report each validated epoch (to a scheduler, which
     may raise TrialStopped); return its final validation metrics with {FINAL: True, "run_id": ...}. `node`
     (a Ray node id) is recorded in the run's tags."""
-    import torch
-
     from bench import runner
     from bench.store import ResultsStore
 
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
-        if plan.threads:
-            torch.set_num_threads(plan.threads)
+        fit_threads(plan)
         run_dir = Path(plan.run.out) / "runs" / run_id
         callbacks = [*plan.callbacks, *([SchedulerReport(report, run_id)] if report else [])]
         try:
@@ -135,10 +132,22 @@ def stop_trial(plan: TrialPlan, trial: Trial, decision: dict, node: str | None =
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
+        fit_threads(plan)
         run_dir = Path(plan.run.out) / "runs" / run_id
         record = runner.execute(trial_spec(plan, trial, node), Console(quiet=True), run_dir,
                                 stopped_early=decision).record
     return final_metrics(record)
+
+
+def fit_threads(plan: TrialPlan) -> None:
+    """Torch threads of a trial process: its share of --cpus-per-trial, else the CPUs it may use (the local
+    executor runs one trial at a time; a Ray trial gets the CPUs Ray gave it), so that trials at once × threads
+    each never exceed the CPUs."""
+    import torch
+
+    from bench.context import usable_cpus
+
+    torch.set_num_threads(plan.threads or usable_cpus())
 
 
 def final_metrics(record: dict) -> dict:

@@ -6,6 +6,10 @@ reference schedule), the search budget on val (the same number of configurations
 selection rule, the seeds and the methods. Its hash covers what makes rows comparable and what a run is (not
 the seeds, the method list or the prose), so adding a seed or a method keeps earlier runs; every run records the
 protocol's name and hash, and reports never put two protocols in one table.
+
+The shipped protocols are this package's data (`bench/protocols/*.toml`), found through importlib.resources, so
+an installed wheel has them as an editable checkout does. They name their backbone's weights by its timm /
+open_clip pretrained tag, never by a local path; `bench benchmark --weights FILE` supplies them offline.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,6 @@ from bench import selection as selection_rule
 from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "protocols"
 TOP_KEYS = {"name", "description", "source", "dataset", "backbone", "weights", "random_init", "seeds", "methods",
             "dataset_options", "settings", "budget", "search", "method_settings"}
 REQUIRED = ("name", "description", "dataset", "backbone", "seeds", "methods")
@@ -41,7 +45,8 @@ class Protocol:
     seeds: tuple[int, ...]
     methods: tuple[str, ...]
     source: str = ""
-    weights: str | None = None  # a file, as written: relative to the protocol file (its hash uses this text)
+    weights: str | None = None  # a user protocol's file, as written: relative to the protocol file (its hash uses
+    # this text); shipped protocols name none (their backbone's pretrained tag names the weights)
     random_init: bool = False  # a randomly initialised backbone is allowed (said in every report row)
     dataset_options: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)  # --set for every method that declares the option
@@ -106,21 +111,22 @@ def scaled_warmup(reference: int, scale: float, shortest_phase: int) -> int:
 
 
 def find_protocol(name_or_path: str) -> Path:
-    """A shipped protocol's name (protocols/<name>.toml) or a file path."""
+    """A shipped protocol's name (bench/protocols/<name>.toml, package data) or a file path."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UsageError(f"protocol file {path} not found")
         return path
-    shipped = SHIPPED_DIR / f"{name_or_path}.toml"
-    if not shipped.is_file():
-        names = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))) or "none"
+    shipped = {path.stem: path for path in shipped_protocols()}
+    if name_or_path not in shipped:
+        names = ", ".join(shipped) or "none"
         raise UsageError(f"unknown protocol {name_or_path!r}: give a .toml file or one of the shipped ones ({names})")
-    return shipped
+    return shipped[name_or_path]
 
 
 def shipped_protocols() -> list[Path]:
-    return sorted(SHIPPED_DIR.glob("*.toml"))
+    """The protocol files shipped in this package, by name."""
+    return sorted(Path(str(entry)) for entry in files(__name__).iterdir() if entry.name.endswith(".toml"))
 
 
 def load_protocol(name_or_path: str) -> Protocol:
