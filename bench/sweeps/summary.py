@@ -39,13 +39,14 @@ def ablation_summary(sweep: Sweep, console: Console) -> None:
 
     records = sweep.records()
     table = Table(title=f"{sweep.name}: {len(records)} of {sweep.num_trials} runs (mean ± std over seeds)")
-    for column in ("variant", "seeds", "val overall", "test overall", "many", "medium", "few"):
+    chosen_on = sweep.metric.removeprefix("val_")
+    for column in ("variant", "seeds", f"val {chosen_on}", "test overall", "many", "medium", "few"):
         table.add_column(column, justify="right" if column != "variant" else "left")
     variants = list(dict.fromkeys(t.method for t in sweep.trials))
     for variant in variants:
         runs = [r for r in records if r["method"] == variant]
         cells = []
-        for split, metric in (("val", "overall"), ("test", "overall"), ("test", "many"), ("test", "medium"),
+        for split, metric in (("val", chosen_on), ("test", "overall"), ("test", "many"), ("test", "medium"),
                               ("test", "few")):
             values = [r[split][metric] for r in runs if r[split].get(metric) is not None]
             cells.append("–" if not values else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
