@@ -20,7 +20,7 @@ from bench.methods.common import (
     predict_images,
     sampler_hparams,
 )
-from bench.methods.linear_probe import StandardizedLinear, probe_hparams, probe_phase, weight_decays
+from bench.methods.linear_probe import StandardizedLinear, probe_hparams, probe_phase, probe_record
 from bench.methods.tuned import TunedClassifier
 from torch import nn
 
@@ -126,10 +126,10 @@ class ClassifierRetraining(Decoupled):
 
     def classifier_phase(self) -> Phase:
         return probe_phase(self, "classifier", self.classifier, lambda: self.features["train"],
-                           on_start=self._freeze_representation)
+                           lambda: self.features["val"], on_start=self._freeze_representation)
 
     def extra_record(self) -> dict:
-        return {"weight_decays": weight_decays(self.hp).tolist()}
+        return probe_record(self)
 
 
 @register_method("lws")

@@ -8,9 +8,10 @@ It builds CIFAR-10-LT as a plain `folder` tree (train/: 500 … 10 images per cl
 val/, so the harness carves val from train: 20, 20, 20, 13, 8, 5, 3, 2, 1, 1; test/: 100 per class,
 balanced), then for each loss fits the probe at every weight decay of its grid alone (`wd_steps=1`) and prints
 val overall, val mean per-class, val balanced NLL, test overall and test few per weight decay, and which weight
-decay each rule keeps: the old rule (val overall, ties to the grid's first value), `selection_metric=overall`
-(val overall, ties to the lower balanced NLL) and the default (val mean per-class, same ties), each as the
-harness runs it over the whole grid. Test is read here only to check the rules; nothing chooses on it.
+decay each rule keeps: the old rule (val overall, ties to the grid's first value), the grid on val with
+`selection_metric=overall` and with the default mean per-class (ties to the lower balanced NLL), and the default
+(`wd_search=auto`, which cross-validates over train ∪ val on this long-tailed val), each as the harness runs it
+over the whole grid. Test is read here only to check the rules; nothing chooses on it.
 """
 
 from __future__ import annotations
@@ -96,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{grid[best]['test']['overall']:.2f} / few {grid[best]['test']['few']:.2f}"),
                      (f"old rule (val overall, ties to the first): wd {decays[old]:.3g}, test "
                       f"{grid[old]['test']['overall']:.2f} / few {grid[old]['test']['few']:.2f}")]
-            for metric in ("overall", "mean_per_class"):
-                record = probe(loss, selection_metric=metric)
-                chosen = np.asarray(record["weight_decays"])[record["selected"][0]["epoch"]]
-                lines.append(f"harness, selection_metric={metric}: wd {chosen:.3g}, test "
+            for label, overrides in (("on val, selection_metric=overall", {"wd_search": "val",
+                                                                            "selection_metric": "overall"}),
+                                     ("on val, selection_metric=mean_per_class", {"wd_search": "val"}),
+                                     ("default (cross-validated, mean_per_class)", {})):
+                record = probe(loss, **overrides)
+                chosen = (record["probe_cv"]["chosen"] if record["wd_search"] == "cv"
+                          else np.asarray(record["weight_decays"])[record["selected"][0]["epoch"]])
+                lines.append(f"harness, {label}: wd {chosen:.3g}, test "
                              f"{record['test']['overall']:.2f} / few {record['test']['few']:.2f} "
                              f"({record['test']['overall'] - grid[best]['test']['overall']:+.2f} from the best)")
             console.print("\n".join(lines), highlight=False)

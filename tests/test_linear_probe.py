@@ -4,10 +4,12 @@ objective; it refuses a weight-decay search without a val split."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from bench.methods.linear_probe import weight_decays
+from bench.methods.linear_probe import stratified_folds, weight_decays
 from bench.methods.samplers import sampling_weights
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -85,10 +87,10 @@ def fit_probe(tmp_path, x, labels, wd):
                               train=SimpleNamespace(labels=labels))
     ctx = SimpleNamespace(dataset=dataset, device=torch.device("cpu"), log=logging.getLogger("test"))
     hp = {"wd_max": wd, "wd_min": wd, "wd_steps": 1, "max_iter": 2000, "standardize": True, "loss": "ce",
-          "sampler": "instance_balanced", "model_selection": "best_val"}
+          "sampler": "instance_balanced", "model_selection": "best_val", "wd_search": "cv"}
     head = StandardizedLinear(x.shape[1], 5)
     phase = probe_phase(SimpleNamespace(ctx=ctx, hp=hp, name="linear_probe"), "probe", head,
-                        lambda: torch.as_tensor(x, dtype=torch.float32))
+                        lambda: torch.as_tensor(x, dtype=torch.float32), lambda: None)
     phase.on_start()
     phase.fit_epoch(0)
     return head.linear.weight.detach().double().numpy(), head.linear.bias.detach().double().numpy()
@@ -109,7 +111,21 @@ def test_weight_decay_grid_and_its_refusals(tmp_path):
         [10 ** (-1 - k / 2) for k in range(13)])
     assert weight_decays({"wd_max": 0.01, "wd_min": 1e-7, "wd_steps": 1}).tolist() == [0.01]
     with pytest.raises(BenchError, match="fix one weight decay with --set wd_steps=1"):
-        probe_run(tmp_path, model_selection="last")
+        probe_run(tmp_path, model_selection="last", wd_search="val")
+
+
+def test_cross_validation_scores_every_train_and_val_image_and_keeps_the_best_decay(tmp_path):
+    assert probe_run(tmp_path, wd_steps="1").record["wd_search"] == "val"  # the digits' val is balanced
+    record = probe_run(tmp_path, wd_search="cv", wd_steps="4", wd_min="1e-4").record
+    table = record["probe_cv"]
+    assert record["wd_search"] == "cv" and table["folds"] == 5 and table["images"] == 383 + 100
+    assert table["metric"] == "cv_mean_per_class" and len(table["scores"]) == 4
+    best = max(range(4), key=lambda i: (table["scores"][i], -table["nll_balanced"][i], -i))
+    assert table["chosen"] == table["weight_decays"][best] and record["epochs_trained"] == 1
+    folds = stratified_folds(np.repeat(np.arange(3), [11, 4, 2]), 5, seed=0)
+    for label, size in enumerate((11, 4, 2)):  # each class dealt as evenly as its size allows
+        counts = np.bincount(folds[np.repeat(np.arange(3), [11, 4, 2]) == label], minlength=5)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == size
 
 
 def test_probe_without_a_val_split_fits_one_weight_decay(tmp_path):
@@ -123,7 +139,8 @@ def test_probe_without_a_val_split_fits_one_weight_decay(tmp_path):
                           backbone="vit_micro", allow_random_init=True, out=str(tmp_path / "out"),
                           overrides={**PROBE, "val_split": "none"})
     with pytest.raises(BenchError, match="no val split"):
-        runner.execute(spec)
+        runner.execute(dataclasses.replace(spec, overrides={**spec.overrides, "wd_search": "val"}))
+    assert runner.execute(spec).record["probe_cv"]["images"] == 12  # cross-validated over train alone
     spec.overrides = {**spec.overrides, "wd_steps": "1", "wd_max": "0.001"}
     record = runner.execute(spec).record
     assert record["val_split"] == {"source": "none", "size": 0} and record["posthoc"] is None
