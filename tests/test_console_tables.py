@@ -4,14 +4,12 @@ lines); `bench list hparams` with the defaults `bench run` uses; `bench runs` an
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
@@ -151,9 +149,8 @@ def test_runs_lists_the_latest_first_and_show_latest_shows_it(tmp_path, monkeypa
         assert refused.exit_code == 1 and message in refused.output
 
 
-@pytest.mark.parametrize("args", [["--last", "-1"]])
-def test_runs_refuses_a_negative_count(tmp_path, args):
-    refused = CliRunner().invoke(app, ["runs", "--out", str(tmp_path), *args])
+def test_runs_refuses_a_negative_count(tmp_path):
+    refused = CliRunner().invoke(app, ["runs", "--out", str(tmp_path), "--last", "-1"])
     assert refused.exit_code == 2 and "--last -1" in refused.output
 
 
@@ -164,4 +161,3 @@ def test_report_writes_to_reports_all_by_default(tmp_path, monkeypatch):
     assert made.exit_code == 0, made.output
     assert (tmp_path / "reports" / "all" / "leaderboard.md").exists() and not (tmp_path / "report").exists()
     assert "…" not in bench.cli.console.export_text()
-    assert json.loads((tmp_path / "records" / f"{fixed_records()[0]['run_id']}.json").read_text())
