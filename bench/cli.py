@@ -1,8 +1,7 @@
-"""`bench`: run, eval, sweep, ablate, benchmark, list, show, report."""
+"""`bench`: run, eval, sweep, ablate, benchmark, list, runs, show, report."""
 
 from __future__ import annotations
 
-import math
 import shlex
 import signal
 import threading
@@ -11,14 +10,12 @@ from contextlib import contextmanager
 from enum import Enum
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
+from bench.console_tables import hparams_tables, metrics_table, registry_table, settings_table
 from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
-from bench.metrics import ACCURACIES
 from bench.report import PUBLISHED_CHOICES
 from bench.selection import DEFAULT_METRIC, METRIC_CHOICES
 from bench.sweeps.model import EXECUTORS, SCHEDULERS, SEARCHES
@@ -418,23 +415,20 @@ def benchmark(
 ) -> None:
     """Run a benchmark protocol (methods × configurations searched on val × seeds), then its report.
 
-    One table per protocol, mean ± std over seeds, configurations searched per method."""
+    One table per protocol, mean ± std over seeds, configurations searched per method; the report goes to
+    <results>/reports/<protocol>/."""
+    from bench import api
     from bench import report as reports
-    from bench.benchmark import BenchmarkOptions, run_benchmark
-    from bench.protocols import load_protocol
-    from bench.store import ResultsStore
 
     try:
-        chosen_formats = reports.parse_formats(formats)
-        definition = load_protocol(protocol)
-        options = BenchmarkOptions(data_root=data_root, weights=weights, allow_download=allow_download, out=out,
-                                   executor=executor.value, resume=resume, device=device,
-                                   cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
-                                   max_failures=max_failures, nproc_per_trial=nproc_per_trial,
-                                   trackers=[tracker.value for tracker in trackers])
         try:
             with _sigterm_as_interrupt():
-                root = run_benchmark(definition, options, console)
+                result = api.benchmark(protocol, data_root=data_root, weights=weights, allow_download=allow_download,
+                                       executor=executor.value, resume=resume, cpus_per_trial=cpus_per_trial,
+                                       gpus_per_trial=gpus_per_trial, nproc_per_trial=nproc_per_trial,
+                                       address=address, max_failures=max_failures, out=out, device=device,
+                                       formats=formats, trackers=[tracker.value for tracker in trackers],
+                                       console=console)
         except KeyboardInterrupt:
             settings = {"--executor": executor.value if executor != Executor.local else None,
                         "--data-root": data_root, "--weights": weights, "--out": out, "--address": address,
@@ -446,24 +440,14 @@ def benchmark(
                      *(part for tracker in trackers for part in ("--tracker", tracker.value))]
             _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        tag = f"{definition.name} {definition.hash}"
-        store = ResultsStore(root)
-        records = [r for r in reports.load_records(store) if reports.protocol_of(r) == tag]
-        if not records:
-            raise BenchError(f"benchmark {definition.name}: no run was recorded; see the run logs under {root}/runs")
-        built = reports.build_report(records, reports.method_order(), str(root), published="none",
-                                     predictions=store.predictions)
-        files, blocks = reports.render_report(built, chosen_formats, root)
-        folder = root / "reports" / definition.name
-        written = reports.write_files(folder, files)
     except BenchError as error:
         _fail(error)
-    for table in reports.console_tables(blocks):
+    made = result.report
+    for table in reports.console_tables(made.blocks, console):
         console.print(table)
-    expected = len(definition.methods) * (len(definition.seeds) + max(0, definition.trials - 1))
-    _say(f"{len(records)} runs recorded under protocol {tag} (at most {expected} planned); report: "
-         + ", ".join(str(path) for path in written))
-    for section in built.datasets:
+    _say(f"{len(made.records)} runs recorded under protocol {result.protocol.name} {result.protocol.hash} (at most "
+         f"{result.planned} planned); report: " + ", ".join(str(path) for path in made.written))
+    for section in made.report.datasets:
         for row in section.leaderboard:
             if row.configuration.still_rising:
                 _say(f"{reports.RISING_MARK} this budget does not let {row.configuration.method} converge: its "
@@ -486,60 +470,6 @@ def _execute_interruptibly(definition, command: str, resume: bool) -> None:
              f"(interrupted or failed); {hint}")
 
 
-SHORT_METRIC_NAMES = {"mean_per_class": "mean/cls", "worst_class": "worst", "harmonic_mean": "h-mean",
-                      "macro_f1": "macro-F1"}
-
-
-def metrics_table(record: dict) -> Table:
-    """A run's val and test metrics, compact enough for an 80-column terminal or a pipe (nothing cut or
-    folded): short headers, no box, the post-hoc row's tau in the caption."""
-    table = Table(title=Text(f"{record['method']} on {record['dataset']} ({record['backbone']}, "
-                             f"{'pretrained' if record['pretrained'] else 'random init'}, seed {record['seed']})"),
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("split", no_wrap=True)
-    for column in ACCURACIES:
-        table.add_column(SHORT_METRIC_NAMES.get(column, column), justify="right", no_wrap=True)
-    for split in ("val", "test"):
-        metrics = record[split]
-        table.add_row(split, *(_cell(metrics.get(column)) for column in ACCURACIES))
-    posthoc = record.get("posthoc")
-    if posthoc:
-        table.add_row("post-hoc", *(_cell(posthoc["test"].get(column)) for column in ACCURACIES), style="dim")
-    table.caption = Text(f"{record['trainable_params']:,} trainable parameters, trained "
-                         f"{record['train_time_s']:.1f} s on {record['device']}"
-                         f"{' in ' + record['precision'] if record.get('precision') else ''}; shot groups: "
-                         f"{record['shot_convention']}; chosen on "
-                         f"{(record.get('selection') or {}).get('metric', 'val_overall')}"
-                         + (f"; post-hoc: test with logit adjustment tau={posthoc['tau']:.1f} chosen on val"
-                            if posthoc else ""))
-    return table
-
-
-def _cell(value) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.2f}"
-
-
-def hparams_table(method: str, dataset: str) -> Table:
-    """Every --set key of (method, dataset): default, search space, declared by, help (which cites its source)."""
-    from bench.datasets.base import DATASETS
-    from bench.methods.base import METHODS
-    from bench.runner import COMMON_OPTIONS
-    from bench.sweeps.space import describe
-
-    table = Table(title=f"options of {method} on {dataset} (bench run --set KEY=VALUE; bench sweep searches the "
-                        "spaces shown)")
-    for column in ("option", "default", "search space", "declared by", "help"):
-        table.add_column(column, overflow="fold", style="bold" if column == "option" else None)
-    groups = (("method " + method, METHODS.get(method).hparams), ("dataset " + dataset, DATASETS.get(dataset).options),
-              ("common", COMMON_OPTIONS))
-    for where, declared in groups:
-        for name, hp in declared.items():
-            space = describe({name: hp.space}).split(" ", 1)[1] if hp.space is not None else ""
-            default = str(hp.default).lower() if isinstance(hp.default, bool) else str(hp.default)
-            table.add_row(name, default, space, where, hp.help)
-    return table
-
-
 @app.command("list")
 def list_(
     what: ListWhat = typer.Argument(ListWhat.all, help="what to list", show_default=True),
@@ -547,10 +477,14 @@ def list_(
         autocompletion=_names("method")),
     dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset",
         autocompletion=_names("dataset")),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"),
+                                        help="with hparams: the backbone (as for bench run; on the embedded "
+                                        "dataset, none means the embedded default and its preset)"),
 ) -> None:
     """List methods, datasets, backbones and shipped protocols, or (hparams) a method's options.
 
-    hparams: every option a method and dataset declare, with default, search space, source and help."""
+    hparams: every option a method and dataset declare, with the default bench run uses (on the embedded default,
+    its preset), the space bench sweep searches, and help citing its source."""
     import bench.datasets
     import bench.methods  # noqa: F401
     from bench.backbones import BACKBONES
@@ -560,9 +494,12 @@ def list_(
     what = what.value
     if what == "hparams":
         try:
-            console.print(hparams_table(METHODS.canonical(method), DATASETS.canonical(dataset)))
+            heading, tables = hparams_tables(METHODS.canonical(method), DATASETS.canonical(dataset), backbone)
         except BenchError as error:
             _fail(error)
+        _say(heading)
+        for table in tables:
+            console.print(table)
         return
 
     sections = {
@@ -571,34 +508,27 @@ def list_(
         "backbones": (BACKBONES, lambda spec: spec.description),
     }
     for name, (registry, describe) in sections.items():
-        if what not in ("all", name):
-            continue
-        table = Table(title=name)
-        table.add_column("name", style="bold")
-        table.add_column("aliases")
-        table.add_column("description")
-        for key, entry in registry.items():
-            table.add_row(key, ", ".join(registry.aliases_of(key)), describe(entry))
-        console.print(table)
+        if what in ("all", name):
+            console.print(registry_table(name, [(key, ", ".join(registry.aliases_of(key)), describe(entry))
+                                                for key, entry in registry.items()],
+                                         ("name", "aliases", "description")))
     if what in ("all", "protocols"):
         import tomllib
 
         from bench.protocols import shipped_protocols
 
-        table = Table(title="protocols (bench benchmark NAME)")
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for path in shipped_protocols():
-            table.add_row(path.stem, str(tomllib.loads(path.read_text()).get("description", "")))
-        console.print(table)
+        rows = [(path.stem, str(tomllib.loads(path.read_text()).get("description", "")))
+                for path in shipped_protocols()]
+        console.print(registry_table("protocols (bench benchmark NAME)", rows, ("name", "description")))
 
 
 @app.command()
 def show(
-    run_ref: str = typer.Argument(..., metavar="RUN", help="run folder or run id"),
+    run_ref: str = typer.Argument(..., metavar="RUN", help="run folder, run id (or a unique prefix of one), or "
+                                  "latest: the run started or resumed last"),
     out: str | None = typer.Option(None, "--out", help="results root"),
 ) -> None:
-    """Show a run's state, configuration and metrics."""
+    """Show a run's state, configuration and metrics (bench show latest: the last run started)."""
     from bench.run_folder import describe_status, find_run
     from bench.store import ResultsStore, read_json
 
@@ -623,8 +553,9 @@ def show(
     except BenchError as error:
         _fail(error)
     console.print(Text.assemble((run_dir.name, "bold"), f" ({status})"), soft_wrap=True)
-    _say(f"hyperparameters: {hparams}")
-    _say(f"dataset options: {options}")
+    console.print(settings_table("hyperparameters", hparams))
+    if options:
+        console.print(settings_table("dataset options", options))
     if record is None:
         _say(f"no record in the store: {record_path} is missing" if status == "complete"
              else "no record in the store yet (the run has not finished)")
@@ -632,6 +563,46 @@ def show(
     console.print(table)
     for note in record.get("notes", []):
         _say(f"note: {note}")
+
+
+@app.command()
+def runs(
+    out: str | None = typer.Option(None, "--out", help="results root"),
+    method: str | None = typer.Option(None, "--method", "-m", help="only this method's runs"),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset's runs"),
+    last: int = typer.Option(20, "--last", "-n", help="how many runs, the latest first (0: all)"),
+) -> None:
+    """List the runs of a results store, the one started or resumed last first: id, state, method, dataset,
+    test overall accuracy and when it finished (bench show RUN for one)."""
+    from bench.console_tables import RunRow, runs_table
+    from bench.run_folder import results_root, run_folders, run_state
+    from bench.store import ResultsStore, read_json
+
+    if last < 0:
+        _fail(UsageError(f"--last {last}: give a number of runs, or 0 for all"))
+    root = results_root(out)
+    store = ResultsStore(root)
+    rows = []
+    for folder in run_folders(root):
+        try:
+            config = read_json(folder / "config.json")
+            record = read_json(store.path_for(folder.name)) if store.path_for(folder.name).exists() else {}
+        except (OSError, ValueError) as error:
+            _say(f"warning: skipping run {folder.name}: {error}", err_console)
+            continue
+        if method not in (None, config.get("method")) or dataset not in (None, config.get("dataset")):
+            continue
+        rows.append(RunRow(folder.name, run_state(folder), str(config.get("method", "?")),
+                           str(config.get("dataset", "?")), (record.get("test") or {}).get("overall"),
+                           record.get("finished_at")))
+    if not rows:
+        wanted = " and ".join(f"{name} {value}" for name, value in (("method", method), ("dataset", dataset))
+                              if value)
+        _say(f"no runs{' of ' + wanted if wanted else ''} under {root / 'runs'}", err_console)
+        raise typer.Exit(EXIT_RUNTIME)
+    shown = rows[:last] if last else rows
+    console.print(runs_table(shown, console, f"{len(shown)} of {len(rows)} runs under {root / 'runs'}, the "
+                                             "latest first"))
 
 
 @app.command()
@@ -643,7 +614,7 @@ def report(
     formats: str | None = typer.Option(None, "--format", "-f", help="comma-separated md, html, tex, csv "
                                                                      "(default md,html)"),
     report_dir: str | None = typer.Option(None, "--report-dir", help="where the report goes (default "
-                                          "<results>/report)"),
+                                          "<results>/reports/all, or reports/<protocol> with --protocol)"),
     published: Published = typer.Option(
         Published.store, "--published",
         help="published reference rows for the datasets with records (store), for every dataset that has some (all), "
@@ -651,41 +622,21 @@ def report(
 ) -> None:
     """Leaderboards, ablation tables, sweep summaries and plots, from the results store's records only.
 
+    Written to <results>/reports/all/ (reports/<protocol>/ with --protocol, -<dataset> added with --dataset).
     Exits with status 1, writing nothing, when the store (or the chosen dataset) has no records."""
-    from pathlib import Path
-
+    from bench import api
     from bench import report as reports
-    from bench.store import ResultsStore
 
     try:
-        chosen_formats = reports.parse_formats(formats or reports.DEFAULT_FORMATS)
-        published = published.value
-        if results is None:
-            from bench.run_folder import default_results_root
-
-            root = default_results_root()
-        else:
-            root = Path(results).expanduser().resolve()
         try:
-            store = ResultsStore(root)
-            records = reports.load_records(store, dataset)
-            if protocol is not None:
-                records = [r for r in records if (reports.protocol_of(r) or "").split(" ")[0] == protocol]
-                if not records:
-                    raise reports.NothingToReport(f"no records of protocol {protocol} in {root}/records "
-                                                  "(run `bench benchmark` first)")
+            made = api.report(results, dataset=dataset, protocol=protocol, formats=formats or reports.DEFAULT_FORMATS,
+                              report_dir=report_dir, published=published.value)
         except reports.NothingToReport as nothing:
             err_console.print(str(nothing), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_RUNTIME) from None
-        source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
-        built = reports.build_report(records, reports.method_order(), str(source), published,
-                                     predictions=store.predictions)
-        files, blocks = reports.render_report(built, chosen_formats, root)
-        folder = Path(report_dir).expanduser().resolve() if report_dir else root / "report"
-        written = reports.write_files(folder, files)
     except BenchError as error:
         _fail(error)
-    for table in reports.console_tables(blocks):
+    for table in reports.console_tables(made.blocks, console):
         console.print(table)
-    names = ", ".join(str(path.relative_to(folder)) for path in written)
-    _say(f"wrote {len(written)} files to {folder}: {names}")
+    names = ", ".join(str(path.relative_to(made.folder)) for path in made.written)
+    _say(f"wrote {len(made.written)} files to {made.folder}: {names}")

@@ -17,7 +17,7 @@ from bench.context import RunContext
 from bench.distributed import world
 from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits, none_if_nan
-from bench.progress import Bars, progress_bars
+from bench.progress import Bars, RunClock, clock_text, progress_bars
 from bench.run_folder import resume_command
 from bench.seeding import seed_everything
 from bench.selection import TIE_BREAK, selection_key
@@ -176,6 +176,7 @@ class Engine:
         scaler = torch.amp.GradScaler(enabled=ctx.amp_dtype == torch.float16)
         if scaler_state:
             scaler.load_state_dict(scaler_state)
+        clock = RunClock([phase.epochs for phase in phases])
         with progress_bars(ctx.console) as progress:
             if phases and state.phase >= len(phases) and phases[-1].on_start:
                 phases[-1].on_start()  # resumed after the last epoch: the final phase's state is needed to predict
@@ -202,7 +203,8 @@ class Engine:
                 loss_fn = phase_loss(phase, self.method.model(), ctx.device) if optimizer is not None else None
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
-                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress, loss_fn)
+                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress, loss_fn,
+                                                     clock.remaining(index, epoch))
                     seconds = time.perf_counter() - started
                     state.train_time_s += seconds
                     state.data_wait_s += waited
@@ -222,7 +224,8 @@ class Engine:
                         self._select(state, index, phase, phases)
                         state.phase, state.next_epoch = index + 1, 0
                     self._save(state, optimizer, scaler, phases)
-                    self._report(entry)
+                    clock.finished_epoch(index, time.perf_counter() - started)
+                    self._report(entry, clock.remaining(index, epoch + 1))
                     if phase_done:
                         selected = {**state.selected[-1], "epoch": state.selected[-1]["epoch"] + 1}
                         for callback in self.callbacks:
@@ -307,9 +310,10 @@ class Engine:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
 
-    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars, loss_fn
-                     ) -> tuple[float, float]:
-        """(mean loss, seconds spent waiting for batches) of one epoch."""
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars, loss_fn,
+                     run_left: float | None) -> tuple[float, float]:
+        """(mean loss, seconds spent waiting for batches) of one epoch; its bar shows the whole run's time left
+        (`run_left`, this epoch included) as estimated when it started."""
         ctx = self.ctx
         seed_everything(world().noise_seed(ctx.seed, index, epoch))
         if phase.fit_epoch is not None:
@@ -319,7 +323,8 @@ class Engine:
             group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
-        bar = progress.bar(f"{phase.name} {epoch + 1}/{phase.epochs}", total)
+        run_eta = f" (run: {clock_text(run_left)} left)" if run_left is not None else ""
+        bar = progress.bar(f"{phase.name} {epoch + 1}/{phase.epochs}{run_eta}", total)
         loss_sum, steps, shown = torch.zeros((), device=ctx.device), 0, ""
         batches, waited = iter(phase.batches(epoch)), 0.0
         while True:
@@ -351,13 +356,14 @@ class Engine:
             raise TrainingDiverged(f"loss became {mean} in {phase.name} epoch {epoch + 1}")
         return mean
 
-    def _report(self, entry: dict) -> None:
+    def _report(self, entry: dict, run_left: float | None) -> None:
         val = entry.get("val")
         metric = self.ctx.hparams["selection_metric"]
         shown = f" val {metric} {val[metric]:.2f}" if val and val.get(metric) is not None else ""
         lr = f" lr {entry['lr']:.3g}" if entry["lr"] is not None else ""
         self.ctx.log.info(f"{entry['phase']} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}{lr}{shown} "
-                          f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data)")
+                          f"({entry['seconds']:.1f} s, {entry['data_wait_share']:.0%} waiting for data"
+                          + (f"; run: {clock_text(run_left)} left)" if run_left else ")"))
         numbered = {**entry, "epoch": entry["epoch"] + 1}  # hooks number epochs from 1, as the log line above
         for callback in self.callbacks:
             callback.on_epoch_end(numbered, self.ctx.run_dir)

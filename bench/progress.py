@@ -1,9 +1,10 @@
 """Progress on long work: rich bars on a terminal; elsewhere (CI, logs) a plain line every tenth of the way
-through bars of at least `PLAIN_MIN_STEPS` steps, so short loops stay quiet."""
+through bars of at least `PLAIN_MIN_STEPS` steps, so short loops stay quiet. And the whole run's time left
+(`RunClock`), from the epoch times measured so far."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -56,3 +57,37 @@ class Bars:
 
     def bar(self, description: str, total: int | None) -> Bar:
         return Bar(self.progress, self.console, description, total)
+
+
+class RunClock:
+    """The time left in a whole run of phases (`planned`: each phase's epochs), from the wall time of the epochs
+    this process has finished (training, validation and checkpoint): each phase's remaining epochs at its own
+    mean epoch time, a phase not started yet at the mean over every epoch measured (so the estimate firms up as
+    each phase starts). None until an epoch has been measured."""
+
+    def __init__(self, planned: Sequence[int]):
+        self.planned = list(planned)
+        self.measured: dict[int, list[float]] = {}
+
+    def finished_epoch(self, phase: int, seconds: float) -> None:
+        self.measured.setdefault(phase, []).append(seconds)
+
+    def remaining(self, phase: int, epochs_done: int) -> float | None:
+        """Seconds left with `epochs_done` epochs of phase index `phase` done (and every phase before it)."""
+        every = [seconds for times in self.measured.values() for seconds in times]
+        if not every:
+            return None
+        overall = sum(every) / len(every)
+        total = 0.0
+        for index in range(phase, len(self.planned)):
+            left = max(0, self.planned[index] - (epochs_done if index == phase else 0))
+            times = self.measured.get(index)
+            total += left * (sum(times) / len(times) if times else overall)
+        return total
+
+
+def clock_text(seconds: float) -> str:
+    """Seconds as h:mm:ss, as rich's time columns show them."""
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}"

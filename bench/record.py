@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bench import selection
 from bench.errors import BenchError
@@ -40,6 +39,8 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
                  health: list[str], stopped_early: dict | None, wall_s: float, test_s: float) -> dict:
     """The record of a finished run: what ran (spec, resolved settings, preprocessing, precision, data), how
     it went (metrics on val and test, post-hoc adjustment, epochs, selection, health) and what it cost."""
+    import torch  # here, as the two below: `bench report` reads this module (check_readable), never torch
+
     from bench.distributed import world  # torch: imported only where a record is built
     from bench.engine import count_parameters
 

@@ -20,6 +20,7 @@ from bench.store import atomic_write_json, pid_alive, read_json
 RESULTS_ENV = "BENCH_RESULTS"
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
+LATEST = "latest"  # `bench show latest`: the run started or resumed last
 
 
 def default_results_root() -> Path:
@@ -53,18 +54,27 @@ def read_status(run_dir: Path) -> dict:
         "state": "unknown", "error": f"{path} has no 'state'"}
 
 
+def run_state(run_dir: Path, status: dict | None = None) -> str:
+    """complete, running, interrupted, failed, stopped or unknown; a run whose status says running but whose
+    process (on this host) is gone is interrupted."""
+    status = status if status is not None else read_status(run_dir)
+    state = status["state"]
+    if state == "running" and status.get("host") in (None, socket.gethostname()):
+        pid = status.get("pid")
+        return state if isinstance(pid, int) and pid_alive(pid) else "interrupted"
+    return state
+
+
 def describe_status(run_dir: Path) -> str:
     """One line for `bench show`: the state, and for a run that is not going on, how to continue it."""
     status = read_status(run_dir)
-    state = status["state"]
+    state = run_state(run_dir, status)
     if state == "complete":
         return "complete"
     if state == "running":
-        pid, host = status.get("pid"), status.get("host")
-        if host not in (None, socket.gethostname()):
-            return f"running (pid {pid} on {host})"
-        if isinstance(pid, int) and pid_alive(pid):
-            return f"running (pid {pid})"
+        host = status.get("host")
+        return f"running (pid {status.get('pid')}{f' on {host}' if host not in (None, socket.gethostname()) else ''})"
+    if status["state"] == "running":
         state = "interrupted (process gone)"
     elif status.get("error"):
         state = f"{state}: {status['error']}"
@@ -109,15 +119,35 @@ def new_run_id(method: str, dataset: str) -> str:
     return f"{dataset}-{method}-{stamp}-{secrets.token_hex(3)}"
 
 
+def results_root(out: str | None) -> Path:
+    return Path(out).expanduser().resolve() if out else default_results_root()
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under <root>/runs, the one started or resumed last first (by when its config.json was
+    written: at every start and resume)."""
+    runs = root / "runs"
+    folders = [folder for folder in runs.iterdir() if (folder / "config.json").exists()] if runs.is_dir() else []
+    return sorted(folders, key=lambda folder: ((folder / "config.json").stat().st_mtime_ns, folder.name),
+                  reverse=True)
+
+
 def find_run(run: str | Path, out: str | None = None) -> Path:
+    """A run by its folder, its id, a unique prefix of its id, or `latest` (the run started or resumed last)."""
     candidate = Path(run).expanduser()
     if (candidate / "config.json").exists():
         return candidate.resolve()
-    root = Path(out).expanduser().resolve() if out else default_results_root()
+    root = results_root(out)
+    if str(run) == LATEST:
+        folders = run_folders(root)
+        if not folders:
+            raise BenchError(f"no runs under {root / 'runs'}, so no latest one; start one with `bench run` (or give "
+                             "the results root with --out)")
+        return folders[0]
     by_id = root / "runs" / str(run)
     if (by_id / "config.json").exists():
         return by_id
     matches = sorted((root / "runs").glob(f"{run}*")) if (root / "runs").is_dir() else []
     if len(matches) == 1 and (matches[0] / "config.json").exists():
         return matches[0]
-    raise BenchError(f"no run {run!r} under {root / 'runs'}; pass a run folder or an id from the store")
+    raise BenchError(f"no run {run!r} under {root / 'runs'}; pass a run folder, an id from `bench runs`, or latest")

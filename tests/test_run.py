@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import OnEpoch
@@ -41,6 +42,8 @@ def test_finetune_run_writes_folder_and_record(tmp_path):
                              ("phase", "full", selected["epoch"] + 1, result.run_id)]
     log = (result.run_dir / "log.txt").read_text()
     assert "full epoch 1:" in log and "full epoch 2:" in log
+    assert re.search(r"full epoch 1: .*; run: \d+:\d\d:\d\d left\)", log)  # the whole run's time left
+    assert not re.search(r"full epoch 2: .*; run:", log)  # after the last epoch: nothing
     assert 0.0 <= result.record["data_wait_share"] < 1.0  # the share of training time spent waiting for batches
     history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
     assert all(entry["seconds"] > 0 and 0.0 <= entry["data_wait_share"] < 1.0 for entry in history)
@@ -123,7 +126,7 @@ def test_missing_split_file_names_the_file(tmp_path):
     assert "ImageNet_LT_train.txt" in result.output
 
 
-def test_show_prints_metrics_and_show_and_report_never_import_torch(tmp_path):
+def test_show_prints_metrics_and_show_report_and_runs_never_import_torch(tmp_path):
     import subprocess
     import sys
 
@@ -137,9 +140,10 @@ def test_show_prints_metrics_and_show_and_report_never_import_torch(tmp_path):
     light = ("import sys; from typer.testing import CliRunner; from bench.cli import app; "
              f"shown = CliRunner().invoke(app, ['show', {result.run_id!r}, '--out', {str(tmp_path)!r}]); "
              f"made = CliRunner().invoke(app, ['report', '--out', {str(tmp_path)!r}, '-f', 'md']); "
-             "print(shown.exit_code, made.exit_code, 'torch' in sys.modules)")
+             f"listed = CliRunner().invoke(app, ['runs', '--out', {str(tmp_path)!r}]); "
+             "print(shown.exit_code, made.exit_code, listed.exit_code, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["0", "0", "False"], done.stdout + done.stderr
+    assert done.stdout.split() == ["0", "0", "0", "False"], done.stdout + done.stderr
 
 
 def test_a_record_from_a_newer_harness_is_refused_by_the_report(tmp_path):
