@@ -45,12 +45,12 @@ def ablation_summary(sweep: Sweep, console: Console) -> None:
     records = sweep.records()
     variants = list(dict.fromkeys(t.method for t in sweep.trials))
     chosen_on = sweep.metric.removeprefix("val_")
+    about = f"mean ± std over seeds; val: {chosen_on} (the sweep's rule); test: overall accuracy %"
 
     def build(left_out: Sequence[str]) -> Table:
         columns = [column for column in ABLATION_COLUMNS if column not in left_out]
         table = compact_table(f"{sweep.name}: {len(records)} of {sweep.num_trials} runs",
-                              "; ".join(filter(None, (f"mean ± std over seeds; val: {chosen_on} (the sweep's rule); "
-                                                      "test: overall accuracy %", left_out_note(left_out)))))
+                              "; ".join(filter(None, (about, left_out_note(left_out)))))
         table.add_column("variant", no_wrap=True)
         table.add_column("n", justify="right", no_wrap=True)
         for column in columns:
