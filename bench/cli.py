@@ -471,8 +471,9 @@ def metrics_table(record: dict) -> Table:
     if posthoc:
         table.add_row(f"test, post-hoc LA τ={posthoc['tau']:.1f} (τ from val)",
                       *(_cell(posthoc["test"].get(column)) for column in columns), style="dim")
+    precision = f" in {record['precision']}" if record.get("precision") else ""  # older records lack it
     table.caption = Text(f"{record['trainable_params']:,} trainable parameters, trained "
-                         f"{record['train_time_s']:.1f} s on {record['device']}; shot groups: "
+                         f"{record['train_time_s']:.1f} s on {record['device']}{precision}; shot groups: "
                          f"{record['shot_convention']}")
     return table
 
