@@ -39,9 +39,10 @@ COMMON_OPTIONS: dict[str, HParam] = {
     "data_cache": HParam("auto", help="auto: splits of small images (one size, sides ≤ 64 px: CIFAR, digits) are "
                          "decoded once into uint8 pixels and augmented a batch at a time as tensors | off: every "
                          "split decoded image by image through PIL each epoch", choices=("auto", "off")),
-    "amp": HParam("auto", help="mixed precision: auto (bf16 on GPUs and on CPUs with bf16 instructions, which "
-                  "are detected; fp16 on older GPUs; fp32 otherwise) | bf16 (emulated and slow on CPUs without "
-                  "those instructions: said in the run's notes) | fp16 (GPU only) | off (fp32)",
+    "amp": HParam("auto", help="mixed precision: auto (bf16 autocast on GPUs, fp16 on GPUs without bf16; fp32 on "
+                  "CPUs) | bf16 (opt-in on a CPU: faster than fp32 on larger towers where the CPU has bf16 "
+                  "instructions, emulated and slow where it has not, which the run's notes say) | fp16 (GPU only) "
+                  "| off (fp32)",
                   choices=("auto", "bf16", "fp16", "off")),
     "compile": HParam(False, help="torch.compile (inductor) each backbone block before training: a one-off "
                       "compile of tens of seconds, then faster steps where the compiler wins (measured by "
@@ -192,14 +193,13 @@ class RunContext:
         if choice == "fp16":
             raise UsageError("amp=fp16 needs a GPU; on a CPU use amp=bf16 (where the CPU has bf16 instructions) or "
                              "amp=off")
-        if cpu_has_bf16():
-            return torch.bfloat16
-        if choice == "bf16":  # asked for explicitly: honoured, and said to be slow
+        if choice == "auto":  # on a CPU, mixed precision is opt-in (as in timm, Lightning and accelerate)
+            return None
+        if not cpu_has_bf16():  # asked for explicitly: honoured, and said to be slow
             self.warn(f"amp=bf16 on a CPU without bf16 instructions ({' or '.join(CPU_BF16_FLAGS)}): bf16 is "
                       "emulated, several times slower than fp32 (7.5× for a ViT-Tiny forward on a 2-core AVX2 "
-                      "EPYC); useful to check bf16 numerics, not for speed (amp=auto picks fp32 here)")
-            return torch.bfloat16
-        return None
+                      "EPYC); useful to check bf16 numerics, not for speed")
+        return torch.bfloat16
 
     @property
     def precision(self) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -186,7 +189,8 @@ def execute(spec: RunSpec, console: Console | None = None, run_dir: Path | None 
             _try_write_status(run_dir, "failed", error=f"{type(error).__name__}: {first_line(error, 400)}")
             log.error(f"run failed: {type(error).__name__}: {first_line(error, 400)}")
             if isinstance(error, OSError):
-                raise BenchError(f"{describe_os_error(error)}; run {run_id} is marked failed; once that is fixed, "
+                fix = "free space there, then" if error.errno in DISK_FULL else "once that is fixed,"
+                raise BenchError(f"{describe_os_error(error)}; run {run_id} is marked failed; {fix} "
                                  f"continue it with: {resume_command(run_dir)}") from None
             raise
         finally:
@@ -221,10 +225,38 @@ def check_writable(root: Path) -> None:
                          f"(a writable folder) or set {RESULTS_ENV}") from None
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def describe_os_error(error: OSError) -> str:
-    """'No space left on device: /path' from an OSError, whatever raised it."""
+    """'No space left on device: /path' from an OSError, whatever raised it; on a full disk, also the file
+    system the path is on and its free space."""
     where = f": {error.filename}" if error.filename else ""
-    return f"{error.strerror or first_line(error)}{where}"
+    text = f"{error.strerror or first_line(error)}{where}"
+    if error.errno in DISK_FULL and error.filename:
+        text += f" ({file_system_space(Path(error.filename))})"
+    return text
+
+
+def file_system_space(path: Path) -> str:
+    """'the file system at /mnt has 12.0 KiB free of 2.0 MiB' for the file system holding `path`."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    mount = folder.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    usage = shutil.disk_usage(mount)
+    return f"the file system at {mount} has {_bytes_text(usage.free)} free of {_bytes_text(usage.total)}"
+
+
+def _bytes_text(count: int) -> str:
+    size, unit = float(count), "bytes"
+    for larger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, larger
+    return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
 
 
 def _remove_leftovers(run_dir: Path, out_root: Path, log: logging.Logger) -> None:

@@ -127,9 +127,24 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_torch_save(path: Path | str, payload: Any) -> None:
     """torch.save `payload` to `path` atomically (checkpoints, cached features and text embeddings), streamed
     into the temp file."""
+    _replace_with(Path(path), lambda handle: _torch_save(payload, handle))
+
+
+def _torch_save(payload: Any, handle: BinaryIO) -> None:
+    """torch.save into `handle`. When a write fails inside torch's zip writer (a full disk), the writer still
+    closes the archive on the way out, and that raises a RuntimeError ("[enforce fail at inline_container.cc]
+    unexpected pos …") which hides the write's OSError: the OSError is raised instead."""
     import torch
 
-    _replace_with(Path(path), lambda handle: torch.save(payload, handle))
+    try:
+        torch.save(payload, handle)
+    except RuntimeError as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

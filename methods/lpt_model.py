@@ -86,7 +86,9 @@ class LPTModel(nn.Module):
         """(averaged group prompts [B, depth − s, L, D], matching score S, top-k indices [B, k])."""
         similarity = F.normalize(query.float(), dim=-1) @ F.normalize(self.keys, dim=-1).t()  # [B, m]
         scores, chosen = similarity.topk(self.top_k, dim=1)
-        prompts = self.pool[chosen].mean(dim=1)
+        # index_select, not pool[chosen]: the latter's backward is an accumulating index_put, which on a CPU
+        # with several threads adds duplicate indices (images choosing one entry) in a varying order
+        prompts = self.pool.index_select(0, chosen.flatten()).unflatten(0, chosen.shape).mean(dim=1)
         return prompts, scores.sum() / query.shape[0], chosen
 
     def group_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

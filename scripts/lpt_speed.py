@@ -1,6 +1,6 @@
 """LPT phase-2 speed and its roofline, measured side by side in one run.
 
-    python scripts/lpt_speed.py                                   # ViT-Tiny, 112 px, CPU, precision as amp=auto
+    python scripts/lpt_speed.py                                   # ViT-Tiny, 112 px, CPU, fp32 (as amp=auto)
     python scripts/lpt_speed.py --data-root ../shared/... --dataset cifar10_lt      # + real data loading
     python scripts/lpt_speed.py --compile                         # + torch.compile'd blocks vs eager
     python scripts/lpt_speed.py --backbone vit_base_patch16_224.augreg_in21k --device cuda --amp bf16 \\
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                        help="auto: bf16 on GPUs and on CPUs with bf16 instructions, fp32 otherwise (as the harness)")
+                        help="auto: bf16 on GPUs, fp32 on CPUs (as the harness)")
     parser.add_argument("--matmul-size", type=int, default=0, help="matmul side for the peak; 0: 2048 CPU, 8192 GPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks against eager")
     parser.add_argument("--data-root", default=None, help="a dataset root: also time the step on real data")
@@ -130,12 +130,13 @@ def main() -> None:
     device = torch.device(args.device)
     amp = args.amp
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "off"
+        amp = "bf16" if device.type == "cuda" else "off"
     dtype = DTYPES[amp]
     precision = amp if dtype is not None else "fp32"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     console.print(f"[bold]{args.backbone}[/] at {args.image_size} px on {device} ({name}), precision {precision}"
-                  + ("" if device.type == "cuda" or cpu_has_bf16() else " (this CPU has no bf16 instructions)"))
+                  + (" (this CPU has no bf16 instructions)"
+                     if dtype is not None and device.type == "cpu" and not cpu_has_bf16() else ""))
 
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peaks = {"fp32": matmul_peak(device, torch.float32, n, 5)}

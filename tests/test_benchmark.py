@@ -112,6 +112,20 @@ def test_the_hash_covers_what_makes_rows_comparable(tmp_path):
     assert other_lpt.hash != base.hash  # a method's own pins change what its runs are
 
 
+def test_a_protocol_may_pin_the_precision_and_it_is_part_of_the_hash(tmp_path):
+    """`amp` in [settings] reaches every method's runs, and a protocol pinned to another precision (or to any,
+    against one that follows each device's default) has another hash; an unknown precision is refused."""
+    unpinned = load_protocol(write(tmp_path, variant()))
+    pinned = {amp: load_protocol(write(tmp_path, variant().replace("[settings]", f'[settings]\namp = "{amp}"')))
+              for amp in ("off", "bf16")}
+    assert all(protocol.overrides(method)["amp"] == amp for amp, protocol in pinned.items()
+               for method in protocol.methods)
+    assert "amp" not in unpinned.overrides("lpt")
+    assert len({unpinned.hash, pinned["off"].hash, pinned["bf16"].hash}) == 3
+    with pytest.raises(BenchError, match="amp"):
+        load_protocol(write(tmp_path, variant().replace("[settings]", '[settings]\namp = "fp8"')))
+
+
 def test_bench_benchmark_embedded_end_to_end(tmp_path):
     """Searches 2 configurations per method at seed 0, runs the chosen one at seed 1, reports; a second
     invocation needs --resume and then re-runs nothing; a run outside the protocol gets its own table."""

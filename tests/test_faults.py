@@ -125,24 +125,71 @@ def test_full_disk_during_a_checkpoint_fails_in_one_line_and_resumes_once_space_
     assert record["test"] == full.record["test"] and record["val"] == full.record["val"]
 
 
-def test_a_failed_write_anywhere_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
-    """Without a tmpfs: the third atomic write of the run fails with ENOSPC."""
+class FullAfter:
+    """A file on a disk with `room` bytes left: a write that does not fit fails with ENOSPC."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room, self.written = handle, room, 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.written + size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += size
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def disk_full_after(monkeypatch, room: int, when=lambda path: True) -> None:
+    """Every atomic write whose target `when` accepts gets a disk with `room` bytes left; torch's zip writer
+    (checkpoints) writes into it as it would into the real temp file."""
     from bench import store
 
-    original, calls = store._write_temp, []
+    original = store._write_temp
+    monkeypatch.setattr(store, "_write_temp", lambda path, write: original(
+        path, (lambda handle: write(FullAfter(handle, room))) if when(path) else write))
 
-    def failing(path, write):
-        calls.append(path)
-        if path.name == "last.pt" and len([p for p in calls if p.name == "last.pt"]) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return original(path, write)
 
-    monkeypatch.setattr(store, "_write_temp", failing)
+@pytest.mark.parametrize("room", [0, 64, 5000, 60000, -1])
+def test_a_full_disk_inside_torchs_zip_writer_is_the_oserror(tmp_path, monkeypatch, room):
+    """torch's writer, hit by ENOSPC inside a record, still closes the archive, and that raises "[enforce fail
+    at inline_container.cc] unexpected pos …": what comes out is the ENOSPC naming the file, and nothing of
+    the write is left (room -1: the disk fills on the archive's last byte)."""
+    from bench.store import atomic_torch_save
+
+    payload = {"weights": torch.randn(30000), "epoch": 3}
+    atomic_torch_save(tmp_path / "size.pt", payload)
+    size = (tmp_path / "size.pt").stat().st_size
+    disk_full_after(monkeypatch, size - 1 if room < 0 else room)
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the previous checkpoint")
+    with pytest.raises(OSError) as raised:
+        atomic_torch_save(target, payload)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "size.pt"]
+    assert target.read_bytes() == b"the previous checkpoint"
+
+
+def test_a_full_disk_in_a_checkpoint_write_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    """The reported case without a tmpfs: the disk fills inside torch's writer while it writes the first
+    epoch's checkpoint. One line naming the file, its file system and the fix; exit 1; no temp file; the run is
+    marked failed, and `--resume` finishes it once there is room."""
+    disk_full_after(monkeypatch, 5000, when=lambda path: path.name == "last.pt")
     result = invoke("run", "--method", "finetune", "--backbone", "vit_micro", "--random-init",
                     "--out", str(tmp_path), *CLI_FAST)
     assert result.exit_code == 1
     line = one_line(result.output)
-    assert "No space left on device: " in line and "last.pt" in line and "bench run --resume" in line
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert f"No space left on device: {run_dir / 'checkpoints' / 'last.pt'} (the file system at " in line, line
+    assert f"free space there, then continue it with: bench run --resume {run_dir.name}" in line
+    assert not list(run_dir.glob("checkpoints/.*.tmp")) and not (run_dir / "checkpoints" / "last.pt").exists()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    monkeypatch.undo()
+    resumed = invoke("run", "--resume", run_dir.name, "--out", str(tmp_path))
+    assert resumed.exit_code == 0, resumed.output
+    assert ResultsStore(tmp_path).get(run_dir.name)["epochs_trained"] == 2
 
 
 # ------------------------------------------------------------------ corrupt caches and checkpoints

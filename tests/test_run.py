@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 from conftest import OnEpoch
 from typer.testing import CliRunner
 
@@ -267,29 +268,52 @@ def test_a_scheduler_stop_after_the_last_epoch_is_no_early_stop(tmp_path):
     assert record["stopped_early"] is None and record["epochs_trained"] == 2
 
 
-def test_precision_follows_the_cpu_and_is_recorded(tmp_path, monkeypatch):
-    """amp=auto: bf16 only where the CPU has bf16 instructions (detected), else fp32; amp=bf16 on a CPU without
-    them runs emulated and says so (never silently in fp32). Cached features are keyed by precision."""
+def test_precision_is_fp32_on_a_cpu_unless_bf16_is_asked_for_and_is_recorded(tmp_path, monkeypatch):
+    """amp=auto is fp32 on every CPU, bf16 instructions or not; amp=bf16 is honoured, and on a CPU without those
+    instructions runs emulated and says so (never silently in fp32). The record, the manifest and the summary
+    line `bench run` prints all state the precision; cached features are keyed by it."""
     import bench.context
+    from bench.cli import metrics_table
     from bench.errors import BenchError
 
     probe = {"image_size": "16", "wd_steps": "2"}
     spec = runner.RunSpec(method="linear_probe", dataset="digits_lt", backbone="vit_micro", allow_random_init=True,
                           out=str(tmp_path), overrides=probe)
-    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: False)
+
+    def with_amp(amp: str) -> runner.RunSpec:
+        return runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": amp}})
+
+    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: True)
     fp32 = runner.execute(spec)
     assert fp32.record["precision"] == "fp32"
     assert json.loads((fp32.run_dir / "manifest.json").read_text())["amp"] == "fp32"
-    emulated = runner.execute(runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": "bf16"}}))
+    assert " in fp32; " in metrics_table(fp32.record).caption.plain
+    bf16 = runner.execute(with_amp("bf16"))
+    assert bf16.record["precision"] == "bf16" and " in bf16; " in metrics_table(bf16.record).caption.plain
+    assert not any("emulated" in note for note in bf16.record["notes"])
+    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: False)
+    assert runner.execute(spec).record["precision"] == "fp32"
+    emulated = runner.execute(with_amp("bf16"))
     assert emulated.record["precision"] == "bf16"
     assert any("bf16 is emulated" in note for note in emulated.record["notes"])
     with pytest.raises(BenchError, match="amp=fp16 needs a GPU"):
-        runner.execute(runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": "fp16"}}))
-    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: True)
-    bf16 = runner.execute(spec)
-    assert bf16.record["precision"] == "bf16"
-    assert not any("emulated" in note for note in bf16.record["notes"])
+        runner.execute(with_amp("fp16"))
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 6  # 3 splits × 2 precisions
+
+
+@pytest.mark.parametrize(("amp", "bf16_supported", "expected"), [
+    ("auto", True, "bf16"), ("auto", False, "fp16"), ("bf16", True, "bf16"), ("fp16", True, "fp16"),
+    ("off", True, "fp32")])
+def test_gpus_keep_bf16_autocast_as_the_default(monkeypatch, amp, bf16_supported, expected):
+    """On a GPU amp=auto is bf16 autocast, fp16 where the GPU has no bf16 (the rule, without a GPU)."""
+    from types import SimpleNamespace
+
+    from bench.context import RunContext
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
+    ctx = SimpleNamespace(hparams={"amp": amp}, device=torch.device("cuda"), warn=None)
+    ctx.amp_dtype = RunContext.amp_dtype.func(ctx)
+    assert RunContext.precision.fget(ctx) == expected
 
 
 def test_data_cache_off_feeds_images_one_by_one(tmp_path):
