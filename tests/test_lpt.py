@@ -195,6 +195,21 @@ def test_asymmetric_focal_reduces_to_smoothed_cross_entropy_without_focusing():
     assert asymmetric_focal(logits, labels, 0.0, 0.0, 0.1).item() == pytest.approx(expected.item(), rel=1e-9)
 
 
+@pytest.mark.parametrize("gammas", [(0.0, 4.0), (0.5, 8.0)], ids=["class-balanced", "instance-balanced"])
+def test_asymmetric_focal_gradient_is_float64s_where_a_probability_rounds_to_one(gammas):
+    """Rows whose top probability is 1.0 in float32: confidently wrong (label 0) and confidently right (label 1).
+    A `where` over two powers gave NaN on the wrong row ((1 − p)^0.5 at a non-target p = 1); the official code
+    gives NaN on the right row with γ+ = 0.5 (0 · ∞), whose limit is 0."""
+    logits, labels = torch.tensor([[-10.0, 19.0, -10.0]] * 2), torch.tensor([0, 1])
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        x = logits.detach().to(dtype).requires_grad_(True)
+        asymmetric_focal(x, labels, *gammas).backward()
+        grads.append(x.grad)
+    assert grads[0].isfinite().all()
+    torch.testing.assert_close(grads[0].double(), grads[1], rtol=0, atol=1e-8)
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 
