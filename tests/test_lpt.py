@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from bench.datasets.base import load_dataset
 from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
-from bench.methods.common import dual_index_batches
+from bench.methods.common import dual_index_batches, dual_steps
 from bench.methods.lpt import dual_loss, ib_weight
 from bench.methods.lpt_model import LPTModel
 from conftest import OnEpoch, make_places_lt
@@ -222,6 +222,14 @@ def test_class_aware_batches_of_256_hold_64_classes_of_4_and_uniform_batches_are
         assert len(balanced) == 256 and len(classes) == 64 and (counts == 4).all()
         assert all(len(set(labels[balanced[i:i + 4]])) == 1 for i in range(0, 256, 4))
         assert len(uniform) == 256 and len(set(uniform)) == 256
+
+
+def test_dual_steps_per_epoch_are_the_official_loops():
+    """N // B + 1, but no more than the official class-aware loader holds (max n_c · C images, whole batches):
+    one fewer on this balanced set; at least one."""
+    assert dual_steps(np.repeat(np.arange(10), [8, 6, 4, 3, 2, 2, 2, 1, 1, 1]), 16) == 30 // 16 + 1
+    assert dual_steps(np.repeat(np.arange(10), 8), 16) == 80 // 16
+    assert dual_steps(np.repeat(np.arange(3), 2), 16) == 1
 
 
 def test_instance_balanced_weight_decays_as_half_of_remaining_fraction():
