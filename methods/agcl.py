@@ -9,7 +9,8 @@ For cosine logits c [B, C], labels y and training counts n:
 4. c̃_by −= m  (additive cosine margin on the target);
 5. z = s · c̃;
 6. asymmetric single-label focal loss with label smoothing ε on p = softmax(z): targets t_y = 1 − ε + ε/C,
-   t_j = ε/C; weights w_y = (1 − p_y)^γ+, w_j = p_j^γ− (not detached, as the official code);
+   t_j = ε/C; weights w_y = (1 − p_y)^γ+, w_j = p_j^γ− (not detached, as the official code; finite gradients
+   where a probability rounds to 1, see `asymmetric_focal`);
    L = −mean_b Σ_j t_bj · w_bj · log p_bj.
 
 LPT uses γ+ = 0, γ− = 4 on class-balanced batches and γ+ = 0.5, γ− = 8 on instance-balanced batches (`GAMMAS`).
@@ -50,7 +51,11 @@ def asymmetric_focal(logits: torch.Tensor, labels: torch.Tensor, gamma_pos: floa
     log_p = F.log_softmax(logits, dim=-1)
     p = log_p.exp()
     target = F.one_hot(labels, classes).to(logits.dtype)
-    weight = torch.where(target.bool(), (1 - p).pow(gamma_pos), p.pow(gamma_neg))
+    # one power of one base, as the official ASLSingleLabel: a `where` over two powers would also differentiate
+    # the branch it drops, and (1 − p)^0.5 at a non-target p = 1 gives 0 · ∞ = NaN there. The clamp keeps the
+    # target's (1 − p_y)^γ+ finite where p_y rounds to 1 (the official gradient is NaN there; the limit is 0).
+    base = torch.where(target.bool(), 1 - p, p).clamp(min=torch.finfo(p.dtype).tiny)
+    weight = base.pow(gamma_neg + (gamma_pos - gamma_neg) * target)
     smoothed = target * (1 - smoothing) + smoothing / classes
     return -(smoothed * weight * log_p).sum(dim=-1).mean()
 

@@ -71,9 +71,12 @@ def image_batches(ctx: RunContext, phase_name: str, sampler: str,
 
 
 
-def dual_steps(num_samples: int, batch_size: int) -> int:
-    """LPT's iterations per epoch: N // batch + 1."""
-    return num_samples // batch_size + 1
+def dual_steps(labels: np.ndarray, batch_size: int) -> int:
+    """LPT's iterations per epoch, as the official loop counts them: N // batch + 1, but no more than its
+    class-aware loader holds (max n_c · C images, in whole batches; fewer on a nearly balanced set); at least 1."""
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    return max(1, min(len(labels) // batch_size + 1, int(counts.max()) * counts.size // batch_size))
 
 
 def dual_index_batches(labels: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator
@@ -81,7 +84,7 @@ def dual_index_batches(labels: np.ndarray, batch_size: int, per_class: int, rng:
     """One epoch of LPT's dual sampling: per step a class-aware batch (`per_class` images of each drawn class,
     from the class-aware sampler) and a uniform batch (`batch_size` distinct random images, drawn afresh each
     step as the official loop does)."""
-    steps_ = dual_steps(len(labels), batch_size)
+    steps_ = dual_steps(labels, batch_size)
     balanced = class_aware(labels, steps_ * batch_size, rng, per_class).reshape(steps_, batch_size)
     uniform_size = min(batch_size, len(labels))
     return [(balanced[i].tolist(), rng.choice(len(labels), uniform_size, replace=False).tolist())
@@ -112,7 +115,7 @@ def dual_image_batches(ctx: RunContext, phase_name: str, batch_size: int, per_cl
         for balanced, uniform in zip(loader, loader, strict=True):
             yield (*balanced, *uniform)
 
-    return batches, lambda: dual_steps(len(split), batch_size)
+    return batches, lambda: dual_steps(split.labels, batch_size)
 
 
 def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Callable[[], torch.Tensor],

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from bench.datasets.base import load_dataset
 from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
-from bench.methods.common import dual_index_batches
+from bench.methods.common import dual_index_batches, dual_steps
 from bench.methods.lpt import dual_loss, ib_weight
 from bench.methods.lpt_model import LPTModel
 from conftest import OnEpoch, make_places_lt
@@ -217,6 +217,21 @@ def test_asymmetric_focal_reduces_to_smoothed_cross_entropy_without_focusing():
     assert asymmetric_focal(logits, labels, 0.0, 0.0, 0.1).item() == pytest.approx(expected.item(), rel=1e-9)
 
 
+@pytest.mark.parametrize("gammas", [(0.0, 4.0), (0.5, 8.0)], ids=["class-balanced", "instance-balanced"])
+def test_asymmetric_focal_gradient_is_float64s_where_a_probability_rounds_to_one(gammas):
+    """Rows whose top probability is 1.0 in float32: confidently wrong (label 0) and confidently right (label 1).
+    A `where` over two powers gave NaN on the wrong row ((1 − p)^0.5 at a non-target p = 1); the official code
+    gives NaN on the right row with γ+ = 0.5 (0 · ∞), whose limit is 0."""
+    logits, labels = torch.tensor([[-10.0, 19.0, -10.0]] * 2), torch.tensor([0, 1])
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        x = logits.detach().to(dtype).requires_grad_(True)
+        asymmetric_focal(x, labels, *gammas).backward()
+        grads.append(x.grad)
+    assert grads[0].isfinite().all()
+    torch.testing.assert_close(grads[0].double(), grads[1], rtol=0, atol=1e-8)
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 
@@ -229,6 +244,14 @@ def test_class_aware_batches_of_256_hold_64_classes_of_4_and_uniform_batches_are
         assert len(balanced) == 256 and len(classes) == 64 and (counts == 4).all()
         assert all(len(set(labels[balanced[i:i + 4]])) == 1 for i in range(0, 256, 4))
         assert len(uniform) == 256 and len(set(uniform)) == 256
+
+
+def test_dual_steps_per_epoch_are_the_official_loops():
+    """N // B + 1, but no more than the official class-aware loader holds (max n_c · C images, whole batches):
+    one fewer on this balanced set; at least one."""
+    assert dual_steps(np.repeat(np.arange(10), [8, 6, 4, 3, 2, 2, 2, 1, 1, 1]), 16) == 30 // 16 + 1
+    assert dual_steps(np.repeat(np.arange(10), 8), 16) == 80 // 16
+    assert dual_steps(np.repeat(np.arange(3), 2), 16) == 1
 
 
 def test_instance_balanced_weight_decays_as_half_of_remaining_fraction():
