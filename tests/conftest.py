@@ -53,6 +53,20 @@ def assert_splits_disjoint(dataset) -> None:
     assert not seen["train"] & seen["test"]
 
 
+# a protocol file of one fast run: the probe at 8 px, one seed, no search
+PROBE_ONLY = """name = "mine"
+description = "the probe at 8 px, one seed, no search"
+dataset = "digits_lt"
+backbone = "vit_micro"
+random_init = true
+seeds = [0]
+methods = ["linear_probe"]
+[settings]
+image_size = 8
+wd_steps = 2
+"""
+
+
 IMAGENET_WNIDS = ("n01440764", "n01443537")  # tench, goldfish: labels 0 and 1 in sorted-wnid order
 IMAGENET_CLASSES = 1000
 

@@ -6,22 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import PROBE_ONLY
 from rich.console import Console
 
 from bench import api
 from bench.report import NothingToReport
-
-PROBE_ONLY = """name = "mine"
-description = "the probe at 8 px, one seed, no search"
-dataset = "digits_lt"
-backbone = "vit_micro"
-random_init = true
-seeds = [0]
-methods = ["linear_probe"]
-[settings]
-image_size = 8
-wd_steps = 2
-"""
 
 
 def test_run_sweep_benchmark_and_report_from_python(tmp_path):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
+from conftest import PROBE_ONLY, shared_path
 from typer.testing import CliRunner
 
 from bench import runner
@@ -18,17 +18,6 @@ from bench.protocols import find_protocol, load_protocol, shipped_protocols
 from bench.store import ResultsStore
 
 EMBEDDED = find_protocol("embedded")
-PROBE_ONLY = """name = "mine"
-description = "the probe at 8 px, one seed, no search"
-dataset = "digits_lt"
-backbone = "vit_micro"
-random_init = true
-seeds = [0]
-methods = ["linear_probe"]
-[settings]
-image_size = 8
-wd_steps = 2
-"""
 
 
 def test_every_shipped_protocol_loads():
