@@ -84,6 +84,7 @@ def test_every_table_fits_80_columns_without_cutting_or_splitting(tmp_path):
     ablation = [{**a_record(f"a-{variant}-s{seed}", variant), "seed": seed}
                 for variant in ("lptpp", "lptpp_no_group_prompts") for seed in (0, 1)]
     sweep = SimpleNamespace(name="ablate-lptpp-digits_lt-20260101-120000", num_trials=4, records=lambda: ablation,
+                            metric="val_mean_per_class",
                             trials=[SimpleNamespace(method=r["method"]) for r in ablation])
     console = piped()
     ablation_summary(sweep, console)
