@@ -44,8 +44,10 @@ def test_a_sweep_on_a_two_node_ray_cluster_survives_losing_a_node(tmp_path):
         store = ResultsStore(tmp_path)
 
         def running_on_worker() -> list[Path]:  # run folders of trials the worker node is training now
+            # a run writes config.json before status.json: a folder between the two is not running yet
             return [config.parent for config in (tmp_path / "runs").glob("two-nodes-*/config.json")
                     if json.loads(config.read_text())["spec"]["tags"].get("node") == worker_id
+                    and (config.parent / "status.json").exists()
                     and json.loads((config.parent / "status.json").read_text())["state"] == "running"]
 
         deadline = time.monotonic() + 300
