@@ -85,9 +85,10 @@ class Metrics:
             total = self.support.sum()
             return float(100.0 * np.sqrt((self.support.astype(float) ** 2 * variance).sum()) / total) \
                 if total else math.nan
-        members = present if name == "mean_per_class" else (present & (self.groups == name)
-                                                              if name in GROUPS else None)
-        if members is None or not members.any():
+        if name not in ("mean_per_class", *GROUPS):
+            return math.nan
+        members = present if name == "mean_per_class" else present & (self.groups == name)
+        if not members.any():
             return math.nan
         return float(100.0 * np.sqrt(variance[members].sum()) / members.sum())
 
@@ -185,10 +186,20 @@ def balanced_nll(labels, scores) -> float:
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if labels.size == 0:
         return math.nan
+    return class_balanced_mean(labels, sample_nll(labels, scores))
+
+
+def sample_nll(labels, scores) -> np.ndarray:
+    """Each sample's negative log-likelihood of its label under softmax(scores)."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     shifted = scores - scores.max(axis=1, keepdims=True)
-    log_p = shifted[np.arange(labels.size), labels] - np.log(np.exp(shifted).sum(axis=1))
-    support = np.bincount(labels, minlength=scores.shape[1])
-    per_class = np.bincount(labels, weights=-log_p, minlength=scores.shape[1])
+    return np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(labels.size), labels]
+
+
+def class_balanced_mean(labels: np.ndarray, values: np.ndarray) -> float:
+    """The mean over the classes present of the mean of `values` over each class's samples."""
+    support = np.bincount(labels)
+    per_class = np.bincount(labels, weights=values, minlength=support.size)
     present = support > 0
     return float((per_class[present] / support[present]).mean())

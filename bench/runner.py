@@ -369,21 +369,27 @@ def _train_and_record(spec, ctx: RunContext, method_cls, config, callbacks: Sequ
     write_per_class(ctx, val, test)
     record = build_record(spec, ctx, method, config, state, val, test, posthoc, health, stopped_early,
                           wall_s=wall, test_s=test_seconds)
-    store = ResultsStore(out_root)
-    record["predictions"] = store.add_predictions(record["run_id"], {
-        "val": val_logits.argmax(axis=1), "val_labels": val_labels, "test": test_logits.argmax(axis=1),
-        "test_labels": test_labels, "train_counts": np.asarray(dataset.train_counts)})
-    for phase in record["convergence"]["still_rising"]:
-        ctx.warn(f"convergence: val {ctx.hparams['selection_metric']} was still rising over the last quarter of "
-                 f"{phase} by more than its noise ({record['convergence']['phases'][phase]}); this budget does not "
-                 "let it converge")
-    store.add(record, overwrite=True)
+    _store(ctx, ResultsStore(out_root), record, (val_logits, val_labels), (test_logits, test_labels))
     write_status(ctx.run_dir, "complete")
     for callback in callbacks:
         callback.on_run_end(record, ctx.run_dir)
     ctx.log.info(f"test overall {test.overall:.2f} many {test.many:.2f} medium {test.medium:.2f} "
                  f"few {test.few:.2f}")
     return record
+
+
+def _store(ctx: RunContext, store: ResultsStore, record: dict, val: tuple, test: tuple) -> None:
+    """The record into the store, its per-image predictions beside it first (so a stored record always has
+    them), after warning of any phase whose val curve was still rising at the end of its budget."""
+    for phase in record["convergence"]["still_rising"]:
+        ctx.warn(f"convergence: val {ctx.hparams['selection_metric']} was still rising over the last quarter of "
+                 f"{phase} by more than its noise ({record['convergence']['phases'][phase]}); this budget does not "
+                 "let it converge")
+    (val_logits, val_labels), (test_logits, test_labels) = val, test
+    record["predictions"] = store.add_predictions(record["run_id"], {
+        "val": val_logits.argmax(axis=1), "val_labels": val_labels, "test": test_logits.argmax(axis=1),
+        "test_labels": test_labels, "train_counts": np.asarray(ctx.dataset.train_counts)})
+    store.add(record, overwrite=True)
 
 
 def _checkpoint_path(spec: RunSpec, method_cls) -> Path | None:

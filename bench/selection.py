@@ -24,17 +24,15 @@ CONVERGENCE_QUARTER = 0.25  # the tail of a phase's schedule over which its val 
 NOISE_Z = 1.96  # a rise counts when it exceeds this many standard errors of the difference
 
 
-def _defined(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+def _defined(value, undefined: float = -math.inf) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else undefined
 
 
 def selection_key(summary: Mapping | None, metric: str) -> tuple[float, float]:
     """Sort key of a val summary, larger is better: the metric, then the negated class-balanced NLL (an
     undefined value ranks last)."""
     summary = summary or {}
-    nll = summary.get(TIE_BREAK)
-    return _defined(summary.get(metric)), -nll if isinstance(nll, (int, float)) and math.isfinite(nll) \
-        else -math.inf
+    return _defined(summary.get(metric)), -_defined(summary.get(TIE_BREAK), math.inf)
 
 
 def rule(metric: str) -> dict[str, str]:

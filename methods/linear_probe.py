@@ -31,7 +31,7 @@ from torch import nn
 from bench.errors import BenchError
 from bench.features import cached_features
 from bench.hparams import AT_LEAST_ONE, POSITIVE, Bounds, HParam
-from bench.metrics import evaluate_logits
+from bench.metrics import class_balanced_mean, evaluate, sample_nll
 from bench.selection import selection_key
 from bench.store import atomic_write_json, read_json
 
@@ -194,25 +194,29 @@ def reset(linear: nn.Linear) -> None:
 def cross_validate(method: Method, fit: LBFGSFit, z: torch.Tensor, labels: torch.Tensor,
                    decays: np.ndarray) -> dict:
     """The weight decay chosen by k-fold cross-validation over (z, labels): per fold a regularisation path
-    over `decays` (each fit warm-started from the previous, larger one), the held-out fold's scores kept; each
+    over `decays` (each fit warm-started from the previous, larger one), each held-out image's prediction and NLL kept; each
     decay scored on the pooled out-of-fold predictions by the selection rule. Returns the table and the
     choice."""
     ctx, hp = method.ctx, method.hp
     metric = ctx.hparams["selection_metric"]
     folds = stratified_folds(labels.cpu().numpy(), hp["cv_folds"], ctx.seed)
-    held_out = np.zeros((len(decays), len(z), ctx.dataset.num_classes), dtype=np.float32)
+    # per decay, each image's out-of-fold prediction and NLL (not its scores: [decays, images] stays small)
+    predicted = np.zeros((len(decays), len(z)), dtype=np.int64)
+    nll = np.zeros((len(decays), len(z)))
+    truth = labels.cpu().numpy()
     linear = nn.Linear(z.shape[1], ctx.dataset.num_classes).to(ctx.device)
     for fold in range(hp["cv_folds"]):
         inside = torch.as_tensor(folds != fold, device=ctx.device)
+        held = ~inside.cpu().numpy()
         reset(linear)
         for index, wd in enumerate(decays):
             fit(linear, z[inside], labels[inside], float(wd))
             with torch.no_grad():
-                held_out[index, ~inside.cpu().numpy()] = linear(z[~inside]).float().cpu().numpy()
-    truth = labels.cpu().numpy()
-    summaries = [evaluate_logits(truth, scores, ctx.dataset.train_counts,
-                                 ctx.hparams["shot_convention"]).summary()
-                 for scores in held_out]
+                scores = linear(z[~inside]).float().cpu().numpy()
+            predicted[index, held] = scores.argmax(axis=1)
+            nll[index, held] = sample_nll(truth[held], scores)
+    summaries = [{**evaluate(truth, predicted[i], ctx.dataset.train_counts, ctx.hparams["shot_convention"])
+                  .summary(), "nll_balanced": class_balanced_mean(truth, nll[i])} for i in range(len(decays))]
     chosen = max(range(len(decays)), key=lambda i: (selection_key(summaries[i], metric), -i))
     return {"folds": hp["cv_folds"], "images": len(z), "metric": f"cv_{metric}",
             "weight_decays": [float(wd) for wd in decays], "chosen": float(decays[chosen]),
