@@ -44,8 +44,10 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup
 
 
 def trainable_state(model: torch.nn.Module, phases: list[Phase]) -> dict[str, torch.Tensor]:
-    trained = {id(p) for phase in phases for p in phase.parameters}
-    return {name: p.detach().clone() for name, p in model.named_parameters() if id(p) in trained}
+    """What the checkpoints hold: the phases' parameters and the buffers they list as `state`."""
+    kept = {id(t) for phase in phases for t in (*phase.parameters, *phase.state)}
+    named = (*model.named_parameters(), *model.named_buffers())
+    return {name: t.detach().clone() for name, t in named if id(t) in kept}
 
 
 def count_parameters(phases: list[Phase]) -> int:
@@ -153,9 +155,10 @@ class Engine:
             return TrainingState(), None, None
         blob = load_checkpoint(self.resume_path, self.ctx.device, self.ctx.run_dir)
         try:
-            missing = set(blob["model"]) - {n for n, _ in self.method.model().named_parameters()}
+            model = self.method.model()
+            missing = set(blob["model"]) - {n for n, _ in (*model.named_parameters(), *model.named_buffers())}
             if missing:
-                raise RuntimeError(f"it has parameters this model lacks: {sorted(missing)[:3]}")
+                raise RuntimeError(f"it has tensors this model lacks: {sorted(missing)[:3]}")
             self.method.model().load_state_dict(blob["model"], strict=False)
             state = TrainingState(blob["phase"], blob["next_epoch"], blob["history"], blob["train_time_s"],
                                   blob["best"], blob["selected"], blob.get("data_wait_s", 0.0), resumed=True,
@@ -339,6 +342,8 @@ class Engine:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if phase.after_step is not None:
+                phase.after_step()
             loss_sum += loss.detach().float()
             steps += 1
             if steps % SYNC_EVERY == 0:  # the only host syncs: every SYNC_EVERY steps and at the epoch's end

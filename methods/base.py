@@ -7,7 +7,7 @@ schedule, checkpoints and resume, evaluation and the run record.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +38,11 @@ class Phase:
     warmup_epochs: int = 0
     steps_per_epoch: Callable[[], int] | None = None  # for progress bars
     on_start: Callable[[], None] | None = None  # runs when the phase is entered, fresh or resumed
+    # Buffers of the method's model() that training changes outside the optimizer (an EMA of the weights, BN
+    # running statistics): checkpointed, resumed and restored with the best epoch like the parameters, but
+    # neither optimised nor counted as trainable.
+    state: list[torch.Tensor] = field(default_factory=list)
+    after_step: Callable[[], None] | None = None  # runs after every optimizer step (e.g. an EMA update)
 
 
 class Method:
