@@ -140,13 +140,14 @@ class RunContext:
         backbone = self.backbone if backbone is None else backbone
         return dataclasses.replace(backbone.preprocessing, **self.method_preprocessing)
 
-    def transform(self, train: bool = False, backbone=None) -> Transform:
-        """`backbone`'s (default: the run's) eval transform, or with `train` its augmented one."""
+    def transform(self, train: bool = False, backbone=None, strong: bool = False) -> Transform:
+        """`backbone`'s (default: the run's) eval transform, or with `train` its augmented one; `strong` adds
+        FixMatch's RandAugment and Cutout to the augmented one (the strong view of FixMatch-style methods)."""
         backbone = self.backbone if backbone is None else backbone
         preprocessing = self.preprocessing(backbone)
         if not train:
             return Transform(backbone.image_size, preprocessing)
-        return Transform(backbone.image_size, preprocessing, self.hparams["augment"], self.dataset.hflip_ok)
+        return Transform(backbone.image_size, preprocessing, self.hparams["augment"], self.dataset.hflip_ok, strong)
 
     @property
     def num_workers(self) -> int:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from bench import randaugment
 from bench.datasets.base import Split
 
 AUGMENTATIONS = ("rrc_flip", "crop_flip", "none")
@@ -59,13 +60,15 @@ class Preprocessing:
 class Transform:
     """A tower's transforms at `size`. eval (`augment="none"`): resize as `preprocessing.resize_mode` says,
     then centre crop. rrc_flip: random resized crop. crop_flip: square resize to size, then a random crop with
-    size/8 reflect padding. Random horizontal flip after either where `hflip`. Every resize with the
-    preprocessing's filter; then [0, 1] scaling and its normalisation."""
+    size/8 reflect padding. Random horizontal flip after either where `hflip`. With `strong` (the strong view of
+    FixMatch-style methods), FixMatch's RandAugment and Cutout next (`bench.randaugment`). Every resize with
+    the preprocessing's filter; then [0, 1] scaling and its normalisation."""
 
     size: int
     preprocessing: Preprocessing
     augment: str = "none"
     hflip: bool = False
+    strong: bool = False
 
     @property
     def resize_to(self) -> int:
@@ -93,6 +96,8 @@ class Transform:
             steps = [T.Resize(side, interpolation=interpolation), T.CenterCrop(self.size)]
         if self.hflip and self.augment != "none":
             steps.append(T.RandomHorizontalFlip())
+        if self.strong:
+            steps.append(randaugment.RandAugment())
         return T.Compose(steps + [T.ToTensor(), T.Normalize(self.preprocessing.mean, self.preprocessing.std)])
 
     def describe(self, from_pixels: bool) -> str:
@@ -119,6 +124,10 @@ class Transform:
         if self.hflip and self.augment != "none":
             flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.strong:  # whole numbers 0..255 (`_resize`): exact as uint8
+            chosen = randaugment.draws(len(x), generator)
+            x = torch.stack([randaugment.rand_augment(image, draw) for image, draw in
+                             zip(x.clamp(0, 255).to(torch.uint8), chosen, strict=True)]).float()
         mean = torch.tensor(self.preprocessing.mean, device=x.device).view(1, -1, 1, 1) * 255
         std = torch.tensor(self.preprocessing.std, device=x.device).view(1, -1, 1, 1) * 255
         return ((x - mean) / std).contiguous()

@@ -53,10 +53,12 @@ def steps(num_samples: int, batch_size: int) -> Callable[[], int]:
     return lambda: -(-num_samples // batch_size)
 
 
-def image_batches(ctx: RunContext, phase_name: str, sampler: str,
-                  batch_size: int | None = None) -> tuple[Callable[[int], Iterator], Callable]:
-    """Augmented train batches on the device, drawn by `sampler`, reproducible per (seed, phase, epoch)."""
-    transform = ctx.transform(train=True)
+def image_batches(ctx: RunContext, phase_name: str, sampler: str, batch_size: int | None = None,
+                  transform: Transform | tuple[Transform, ...] | None = None
+                  ) -> tuple[Callable[[int], Iterator], Callable]:
+    """Augmented train batches on the device, drawn by `sampler`, reproducible per (seed, phase, epoch); with a
+    tuple of transforms, a tuple of views per batch (bench.data.views: the same crops and flips in each)."""
+    transform = transform or ctx.transform(train=True)
     batch_size = batch_size or ctx.hparams["batch_size"]
     split = ctx.dataset.train
 
