@@ -24,8 +24,11 @@ from bench.store import ResultsStore
 
 BASE = {"image_size": "16", "batch_size": "64", "lr": "0.05"}
 LPT = {**BASE, "phase1_epochs": "2", "phase2_epochs": "2", "prompt_length": "2", "pool_size": "4"}
-# (method, overrides, [(phase name, epochs)]) for every method with more than one phase
+# (method, overrides, [(phase name, epochs)]) for every method with more than one phase, and for CPE, which
+# trains state beyond its parameters (an EMA of its weights, BN running statistics): with 4 epochs its second
+# interruption falls inside epoch 2, so the resumed run starts from a checkpoint that must hold that state
 MULTI_PHASE = {
+    "cpe": ({**BASE, "epochs": "4", "adapter_bottleneck": "8", "ema_decay": "0.9"}, [("cpe", 4)]),
     "lpt": (LPT, [("lpt_shared", 2), ("lpt_group", 2)]),
     "lptpp": ({**LPT, "adapter_epochs": "2", "scorer_epochs": "2", "vl_backbone": "clip_micro", "templates": "single",
                "adapter_bottleneck": "8", "scorer_hidden": "16"},
