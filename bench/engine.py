@@ -34,12 +34,21 @@ class TrainingDiverged(Exception):
     """The loss became non-finite: training stops, and the run is evaluated with its last finished epoch."""
 
 
-def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6) -> float:
-    """Per-epoch learning rate as LPT's official schedule (timm CosineLRScheduler, t_initial = epochs,
+SCHEDULES = ("cosine", "linear")
+
+
+def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6,
+             schedule: str = "cosine") -> float:
+    """Per-epoch learning rate. `cosine` is LPT's official schedule (timm CosineLRScheduler, t_initial = epochs,
     warmup_t = warmup_epochs, no warm-up prefix): linear from `warmup_start` during warm-up, then
-    0.5 · base · (1 + cos(π · epoch / epochs))."""
+    0.5 · base · (1 + cos(π · epoch / epochs)). `linear` is Hugging Face's get_linear_schedule_with_warmup at
+    each epoch's start after the same warm-up: base · (epochs − epoch) / (epochs − warmup_epochs)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
     if epoch < warmup_epochs:
         return warmup_start + (base_lr - warmup_start) * epoch / warmup_epochs
+    if schedule == "linear":
+        return base_lr * (epochs - epoch) / max(1, epochs - warmup_epochs)
     return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
@@ -323,7 +332,8 @@ class Engine:
             self.method.model().train()
             return phase.fit_epoch(epoch), 0.0
         for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs)
+            group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs,
+                                   schedule=phase.schedule)
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
         run_eta = f" (run: {clock_text(run_left)} left)" if run_left is not None else ""

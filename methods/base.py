@@ -36,6 +36,7 @@ class Phase:
     # of make_optimizer / batches / loss; the engine still validates, selects, checkpoints and resumes.
     fit_epoch: Callable[[int], float] | None = None
     warmup_epochs: int = 0
+    schedule: str = "cosine"  # the per-epoch decay after warm-up: cosine | linear (bench.engine.epoch_lr)
     steps_per_epoch: Callable[[], int] | None = None  # for progress bars
     on_start: Callable[[], None] | None = None  # runs when the phase is entered, fresh or resumed
     # Buffers of the method's model() that training changes outside the optimizer (an EMA of the weights, BN

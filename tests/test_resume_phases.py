@@ -33,6 +33,10 @@ MULTI_PHASE = {
     "lptpp": ({**LPT, "adapter_epochs": "2", "scorer_epochs": "2", "vl_backbone": "clip_micro", "templates": "single",
                "adapter_bottleneck": "8", "scorer_hidden": "16"},
               [("lptpp_shared", 2), ("lptpp_group", 2), ("lptpp_adapters", 2), ("lptpp_scorer", 2)]),
+    # PEMT's stage-1 batches of 6 give the few-shot source (38 images) 7 steps an epoch
+    "pemt": ({"image_size": "16", "batch_size": "64", "source_batch_size": "6", "source_epochs": "2", "epochs": "2",
+              "lora_rank": "4", "lora_alpha": "4"},
+             [("pemt_source_medium", 2), ("pemt_source_few", 2), ("pemt_target", 2)]),
     "crt": ({"image_size": "16", "repr_epochs": "2", "repr_batch_size": "64", "wd_steps": "3"},
             [("representation", 2), ("classifier", 3)]),
     "lws": ({**BASE, "repr_epochs": "2", "repr_batch_size": "64", "epochs": "3", "lr": "0.01"},
