@@ -23,7 +23,7 @@ from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
 
 from bench.errors import BenchError
-from bench.hparams import AT_LEAST_ONE, Choice, HParam
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, Choice, HParam
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,16 @@ def read_folders(root: Path) -> tuple[Split, Split, list[str], list[Path]]:
 
 
 def long_tail(name: str, train: Split, test: Split, class_names: list[str], imbalance_factor: float,
-              val_per_class: int, split_files: list[Path], source: str) -> LongTailDataset:
+              val_per_class: int, split_files: list[Path], source: str, head_images: int = 0) -> LongTailDataset:
     """Standard LDAM-DRW selection of the long-tailed train subset; val only from the images it leaves unused,
-    so train stays the published one (the head class, which keeps every image, gets no val images)."""
-    counts = exponential_profile(int(np.bincount(train.labels).max()), len(class_names), imbalance_factor)
+    so train stays the published one (the head class, which keeps every image, gets no val images). A
+    `head_images` below CIFAR's per-class count scales the whole profile down (the same imbalance factor over
+    fewer images), which also leaves the head class images for val."""
+    available = int(np.bincount(train.labels).max())
+    if head_images > available:
+        raise BenchError(f"head_images={head_images}: CIFAR has only {available} training images per class; "
+                         f"use at most {available}, or 0 for all of them")
+    counts = exponential_profile(head_images or available, len(class_names), imbalance_factor)
     chosen = select_long_tail(train.labels, counts, seed=0)
     carve = carve_val(train.labels, chosen, val_per_class, seed=0, borrow=False)
     return LongTailDataset(
@@ -145,7 +151,7 @@ def cifar_builder(name: str, layout: CifarLayout):
             raise BenchError(f"no CIFAR data under {root}: expected {root / layout.folder}/ (python pickles) "
                              "or train/<class>/ and test/<class>/ image folders")
         return long_tail(name, train, test, names, float(options["imbalance_factor"]),
-                         int(options["val_per_class"]), files, origin)
+                         int(options["val_per_class"]), files, origin, int(options["head_images"]))
 
     return build
 
@@ -156,6 +162,9 @@ CIFAR_OPTIONS = {
     "val_per_class": HParam(20, help="val images per class, from train images the long tail leaves unused",
                             bounds=AT_LEAST_ONE),
     "source": HParam("auto", help="pickle | folder | auto", choices=("auto", "pickle", "folder")),
+    "head_images": HParam(0, help="training images of the largest class (n_max of the profile); 0 = all of "
+                          "CIFAR's (the published CIFAR-LT); fewer scale the profile down for small budgets",
+                          bounds=NON_NEGATIVE),
 }
 
 register_dataset("cifar10_lt", aliases=("cifar10",), dirname="cifar-10", options=CIFAR_OPTIONS,

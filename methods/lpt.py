@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from bench.methods.agcl import lpt_losses
+import torch.nn.functional as F
+from bench.methods.agcl import GAMMAS, lpt_losses
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import dual_image_batches, optimizer_factory, predict_images
 from bench.methods.lpt_model import LPTModel
@@ -98,6 +99,17 @@ def set_layernorm_eps(module: nn.Module, eps: float) -> None:
             layer.eps = eps
 
 
+class ScaledCrossEntropy:
+    """Plain cross-entropy on s · cosine: `lpt_ce`'s loss for both batches (no cloud, margin, focal weights or
+    smoothing), so the ablation isolates A-GCL."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.scale * cosine.float(), labels)
+
+
 def ib_weight(eta0: float, epoch: int, epochs: int) -> float:
     """η_e = max(0, η0 · (E − e) / E): the uniform batch's weight, decaying over the phase."""
     return max(0.0, eta0 * (epochs - epoch) / epochs)
@@ -146,6 +158,8 @@ class LPT(Method):
     embedded_preset = {"lr": "0.1", "phase1_epochs": "6", "phase2_epochs": "6", "warmup_epochs": "0"}
     embedded_space = {"shared_layers": {"int": [1, 3]}}
 
+    loss_kind = "agcl"  # lpt_ce: plain cross-entropy on s·cosine (the ablation of A-GCL)
+
     def setup(self) -> None:
         ctx, hp = self.ctx, self.hp
         if hp["layernorm_eps"] > 0:
@@ -153,7 +167,8 @@ class LPT(Method):
         shared_layers = hp["shared_layers"] if hp["shared_layers"] >= 0 else ctx.backbone.num_blocks // 2
         self.net = LPTModel(ctx.backbone, ctx.dataset.num_classes, hp["prompt_length"], hp["pool_size"],
                             hp["top_k"], shared_layers, hp["head_dropout"], hp["shared_prefix"]).to(ctx.device)
-        self.losses = lpt_losses(ctx.dataset.train_counts, hp)
+        self.losses = (lpt_losses(ctx.dataset.train_counts, hp) if self.loss_kind == "agcl"
+                       else dict.fromkeys(GAMMAS, ScaledCrossEntropy(hp["agcl_scale"])))
 
     def model(self) -> nn.Module:
         return self.net
@@ -202,3 +217,8 @@ class LPT(Method):
             net.keys.copy_(state["prompt_learner.Prompt_Keys"])
             net.head.load_weight(head.t())
         net.stage = "group"
+
+
+register_method("lpt_ce")(type("lpt_ce", (LPT,), {
+    "description": "LPT ablation: plain cross-entropy on s·cosine in place of A-GCL (both phases, both batches)",
+    "variant_of": "lpt", "loss_kind": "ce"}))

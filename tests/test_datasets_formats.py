@@ -207,6 +207,17 @@ def test_cifar10_lt_if100_follows_the_profile_and_the_standard_selection(tmp_pat
     assert_splits_disjoint(dataset)
 
 
+def test_cifar10_lt_head_images_scales_the_profile_down_and_leaves_the_head_class_val_images(tmp_path):
+    make_cifar10_pickles(tmp_path / "cifar-10-batches-py", per_class=500)
+    dataset = load_dataset("cifar10", tmp_path, {**CIFAR_OPTIONS, "head_images": 100})
+    assert dataset.train_counts.tolist() == [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]
+    assert np.bincount(dataset.val.labels, minlength=10).tolist() == [5] * 10  # the head class now has unused images
+    assert any("100…1 images per class, 242 in all" in note for note in dataset.notes)
+    assert_splits_disjoint(dataset)
+    with pytest.raises(BenchError, match="head_images=501: CIFAR has only 500 training images per class"):
+        load_dataset("cifar10", tmp_path, {**CIFAR_OPTIONS, "head_images": 501})
+
+
 def test_cifar100_lt_pickles_with_fine_labels_read_from_the_folder_itself(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bench.datasets.base import load_dataset
 from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
 from bench.methods.common import dual_index_batches, dual_steps
-from bench.methods.lpt import dual_loss, ib_weight
+from bench.methods.lpt import ScaledCrossEntropy, dual_loss, ib_weight
 from bench.methods.lpt_model import LPTModel
 from conftest import OnEpoch, make_places_lt
 
@@ -233,6 +233,16 @@ def test_asymmetric_focal_gradient_is_float64s_where_a_probability_rounds_to_one
 
 
 # ------------------------------------------------------------------------------------------ sampling
+
+
+def test_lpt_ce_trains_both_batches_with_plain_cross_entropy_on_scaled_cosine():
+    from bench.methods.base import METHODS
+
+    variant = METHODS.get("lpt_ce")
+    assert variant.variant_of == "lpt" and variant.loss_kind == "ce" and METHODS.get("lpt").loss_kind == "agcl"
+    cosine, labels = torch.rand(6, 4) * 2 - 1, torch.tensor([0, 1, 2, 3, 3, 0])
+    loss = ScaledCrossEntropy(20.0)
+    assert torch.allclose(loss(cosine, labels), F.cross_entropy(20.0 * cosine, labels))
 
 
 def test_class_aware_batches_of_256_hold_64_classes_of_4_and_uniform_batches_are_distinct():
