@@ -70,8 +70,9 @@ def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: Benchma
 
 def search_trials(protocol: Protocol) -> list[Trial]:
     """Per method `trials` configurations at the first seed: its defaults, then random draws from its declared
-    space (DomainBed-style streams seeded by the protocol's search seed); neither the protocol's pins nor what
-    defines the method (its loss, its sampler) are searched."""
+    space (DomainBed-style streams seeded by the protocol's search seed), restricted to the protocol's `searched`
+    hyperparameters when it names them; neither the protocol's pins nor what defines the method (its loss, its
+    sampler) are searched."""
     from bench.methods.base import METHODS
     from bench.sweeps.space import default_space, random_configs
 
@@ -79,7 +80,7 @@ def search_trials(protocol: Protocol) -> list[Trial]:
     for method in protocol.methods:
         pins = protocol.overrides(method)
         space = {k: v for k, v in default_space(METHODS.get(method).hparams).items()
-                 if k not in pins and k not in IDENTITY}
+                 if k not in pins and k not in IDENTITY and (not protocol.searched or k in protocol.searched)}
         draws = random_configs(space, protocol.trials - 1, protocol.search_seed) if space else []
         for index, values in enumerate([{}, *draws]):
             overrides = {**pins, **{k: as_override(v) for k, v in values.items()}}

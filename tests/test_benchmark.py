@@ -117,6 +117,25 @@ def test_a_protocol_may_pin_the_precision_and_it_is_part_of_the_hash(tmp_path):
         load_protocol(write(tmp_path, base.replace("[settings]", '[settings]\namp = "fp8"')))
 
 
+def test_a_protocol_may_restrict_the_search_to_named_hyperparameters(tmp_path):
+    """`[search] searched` draws only the named hyperparameters (of those each method gives a space); it is part
+    of the hash, and a name no method searches is refused."""
+    from bench.benchmark import search_trials
+
+    base = variant().replace('trials = 2', 'trials = 3')
+    restricted = load_protocol(write(tmp_path, base.replace("[search]", '[search]\nsearched = ["lr", "weight_decay"]')))
+    everything = load_protocol(write(tmp_path, base))
+    assert restricted.hash != everything.hash and "of lr, weight_decay" in restricted.describe()
+    drawn = {trial.method: trial for trial in search_trials(restricted) if trial.key.endswith("c02-s0")}
+    # finetune also declares cosine_scale, la_tau, ...; lr is the embedded protocol's pin, so never drawn
+    assert drawn["finetune"].searched == ("weight_decay",)
+    assert set(drawn["lpt"].searched) <= {"lr", "weight_decay"}
+    wide = {trial.method: trial for trial in search_trials(everything) if trial.key.endswith("c02-s0")}
+    assert "cosine_scale" in wide["finetune"].searched
+    with pytest.raises(BenchError, match="search.searched: colour has a search space in none of the methods"):
+        load_protocol(write(tmp_path, base.replace("[search]", '[search]\nsearched = ["colour"]')))
+
+
 def test_bench_benchmark_embedded_end_to_end(tmp_path):
     """Searches 2 configurations per method at seed 0, runs the chosen one at seed 1, reports; a second
     invocation needs --resume and then re-runs nothing; a run outside the protocol gets its own table."""

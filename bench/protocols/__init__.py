@@ -30,7 +30,7 @@ TOP_KEYS = {"name", "description", "source", "dataset", "backbone", "weights", "
             "dataset_options", "settings", "budget", "search", "method_settings"}
 REQUIRED = ("name", "description", "dataset", "backbone", "seeds", "methods")
 BUDGET_KEYS = {"epoch_scale"}
-SEARCH_KEYS = {"trials", "seed", "selection"}
+SEARCH_KEYS = {"trials", "seed", "selection", "searched"}
 WARMUP = "warmup_epochs"
 BUDGET_RULE = 2  # how epoch_scale maps to each method's epochs (in the hash: a new rule never reuses old runs)
 
@@ -54,6 +54,7 @@ class Protocol:
     trials: int = 0  # configurations per method searched on val (the first: the method's defaults); 0: none
     search_seed: int = 0
     selection: str = f"val_{selection_rule.DEFAULT_METRIC}"
+    searched: tuple[str, ...] = ()  # the hyperparameters searched, of those a method declares a space for; (): all
     method_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -65,6 +66,8 @@ class Protocol:
                       "selection": self.selection}
         if self.method_settings:
             comparable["method_settings"] = self.method_settings
+        if self.searched:
+            comparable["searched"] = list(self.searched)
         return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -94,8 +97,9 @@ class Protocol:
         return pins
 
     def describe(self) -> str:
-        search = (f"{self.trials} configurations per method on val (the defaults and {self.trials - 1} random), "
-                  f"chosen by {self.selection}" if self.trials else "each method's defaults (no search)")
+        over = f" of {', '.join(self.searched)}" if self.searched else ""
+        search = (f"{self.trials} configurations per method on val (the defaults and {self.trials - 1} random"
+                  f"{over}), chosen by {self.selection}" if self.trials else "each method's defaults (no search)")
         return (f"{self.name} ({self.hash}): {self.dataset} with {self.backbone}; budget × {self.epoch_scale:g} of "
                 f"each reference schedule; {search}; seeds {', '.join(map(str, self.seeds))}; "
                 f"{len(self.methods)} methods")
@@ -206,6 +210,10 @@ def _validated(data: dict, path: Path) -> Protocol:
     selection = search.get("selection", Protocol.selection)
     if selection not in METRICS:
         raise _Invalid(f"search.selection = {selection!r}: one of {', '.join(METRICS)} (validation only)")
+    searched = search.get("searched", [])
+    if not isinstance(searched, list) or not all(isinstance(name, str) for name in searched):
+        raise _Invalid(f"search.searched = {searched!r}: a list of hyperparameter names (e.g. [\"lr\", "
+                       "\"weight_decay\"])")
     dataset_options = _strings(_table(data, "dataset_options"), "dataset_options")
     settings = _strings(_table(data, "settings"), "settings")
     per_method = _table(data, "method_settings")
@@ -219,7 +227,7 @@ def _validated(data: dict, path: Path) -> Protocol:
         seeds=tuple(seeds), methods=methods, source=str(data.get("source", "")), weights=weights,
         random_init=bool(data.get("random_init", False)), dataset_options=dataset_options, settings=settings,
         epoch_scale=float(scale), trials=trials, search_seed=search_seed, selection=selection,
-        method_settings=method_settings)
+        searched=tuple(searched), method_settings=method_settings)
     used = set(dataset_options)
     for method in methods:
         declared = declared_options(method, dataset)
@@ -228,6 +236,10 @@ def _validated(data: dict, path: Path) -> Protocol:
             resolve(declared, protocol.overrides(method))
         except BenchError as error:
             raise _Invalid(f"{method}: {error}") from None
+    spaced = {name for method in methods for name, hp in METHODS.get(method).hparams.items() if hp.space is not None}
+    never = sorted(set(searched) - spaced)
+    if never:
+        raise _Invalid(f"search.searched: {never[0]} has a search space in none of the methods")
     unused = sorted(set(settings) - used)
     if unused:
         raise _Invalid(f"settings.{unused[0]} is declared by none of the methods or the dataset; "
