@@ -52,6 +52,17 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup
     return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
+def phase_lr(phase: Phase, base_lr: float, epoch: int, history: Sequence[dict], metric: str) -> float:
+    """The learning rate of `phase`'s epoch `epoch`: `epoch_lr`'s schedule (the phase's cosine or linear), or its Plateau
+    replayed over the val `metric` of its epochs before this one in `history` (the run's checkpointed history,
+    so a resumed run gets the same rates)."""
+    if phase.plateau is None:
+        return epoch_lr(base_lr, epoch, phase.epochs, phase.warmup_epochs, schedule=phase.schedule)
+    seen = [entry["val"][metric] for entry in history if entry["phase"] == phase.name and entry["epoch"] < epoch
+            and (entry.get("val") or {}).get(metric) is not None]
+    return phase.plateau.lr(base_lr, seen)
+
+
 def trainable_state(model: torch.nn.Module, phases: list[Phase]) -> dict[str, torch.Tensor]:
     """What the checkpoints hold: the phases' parameters and the buffers they list as `state`."""
     kept = {id(t) for phase in phases for t in (*phase.parameters, *phase.state)}
@@ -216,7 +227,7 @@ class Engine:
                 for epoch in range(state.next_epoch, phase.epochs):
                     started = time.perf_counter()
                     loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress, loss_fn,
-                                                     clock.remaining(index, epoch))
+                                                     clock.remaining(index, epoch), state.history)
                     seconds = time.perf_counter() - started
                     state.train_time_s += seconds
                     state.data_wait_s += waited
@@ -314,7 +325,7 @@ class Engine:
         if len(self.ctx.dataset.val) == 0:  # no val split (val_split=none): each phase keeps its last epoch
             return False
         every = self.ctx.hparams["val_every"]
-        return epoch + 1 == phase.epochs or (every > 0 and (epoch + 1) % every == 0)
+        return epoch + 1 == phase.epochs or phase.plateau is not None or (every > 0 and (epoch + 1) % every == 0)
 
     def _freeze_all_but(self, phase: Phase) -> None:
         model = self.method.model()
@@ -323,17 +334,17 @@ class Engine:
             p.requires_grad_(id(p) in wanted)
 
     def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler, progress: Bars, loss_fn,
-                     run_left: float | None) -> tuple[float, float]:
+                     run_left: float | None, history: Sequence[dict] = ()) -> tuple[float, float]:
         """(mean loss, seconds spent waiting for batches) of one epoch; its bar shows the whole run's time left
-        (`run_left`, this epoch included) as estimated when it started."""
+        (`run_left`, this epoch included) as estimated when it started; `history` (the epochs so far) sets a
+        Plateau phase's rate."""
         ctx = self.ctx
         seed_everything(world().noise_seed(ctx.seed, index, epoch))
         if phase.fit_epoch is not None:
             self.method.model().train()
             return phase.fit_epoch(epoch), 0.0
         for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(group["base_lr"], epoch, phase.epochs, phase.warmup_epochs,
-                                   schedule=phase.schedule)
+            group["lr"] = phase_lr(phase, group["base_lr"], epoch, history, ctx.hparams["selection_metric"])
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
         run_eta = f" (run: {clock_text(run_left)} left)" if run_left is not None else ""

@@ -6,7 +6,7 @@ schedule, checkpoints and resume, evaluation and the run record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,27 @@ from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.context import RunContext
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A learning rate that drops by `factor` (not below `min_lr`) once the phase's val selection metric has not
+    improved for more than `patience` validated epochs: torch's ReduceLROnPlateau (mode max, its default
+    threshold 1e-4 relative, no cooldown). The engine replays it over the phase's val history at the start of
+    each epoch, so a resumed run gets the same rates from its checkpointed history without a scheduler state."""
+
+    patience: int
+    factor: float = 0.1
+    min_lr: float = 0.0
+
+    def lr(self, base_lr: float, metrics: Sequence[float]) -> float:
+        """The rate after the val `metrics` seen so far (in epoch order), from `base_lr`."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=self.factor,
+                                                              patience=self.patience, min_lr=self.min_lr)
+        for value in metrics:
+            schedule.step(value)
+        return optimizer.param_groups[0]["lr"]
 
 
 @dataclass
@@ -37,6 +58,9 @@ class Phase:
     fit_epoch: Callable[[int], float] | None = None
     warmup_epochs: int = 0
     schedule: str = "cosine"  # the per-epoch decay after warm-up: cosine | linear (bench.engine.epoch_lr)
+    # None: the engine's per-epoch cosine schedule (with warm-up); a Plateau: the rate follows val instead, and
+    # the phase validates after every epoch whatever val_every says
+    plateau: Plateau | None = None
     steps_per_epoch: Callable[[], int] | None = None  # for progress bars
     on_start: Callable[[], None] | None = None  # runs when the phase is entered, fresh or resumed
     # Buffers of the method's model() that training changes outside the optimizer (an EMA of the weights, BN
