@@ -37,7 +37,7 @@ class TrainingDiverged(Exception):
 SCHEDULES = ("cosine", "linear")
 
 
-def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6,
+def epoch_lr(base_lr: float, epoch: float, epochs: int, warmup_epochs: int, warmup_start: float = 1e-6,
              schedule: str = "cosine") -> float:
     """Per-epoch learning rate. `cosine` is LPT's official schedule (timm CosineLRScheduler, t_initial = epochs,
     warmup_t = warmup_epochs, no warm-up prefix): linear from `warmup_start` during warm-up, then
@@ -52,7 +52,7 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup
     return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
-def phase_lr(phase: Phase, base_lr: float, epoch: int, history: Sequence[dict], metric: str) -> float:
+def phase_lr(phase: Phase, base_lr: float, epoch: int, history: Sequence[dict], metric: str | None) -> float:
     """The learning rate of `phase`'s epoch `epoch`: `epoch_lr`'s schedule (the phase's cosine or linear), or its Plateau
     replayed over the val `metric` of its epochs before this one in `history` (the run's checkpointed history,
     so a resumed run gets the same rates)."""
@@ -344,7 +344,8 @@ class Engine:
             self.method.model().train()
             return phase.fit_epoch(epoch), 0.0
         for group in optimizer.param_groups:
-            group["lr"] = phase_lr(phase, group["base_lr"], epoch, history, ctx.hparams["selection_metric"])
+            group["lr"] = phase_lr(phase, group["base_lr"], epoch, history,
+                                   ctx.hparams["selection_metric"] if phase.plateau else None)
         self.method.model().train()
         total = phase.steps_per_epoch() if phase.steps_per_epoch else None
         run_eta = f" (run: {clock_text(run_left)} left)" if run_left is not None else ""
@@ -357,6 +358,7 @@ class Engine:
             waited += time.perf_counter() - started
             if batch is None:
                 break
+            self._warmup_step(phase, optimizer, epoch, steps, total)
             with self.ctx.autocast():
                 loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -372,6 +374,16 @@ class Engine:
             bar.advance(shown)
         bar.close()
         return (self._finite_mean(loss_sum, steps, phase, epoch) if steps else float("nan")), waited
+
+    @staticmethod
+    def _warmup_step(phase: Phase, optimizer, epoch: int, step: int, total: int | None) -> None:
+        """Per-iteration warm-up (`phase.warmup_per == "iteration"`): inside a warm-up epoch the rate rises at
+        every step along the same line from 1e-6, instead of holding the epoch's start value for the whole epoch."""
+        if phase.warmup_per != "iteration" or epoch >= phase.warmup_epochs or not total:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(group["base_lr"], epoch + min(step, total) / total, phase.epochs,
+                                   phase.warmup_epochs, schedule=phase.schedule)
 
     @staticmethod
     def _finite_mean(loss_sum: torch.Tensor, steps: int, phase: Phase, epoch: int) -> float:

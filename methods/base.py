@@ -58,6 +58,9 @@ class Phase:
     fit_epoch: Callable[[int], float] | None = None
     warmup_epochs: int = 0
     schedule: str = "cosine"  # the per-epoch decay after warm-up: cosine | linear (bench.engine.epoch_lr)
+    # "epoch": each warm-up epoch holds one rate (LPT's and VPT's official schedulers, stepped per epoch: the first
+    # epoch at 1e-6); "iteration": the rate rises at every step of the warm-up (needs steps_per_epoch)
+    warmup_per: str = "epoch"
     # None: the engine's per-epoch cosine schedule (with warm-up); a Plateau: the rate follows val instead, and
     # the phase validates after every epoch whatever val_every says
     plateau: Plateau | None = None

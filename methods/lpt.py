@@ -60,6 +60,9 @@ LPT_HPARAMS: dict[str, HParam] = {
                            bounds=NON_NEGATIVE),
     "warmup_epochs": HParam(1, help="linear warm-up epochs from 1e-6, per phase",
                             bounds=NON_NEGATIVE),
+    "warmup_per": HParam("epoch", help="epoch: the warm-up rate changes once per epoch, as the official timm "
+                         "CosineLRScheduler stepped per epoch (a one-epoch warm-up holds 1e-6 for the whole epoch) | "
+                         "iteration: it rises at every step of the warm-up", choices=("epoch", "iteration")),
     "per_class": HParam(4, Choice((2, 4, 8)), "class-aware batch: images per drawn class",
                         bounds=AT_LEAST_ONE),
     "ib_weight": HParam(0.5, Uniform(0.0, 1.0), "η0: weight of the uniform batch, decaying as η0·(E−e)/E "
@@ -141,7 +144,7 @@ def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Paramet
     scaled = {**hp, "optimizer": "sgd", "lr": hp["lr"] * hp["batch_size"] / 256}
     return Phase(name=name, epochs=epochs, parameters=parameters, make_optimizer=optimizer_factory(scaled),
                  batches=with_eta, loss=loss, warmup_epochs=hp["warmup_epochs"], steps_per_epoch=steps,
-                 on_start=on_start)
+                 on_start=on_start, warmup_per=hp["warmup_per"])
 
 
 @register_method("lpt")

@@ -469,7 +469,7 @@ def train_both(table: Table, official: Official, namespace: dict, method: LPT, m
     record_steps(optimizer, sides["ours"]["params"], lambda: objective["value"].item(), sides["ours"]["log"])
     for epoch in range(EPOCHS):
         engine._train_epoch(phase, 1, epoch, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                            Bars(None, Console(quiet=True)), loss)
+                            Bars(None, Console(quiet=True)), loss, None)
 
     # official: its epoch loop and scheduler step, on the same batches, with a loader as long as its own
     for kind, name in (("class_balanced", "criterion"), ("instance_balanced", "criterion_ibs")):

@@ -245,6 +245,30 @@ def test_lpt_ce_trains_both_batches_with_plain_cross_entropy_on_scaled_cosine():
     assert torch.allclose(loss(cosine, labels), F.cross_entropy(20.0 * cosine, labels))
 
 
+@pytest.mark.parametrize("per", ["epoch", "iteration"])
+def test_warmup_per_iteration_raises_the_rate_at_every_step_and_per_epoch_holds_it(per):
+    """The official schedulers step per epoch (a one-epoch warm-up holds 1e-6 for the whole epoch); with
+    warmup_per=iteration the rate climbs the same line step by step, and after the warm-up both are per epoch."""
+    from bench.engine import Engine, epoch_lr
+    from bench.methods.base import Phase
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.02)
+    optimizer.param_groups[0]["base_lr"] = 0.02
+    phase = Phase(name="p", epochs=4, parameters=[weight], warmup_epochs=1, warmup_per=per)
+    rates = []
+    for epoch in (0, 1):
+        optimizer.param_groups[0]["lr"] = epoch_lr(0.02, epoch, 4, 1)  # what the engine sets at the epoch's start
+        for step in range(5):
+            Engine._warmup_step(phase, optimizer, epoch, step, 5)
+            rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[5:] == [epoch_lr(0.02, 1, 4, 1)] * 5  # after the warm-up: one rate per epoch either way
+    if per == "epoch":
+        assert rates[:5] == [1e-6] * 5
+    else:
+        assert rates[:5] == pytest.approx([1e-6 + (0.02 - 1e-6) * step / 5 for step in range(5)])
+
+
 def test_class_aware_batches_of_256_hold_64_classes_of_4_and_uniform_batches_are_distinct():
     labels = np.repeat(np.arange(128), np.linspace(200, 2, 128).astype(int))
     pairs = dual_index_batches(labels, 256, 4, np.random.default_rng(0))
