@@ -38,6 +38,21 @@ def write_image(path: Path, seed: int = 0, size: int = 8) -> Path:
     return path
 
 
+def digits_image_folder(root: Path) -> Path:
+    """The embedded default's splits (scikit-learn's real 8×8 digits, long-tailed) written as an ImageFolder tree
+    of PNGs, train/ val/ test/<digitN>/, the on-disk format of the `folder` dataset."""
+    from bench.datasets.base import load_dataset
+
+    dataset = load_dataset("digits_lt", None, {})
+    for split in ("train", "val", "test"):
+        images = getattr(dataset, split)
+        for index, label in enumerate(images.labels):
+            folder = root / split / f"digit{int(label)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(images.images.load(index))).save(folder / f"{index:04d}.png")
+    return root
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
