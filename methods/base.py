@@ -141,3 +141,10 @@ def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[
         return cls
 
     return decorate
+
+
+def register_variant(parent: type[Method], name: str, description: str, **switches) -> type[Method]:
+    """Registers an ablation variant of the registered method `parent`: a subclass whose class attributes
+    `switches` turn parts off (`bench ablate` runs it beside its parent)."""
+    return register_method(name)(type(name, (parent,), {"description": description, "variant_of": parent.name,
+                                                         **switches}))

@@ -47,7 +47,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench.methods.base import Method, Phase, register_method
+from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import image_batches, optimizer_factory, optimizer_hparams, predict_images
 from bench.methods.losses import log_prior
 from bench.methods.peft import add_adapters
@@ -265,13 +265,13 @@ class CPE(Method):
                         "ema": self.hp["ema"], "classes_routed": routes}}
 
 
-def _variant(name: str, description: str, **switches) -> None:
-    register_method(name)(type(name, (CPE,), {"description": description, "variant_of": "cpe", **switches}))
-
-
 register_method("cpe")(CPE)
-_variant("cpe_1head", "CPE ablation: the τ = 2 expert only (classwise BN, routing and EMA kept)", taus=(2.0,),
-         hparams={**CPE_HPARAMS, "test_head": test_head_hparam((2.0,))})
-_variant("cpe_no_cbn", "CPE ablation: one BN copy instead of three (the strong-view CE unrouted)", classwise=False)
-_variant("cpe_frozen", "CPE ablation: no adapters, the tower stays frozen (BN copies and heads trained)",
-         adapters=False, hparams={k: v for k, v in CPE_HPARAMS.items() if not k.startswith("adapter_")})
+register_variant(CPE, "cpe_1head",
+                 "CPE ablation: the τ = 2 expert only (classwise BN, routing and EMA kept)",
+                 taus=(2.0,), hparams={**CPE_HPARAMS, "test_head": test_head_hparam((2.0,))})
+register_variant(CPE, "cpe_no_cbn",
+                 "CPE ablation: one BN copy instead of three (the strong-view CE unrouted)",
+                 classwise=False)
+register_variant(CPE, "cpe_frozen",
+                 "CPE ablation: no adapters, the tower stays frozen (BN copies and heads trained)",
+                 adapters=False, hparams={k: v for k, v in CPE_HPARAMS.items() if not k.startswith("adapter_")})

@@ -34,7 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from bench.methods.base import Method, Phase, Plateau, register_method
+from bench.methods.base import Method, Phase, Plateau, register_method, register_variant
 from bench.methods.clip_baselines import TextClassifier, require_clip
 from bench.methods.common import optimizer_factory, optimizer_hparams, predict_images, sampler_hparams, steps
 from bench.methods.lmpt_losses import (
@@ -269,15 +269,16 @@ class LMPT(Method):
                 "lr_schedule": "ReduceLROnPlateau on val (the original: on test)"}
 
 
-def _variant(name: str, description: str, **switches) -> None:
-    register_method(name)(type(name, (LMPT,), {"description": description, "variant_of": "lmpt", **switches}))
-
-
 register_method("lmpt")(LMPT)
-_variant("lmpt_no_csel", "LMPT ablation: no class-specific embedding loss (λ · DB only)", use_csel=False)
-_variant("lmpt_generic_ctx", "LMPT ablation: one context shared by every class (CoOp's generic context)",
-         class_specific=False)
-_variant("lmpt_softmax", "LMPT ablation: logit-adjusted softmax cross-entropy in place of the DB loss",
-         hparams={**LMPT_HPARAMS, "loss": HParam("la", help=LMPT_HPARAMS["loss"].help, choices=LOSSES)})
-_variant("lmpt_template", "LMPT ablation: every image captioned 'a photo of a {class}.' instead of its caption",
-         template_only=True)
+register_variant(LMPT, "lmpt_no_csel",
+                 "LMPT ablation: no class-specific embedding loss (λ · DB only)",
+                 use_csel=False)
+register_variant(LMPT, "lmpt_generic_ctx",
+                 "LMPT ablation: one context shared by every class (CoOp's generic context)",
+                 class_specific=False)
+register_variant(LMPT, "lmpt_softmax",
+                 "LMPT ablation: logit-adjusted softmax cross-entropy in place of the DB loss",
+                 hparams={**LMPT_HPARAMS, "loss": HParam("la", help=LMPT_HPARAMS["loss"].help, choices=LOSSES)})
+register_variant(LMPT, "lmpt_template",
+                 "LMPT ablation: every image captioned 'a photo of a {class}.' instead of its caption",
+                 template_only=True)

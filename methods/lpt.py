@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench.methods.agcl import GAMMAS, lpt_losses
-from bench.methods.base import Method, Phase, register_method
+from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import dual_image_batches, optimizer_factory, predict_images
 from bench.methods.lpt_model import LPTModel
 from torch import nn
@@ -222,6 +222,7 @@ class LPT(Method):
         net.stage = "group"
 
 
-register_method("lpt_ce")(type("lpt_ce", (LPT,), {
-    "description": "LPT ablation: plain cross-entropy on s·cosine in place of A-GCL (both phases, both batches)",
-    "variant_of": "lpt", "loss_kind": "ce"}))
+register_variant(LPT, "lpt_ce",
+                 "LPT ablation: plain cross-entropy on s·cosine in place of A-GCL (both phases, both "
+                 "batches)",
+                 loss_kind="ce")

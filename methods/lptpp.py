@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from bench.methods.agcl import lpt_losses
-from bench.methods.base import Method, Phase, register_method
+from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import predict_images
 from bench.methods.lpt import LPT, LPT_HPARAMS, dual_loss, dual_sampling_phase
 from bench.methods.lpt_model import LPTModel
@@ -286,18 +286,19 @@ class LPTPlusPlus(Method):
         return {"experts": experts, "scorer_params": scorer, "combine": self.combine}
 
 
-def _variant(name: str, description: str, **switches) -> None:
-    register_method(name)(type(name, (LPTPlusPlus,), {"description": description, "variant_of": "lptpp",
-                                                      **switches}))
-
-
 register_method("lptpp")(LPTPlusPlus)
-_variant("lptpp_visual", "LPT++ ablation: the visual expert only (prompts + adapters, no scorer)",
-         experts=("visual",))
-_variant("lptpp_vl", "LPT++ ablation: the visual-language (CLIP) expert only; --backbone is the CLIP tower",
-         experts=("vl",), default_backbone=VL_BACKBONE, embedded_backbone="clip_micro")
-_variant("lptpp_no_adapter", "LPT++ ablation: no adapter phase (prompts + scorer)", use_adapters=False)
-_variant("lptpp_no_group_prompts", "LPT++ ablation: shared prompts only (no group-specific pool)",
-         use_group_prompts=False)
-_variant("lptpp_mean", "LPT++ ablation: uniform average of the experts instead of the MoE scorer",
-         combine="mean")
+register_variant(LPTPlusPlus, "lptpp_visual",
+                 "LPT++ ablation: the visual expert only (prompts + adapters, no scorer)",
+                 experts=("visual",))
+register_variant(LPTPlusPlus, "lptpp_vl",
+                 "LPT++ ablation: the visual-language (CLIP) expert only; --backbone is the CLIP tower",
+                 experts=("vl",), default_backbone=VL_BACKBONE, embedded_backbone="clip_micro")
+register_variant(LPTPlusPlus, "lptpp_no_adapter",
+                 "LPT++ ablation: no adapter phase (prompts + scorer)",
+                 use_adapters=False)
+register_variant(LPTPlusPlus, "lptpp_no_group_prompts",
+                 "LPT++ ablation: shared prompts only (no group-specific pool)",
+                 use_group_prompts=False)
+register_variant(LPTPlusPlus, "lptpp_mean",
+                 "LPT++ ablation: uniform average of the experts instead of the MoE scorer",
+                 combine="mean")

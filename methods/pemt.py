@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench.methods.base import Method, Phase, register_method
+from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import image_batches, optimizer_factory, predict_images, steps
 from bench.methods.pemt_model import LORA_B_INITS, PEMTNet, patch_token_prompt
 from bench.methods.samplers import epoch_indices
@@ -246,16 +246,20 @@ class PEMT(Method):
         }}
 
 
-def _variant(name: str, description: str, **switches) -> None:
-    register_method(name)(type(name, (PEMT,), {"description": description, "variant_of": "pemt", **switches}))
-
-
 register_method("pemt")(PEMT)
-_variant("pemt_no_aux", "PEMT ablation: no task-sparsity term (cross-entropy alone)", use_aux=False)
-_variant("pemt_uniform_gate", "PEMT ablation: the source LoRAs mixed with fixed uniform weights (no gate)",
-         learned_gate=False)
-_variant("pemt_no_prompt_attn", "PEMT ablation: the target prompt does not attend over the source prompts",
-         prompt_attention=False)
-_variant("pemt_no_target_adapter", "PEMT ablation: no target adapters in stage 2", target_adapter=False)
-_variant("pemt_adapter_only", "PEMT ablation: stage 2's target adapters, LayerNorms and head only (no sources, "
-         "prompts or LoRAs)", use_sources=False)
+register_variant(PEMT, "pemt_no_aux",
+                 "PEMT ablation: no task-sparsity term (cross-entropy alone)",
+                 use_aux=False)
+register_variant(PEMT, "pemt_uniform_gate",
+                 "PEMT ablation: the source LoRAs mixed with fixed uniform weights (no gate)",
+                 learned_gate=False)
+register_variant(PEMT, "pemt_no_prompt_attn",
+                 "PEMT ablation: the target prompt does not attend over the source prompts",
+                 prompt_attention=False)
+register_variant(PEMT, "pemt_no_target_adapter",
+                 "PEMT ablation: no target adapters in stage 2",
+                 target_adapter=False)
+register_variant(PEMT, "pemt_adapter_only",
+                 "PEMT ablation: stage 2's target adapters, LayerNorms and head only (no sources, prompts "
+                 "or LoRAs)",
+                 use_sources=False)

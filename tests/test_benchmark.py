@@ -31,8 +31,11 @@ def test_every_shipped_protocol_loads():
         assert "arXiv" in load_protocol(name).source  # paper protocols cite their source
 
 
-def test_epoch_scale_applies_to_every_reference_schedule():
-    protocol = load_protocol("cifar10_lt_cpu")
+def test_epoch_scale_applies_to_every_reference_schedule(tmp_path):
+    full = load_protocol("cifar10_lt_cpu")  # v2: every reference schedule in full, so no epoch count is pinned
+    assert full.epoch_scale == 1.0 and "phase1_epochs" not in full.overrides("lpt")
+    text = find_protocol("cifar10_lt_cpu").read_text().replace("epoch_scale = 1.0", "epoch_scale = 0.05")
+    protocol = load_protocol(write(tmp_path, text.replace('name = "cifar10_lt_cpu"', 'name = "mine"')))
     assert protocol.overrides("lpt")["phase1_epochs"] == "4" and protocol.overrides("lpt")["phase2_epochs"] == "4"
     assert protocol.overrides("finetune")["epochs"] == "1"
     assert protocol.overrides("vpt_deep")["epochs"] == "5" and protocol.overrides("vpt_deep")["warmup_epochs"] == "1"
