@@ -55,6 +55,9 @@ VARIANTS = {  # name → (method, settings over BASE)
     "no_warmup": ("lpt", {"warmup_epochs": 0}),
     "no_warmup_no_cloud": ("lpt", {"warmup_epochs": 0, "agcl_cloud": 0.0}),
     "warmup_per_iteration": ("lpt", {"warmup_per": "iteration"}),
+    # the shipped recipe with SGD's momentum buffers emptied when the warm-up ends (a test of what the 1e-6 epoch
+    # leaves behind: the only state it changes is the momentum, charged with gradients at the initial weights)
+    "momentum_reset": ("lpt", {}),
     "crop_flip": ("lpt", {"augment": "crop_flip"}),  # a padded random crop, as CIFAR recipes use
     "no_augment": ("lpt", {"augment": "none"}),
     "crop_flip_ce": ("lpt_ce", {"augment": "crop_flip"}),
@@ -157,25 +160,40 @@ class Listener(Callback):
         self.steps.clear()
 
 
+def reset_momentum_after_warmup(original):
+    """Engine._warmup_step wrapped: before the first step after the warm-up, every momentum buffer is emptied."""
+
+    def step(phase, optimizer, epoch: int, index: int, total) -> None:
+        if epoch == phase.warmup_epochs and index == 0:
+            for state in optimizer.state.values():
+                state.pop("momentum_buffer", None)
+        original(phase, optimizer, epoch, index, total)
+
+    return staticmethod(step)
+
+
 def run_variant(name: str, tree: Path, args, store: Path) -> dict:
     from bench.api import run
+    from bench.engine import Engine
 
     method, settings = VARIANTS[name]
     listener = Listener()
-    original = LPT.setup
+    original, warmup_step = LPT.setup, Engine.__dict__["_warmup_step"]
 
     def setup(self) -> None:
         original(self)
         listener.attach(self)
 
     LPT.setup = setup
+    if name == "momentum_reset":
+        Engine._warmup_step = reset_momentum_after_warmup(warmup_step.__func__)
     try:
         result = run(method, "cifar10_lt", backbone=args.backbone, weights=args.weights, data_root=str(tree),
                      settings={**BASE, "image_size": args.image_size, "phase1_epochs": args.epochs,
                                **settings}, seed=args.seed, out=str(store),
                      callbacks=[listener], console=Console(quiet=True))
     finally:
-        LPT.setup = original
+        LPT.setup, Engine._warmup_step = original, warmup_step
     record = result.record
     return {"variant": name if args.seed == 0 else f"{name}-s{args.seed}", "seed": args.seed, "method": method, "settings": {**BASE, **settings}, "image_size": args.image_size,
             "epochs": listener.epochs, "run_id": record["run_id"], "device": record["device"], "threads": record["threads"],
