@@ -10,6 +10,8 @@ Model: ImageNet ViT-Tiny/16, frozen, LPT phase 1 only (`phase2_epochs=0`), batch
 
 Per epoch it records, from the run itself (the harness's engine trains; this script only listens):
 - val accuracy per class and the share of val predictions per class;
+- the mean norm of the shared prompt tokens, and how alike the val features are (|mean unit feature|², about the
+  mean cosine between two images' features: near 1 when the features no longer depend on the image);
 - the logits' decomposition on val (logit = s · cosine, s = agcl_scale): the per-class bias b_c (the class's mean
   logit over all val images, the part that does not depend on the image), its spread max b − min b, and the mean
   margin of the true class over the best other class; the mean L2 norm of the logit vector and of the feature;
@@ -100,7 +102,8 @@ class LossTerms:
                 "cloud_shift_rarest": shift[:, -1].mean().item()}
 
 
-def val_terms(logits: np.ndarray, labels: np.ndarray, features: np.ndarray, scale: float) -> dict:
+def val_terms(logits: np.ndarray, labels: np.ndarray, features: np.ndarray, scale: float, prompt_norm: float
+              ) -> dict:
     """Per-class accuracy and prediction shares, and the bias/margin decomposition of the val logits."""
     z = scale * logits
     classes = z.shape[1]
@@ -108,6 +111,7 @@ def val_terms(logits: np.ndarray, labels: np.ndarray, features: np.ndarray, scal
     per_class = [float((predicted[labels == c] == c).mean() * 100) for c in range(classes)]
     shares = np.bincount(predicted, minlength=classes) / len(predicted)
     bias = z.mean(0)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     true = z[np.arange(len(z)), labels]
     others = np.where(np.eye(classes, dtype=bool)[labels], -np.inf, z).max(1)
     return {"per_class_acc": per_class, "mean_per_class": float(np.mean(per_class)),
@@ -115,7 +119,9 @@ def val_terms(logits: np.ndarray, labels: np.ndarray, features: np.ndarray, scal
             "top_class": int(shares.argmax()), "bias": bias.round(3).tolist(),
             "bias_spread": float(bias.max() - bias.min()), "bias_argmax": int(bias.argmax()),
             "true_margin": float((true - others).mean()), "logit_norm": float(np.linalg.norm(z, axis=1).mean()),
-            "feature_norm": float(features.mean())}
+            "feature_norm": float(np.linalg.norm(features, axis=1).mean()),
+            # |mean unit feature|² ≈ the mean cosine between two images' features: 1 when every image looks alike
+            "feature_alignment": float(np.square(np.linalg.norm(unit.mean(0)))), "prompt_norm": prompt_norm}
 
 
 class Listener(Callback):
@@ -135,7 +141,7 @@ class Listener(Callback):
 
         def listened(split: str):
             hook = method.net.head.register_forward_hook(
-                lambda _module, inputs, _out: self.features.append(inputs[0].detach().norm(dim=-1).cpu()))
+                lambda _module, inputs, _out: self.features.append(inputs[0].detach().float().cpu()))
             try:
                 logits, labels = predict(split)
             finally:
@@ -155,7 +161,8 @@ class Listener(Callback):
             row["steps"] = len(rows)
             row[kind] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
         if self.val is not None:
-            row["val"] = val_terms(*self.val, hp["agcl_scale"])
+            prompts = self.method.net.shared_prompts.detach()
+            row["val"] = val_terms(*self.val, hp["agcl_scale"], float(prompts.norm(dim=-1).mean()))
         self.epochs.append(row)
         self.steps.clear()
 
@@ -218,7 +225,7 @@ def epoch_table(figures: dict) -> Table:
                         f"{figures['test']['overall']:.1f} (many/medium/few {figures['test']['many']:.1f} / "
                         f"{figures['test']['medium']:.1f} / {figures['test']['few']:.1f})")
     for column in ("ep", "lr", "loss", "cb loss", "cloud", "margin", "ce(test z)", "ib loss", "η", "val mpc",
-                   "top class (share)", "bias argmax", "bias spread", "true margin", "|z|", "|f|"):
+                   "top class (share)", "bias argmax", "bias spread", "true margin", "|z|", "|f|", "f alike", "|prompt|"):
         table.add_column(column, justify="right")
     for row in figures["epochs"]:
         cb, ib, val = row.get("class_balanced", {}), row.get("instance_balanced", {}), row.get("val", {})
@@ -231,7 +238,8 @@ def epoch_table(figures: dict) -> Table:
                       f(cb, "margin_part"), f(cb, "ce_test_logits"), f(ib, "loss"), f(row, "eta"),
                       f(val, "mean_per_class", 1), f"{val.get('top_class', '—')} ({val.get('top_share', 0):.2f})",
                       str(val.get("bias_argmax", "—")), f(val, "bias_spread"), f(val, "true_margin"),
-                      f(val, "logit_norm", 1), f(val, "feature_norm", 1))
+                      f(val, "logit_norm", 1), f(val, "feature_norm", 1), f(val, "feature_alignment"),
+                      f(val, "prompt_norm"))
     return table
 
 
@@ -239,18 +247,32 @@ def summary(folder: Path, console: Console) -> None:
     table = Table(title=f"The transient per variant ({folder.name}): steps until val mean per-class ≥ "
                         f"{CHANCE_MULTIPLE:g}× chance with no class over {MAX_SHARE:.0%} of the predictions")
     for column in ("variant", "steps/epoch", "transient (steps)", "best val mpc (epoch)", "test overall",
-                   "many / medium / few"):
+                   "many / medium / few", "1st full-rate epoch: top share", "its train CE (test logits)"):
         table.add_column(column, justify="right")
     for path in sorted(folder.glob("*.json")):
         figures = json.loads(path.read_text())
         length, per_epoch = transient(figures)
         rows = [r for r in figures["epochs"] if r.get("val")]
         best = max(rows, key=lambda r: r["val"]["mean_per_class"])
+        first = first_full_rate_epoch(figures)
         test = figures["test"]
         table.add_row(figures["variant"], str(per_epoch), f"> {len(figures['epochs']) * per_epoch}"
                       if length is None else str(length), f"{best['val']['mean_per_class']:.1f} ({best['epoch']})",
-                      f"{test['overall']:.1f}", f"{test['many']:.1f} / {test['medium']:.1f} / {test['few']:.1f}")
+                      f"{test['overall']:.1f}", f"{test['many']:.1f} / {test['medium']:.1f} / {test['few']:.1f}",
+                      f"{first['val']['top_share']:.2f} ({first['epoch']})",
+                      f"{first['class_balanced']['ce_test_logits']:.2f}")
     console.print(table)
+    console.print("The train CE is the plain cross-entropy of s·cosine (the logits the test sees) on the class-aware "
+                  f"batches, averaged over the epoch; at the initial weights it is {INITIAL_CE:.2f} (warm-up epoch, "
+                  "lr 1e-6).")
+
+
+INITIAL_CE = 2.64  # shipped, epoch 1 at lr 1e-6: the class-aware batches' CE at the initial weights (seed 0, 64 px)
+
+
+def first_full_rate_epoch(figures: dict) -> dict:
+    """The first epoch trained at more than a warm-up's 1e-6 for its whole length."""
+    return next(row for row in figures["epochs"] if row["lr"] > 1e-5)
 
 
 def main(argv: list[str] | None = None) -> int:
