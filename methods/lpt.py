@@ -6,7 +6,8 @@ Phase 2 (`lpt_group`): group-specific prompt pool + keys + the phase-1 head; sha
 Both phases: A-GCL loss with dual sampling — per step a class-aware batch (γ+ 0, γ− 4) and a uniform batch
 (γ+ 0.5, γ− 8) weighted η_e = η0·(E − e)/E — and in phase 2 the matching term −w·S on both batches.
 Optimiser as the official script: SGD momentum 0.9, weight decay 0.01, lr 0.02 × batch/256, one warm-up
-epoch from 1e-6, per-epoch cosine. Each phase keeps its best epoch on val (`model_selection`), never on test.
+epoch from 1e-6, per-epoch cosine; one deviation: the warm-up rises per step (`warmup_per`), measured to end the
+early collapse the official per-epoch warm-up causes. Each phase keeps its best epoch on val (`model_selection`), never on test.
 
 `import_checkpoint` reads the official whole-model state dict (`LPT_places.pth`) for `bench eval`.
 """
@@ -60,9 +61,11 @@ LPT_HPARAMS: dict[str, HParam] = {
                            bounds=NON_NEGATIVE),
     "warmup_epochs": HParam(1, help="linear warm-up epochs from 1e-6, per phase",
                             bounds=NON_NEGATIVE),
-    "warmup_per": HParam("epoch", help="epoch: the warm-up rate changes once per epoch, as the official timm "
-                         "CosineLRScheduler stepped per epoch (a one-epoch warm-up holds 1e-6 for the whole epoch) | "
-                         "iteration: it rises at every step of the warm-up", choices=("epoch", "iteration")),
+    "warmup_per": HParam("iteration", help="iteration (this harness's default): the warm-up rate rises at every "
+                         "step, over the same epochs and from the same 1e-6 | epoch: it changes once per epoch, as "
+                         "the official timm CosineLRScheduler stepped per epoch, which holds 1e-6 for the whole first "
+                         "epoch and then collapses phase 1 for 100-200+ steps (README, \"LPT's early collapse, "
+                         "measured\")", choices=("iteration", "epoch")),
     "per_class": HParam(4, Choice((2, 4, 8)), "class-aware batch: images per drawn class",
                         bounds=AT_LEAST_ONE),
     "ib_weight": HParam(0.5, Uniform(0.0, 1.0), "η0: weight of the uniform batch, decaying as η0·(E−e)/E "

@@ -76,7 +76,7 @@ BATCH, PER_CLASS, EPOCHS, STEPS, IMAGE_SIZE = 16, 4, 3, 5, 32
 # move the tensors far more than float32's spacing, so their change can be compared to 1e-5. LayerNorm eps 1e-5:
 # the official model builds its LayerNorms with torch's default
 OURS = {"batch_size": str(BATCH), "lr": "0.32", "per_class": str(PER_CLASS), "phase2_epochs": str(EPOCHS),
-        "layernorm_eps": "1e-5"}
+        "layernorm_eps": "1e-5", "warmup_per": "epoch"}  # the official schedule (ours ramps per step by default)
 TRAINABLE = ("pool", "keys", "head")  # phase 2's trainable tensors, as ours names them
 OFFICIAL_NAMES = {"pool": "Prompt_Tokens_pool", "keys": "Prompt_Keys", "head": "head.weight",
                   "shared prompts": "Prompt_Tokens"}

@@ -249,8 +249,9 @@ def test_lpt_ce_trains_both_batches_with_plain_cross_entropy_on_scaled_cosine():
 def test_warmup_per_iteration_raises_the_rate_at_every_step_and_per_epoch_holds_it(per):
     """The official schedulers step per epoch (a one-epoch warm-up holds 1e-6 for the whole epoch); with
     warmup_per=iteration the rate climbs the same line step by step, and after the warm-up both are per epoch."""
-    from bench.engine import Engine, epoch_lr
     from bench.methods.base import Phase
+
+    from bench.engine import Engine, epoch_lr
 
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.02)
