@@ -148,7 +148,8 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     records = ResultsStore(out).records()
     protocol = load_protocol("embedded")
-    assert len(records) == 4 * 3  # 4 methods × (2 searched configurations + 1 more seed)
+    methods = len(protocol.methods)
+    assert len(records) == methods * 3  # methods × (2 searched configurations + 1 more seed)
     assert {r["tags"]["protocol"] for r in records} == {"embedded"}
     assert {r["tags"]["protocol_hash"] for r in records} == {protocol.hash}
     for method in protocol.methods:
@@ -161,14 +162,14 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     report = (out / "reports" / "embedded" / "leaderboard.md").read_text()
     assert f"protocol embedded {protocol.hash}" in report and "± " in report
     csv_rows = (out / "reports" / "embedded" / "leaderboard.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 4 and all(f"embedded {protocol.hash}" in row for row in csv_rows[1:])
+    assert len(csv_rows) == 1 + methods and all(f"embedded {protocol.hash}" in row for row in csv_rows[1:])
     assert all(",2,2," in row for row in csv_rows[1:])  # 2 seeds, 2 configurations searched per method
 
     again = cli.invoke(app, ["benchmark", "embedded", "--out", str(out)])
     assert again.exit_code == 2 and "add --resume" in again.output
     resumed = cli.invoke(app, ["benchmark", "embedded", "--out", str(out), "--resume", "--format", "md"])
     assert resumed.exit_code == 0, resumed.output
-    assert len(ResultsStore(out).records()) == 12  # nothing re-run
+    assert len(ResultsStore(out).records()) == methods * 3  # nothing re-run
 
     # a second protocol on the same dataset (one method, one seed, no search) and a run outside any protocol
     other = write(tmp_path, PROBE_ONLY)
@@ -179,7 +180,7 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
     both = cli.invoke(app, ["report", "--out", str(out), "--format", "csv", "--report-dir", str(tmp_path / "rep")])
     assert both.exit_code == 0, both.output
     rows = (tmp_path / "rep" / "leaderboard.csv").read_text().splitlines()[1:]
-    assert sum(f"embedded {protocol.hash}" in row for row in rows) == 4
+    assert sum(f"embedded {protocol.hash}" in row for row in rows) == methods
     assert sum(row.startswith("digits_lt,mine ") for row in rows) == 1
     outside = [row for row in rows if row.startswith("digits_lt,,")]
     assert len(outside) == 1 and outside[0].startswith("digits_lt,,finetune")
@@ -189,7 +190,7 @@ def test_bench_benchmark_embedded_end_to_end(tmp_path):
         assert title in shown.output
     only = cli.invoke(app, ["report", "--out", str(out), "--protocol", "embedded", "--format", "csv",
                             "--report-dir", str(tmp_path / "only")])
-    assert only.exit_code == 0 and len((tmp_path / "only" / "leaderboard.csv").read_text().splitlines()) == 5
+    assert only.exit_code == 0 and len((tmp_path / "only" / "leaderboard.csv").read_text().splitlines()) == 1 + methods
     config = json.loads(next((out / "runs").glob("embedded-*-seeds-lpt-s1/config.json")).read_text())
     assert config["hparams"]["phase1_epochs"] == 3
 
