@@ -201,10 +201,13 @@ class Engine:
             scaler.load_state_dict(scaler_state)
         clock = RunClock([phase.epochs for phase in phases])
         with progress_bars(ctx.console) as progress:
-            if phases and state.phase >= len(phases) and phases[-1].on_start:
-                phases[-1].on_start()  # resumed after the last epoch: the final phase's state is needed to predict
+            last = max((i for i, phase in enumerate(phases) if phase.epochs > 0), default=None)
+            if last is not None and state.phase > last and phases[last].on_start:
+                phases[last].on_start()  # resumed after the last epoch: that phase's state is needed to predict
             for index in range(state.phase, len(phases)):
                 phase = phases[index]
+                if phase.epochs == 0:  # switched off (e.g. LPT's phase2_epochs=0): never entered, so the model
+                    continue  # predicts as the last phase that trained left it, not with a phase's untrained parts
                 if 0 < phase.epochs <= phase.warmup_epochs:
                     raise BenchError(f"{phase.name}: warmup_epochs={phase.warmup_epochs} covers all of its "
                                      f"{phase.epochs} epoch(s), so it would train only at warm-up learning rates "

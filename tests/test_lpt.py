@@ -16,6 +16,7 @@ from bench.methods.common import dual_index_batches, dual_steps
 from bench.methods.lpt import ScaledCrossEntropy, dual_loss, ib_weight
 from bench.methods.lpt_model import LPTModel
 from conftest import OnEpoch, make_places_lt
+from rich.console import Console
 
 from bench import runner
 from bench.backbones import create_backbone
@@ -400,3 +401,14 @@ def test_lpt_run_resumes_in_the_right_phase_and_epoch(tmp_path):
     assert [h["phase"] for h in resumed["selected"]] == ["lpt_shared", "lpt_group"]
     assert resumed["test"] == whole["test"]
     assert resumed["trainable_params"] == whole["trainable_params"]
+
+
+def test_a_phase_switched_off_is_never_entered_so_phase_one_alone_predicts_with_its_own_model(tmp_path):
+    """With phase2_epochs=0 the run is phase 1 alone: its record's val is the kept epoch's, measured with the shared
+    prompts (entering the empty phase 2 used to switch the model to its untrained group prompts)."""
+    spec = runner.RunSpec(method="lpt", dataset="digits_lt", seed=0, out=str(tmp_path),
+                          overrides={"phase1_epochs": "3", "phase2_epochs": "0"})
+    record = runner.execute(spec, console=Console(quiet=True)).record
+    kept = record["selected"][0]
+    assert [entry["phase"] for entry in record["selected"]] == ["lpt_shared"]
+    assert record["val"]["mean_per_class"] == pytest.approx(kept["val"])
