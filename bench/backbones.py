@@ -77,7 +77,8 @@ _preset("vit_micro", "timm", "vit_micro", "tiny random-init ViT (4 blocks, width
 _preset("vit_micro.fmnist", "timm", "vit_micro", "vit_micro pretrained on Fashion-MNIST at 16 px, shipped with "
         f"the package (the embedded default's tower; {PRETRAIN_SCRIPT})", shipped="vit_micro_fmnist",
         img_size=16, **VIT_MICRO)
-_preset("clip_micro", "open_clip", "clip_micro", "tiny random-init CLIP (2 blocks, width 64, 32 px) for CPU tests",
+_preset("clip_micro", "open_clip", "clip_micro", "tiny random-init CLIP (2 blocks, width 64, 32 px): the CLIP tower of "
+        "CLIP methods on the embedded default and in tests (no CLIP weights are shipped)",
         **json.loads((MICRO_CONFIGS / "clip_micro.json").read_text()))
 
 

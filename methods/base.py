@@ -85,8 +85,8 @@ class Method:
     # fields of bench.data.Preprocessing the method's recipe fixes over each tower's own (empty: every tower
     # gets the preprocessing its library states)
     preprocessing: Mapping[str, Any] = {}
-    # On the embedded default (digits, no --backbone) the runner builds this random-init micro tower and adds the
-    # method's preset to the common one (bench.embedded.EMBEDDED_PRESET); sweeps there search this space instead.
+    # On the embedded default (digits, no --backbone) the runner builds this tower (the shipped pretrained
+    # vit_micro.fmnist unless the method names another, e.g. clip_micro for CLIP methods) and adds the method's preset to the common one (bench.embedded.EMBEDDED_PRESET); sweeps there search this space instead.
     embedded_backbone: str = EMBEDDED_BACKBONE
     embedded_preset: Mapping[str, str] = {}
     embedded_space: Mapping[str, object] = {}
