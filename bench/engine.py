@@ -201,9 +201,7 @@ class Engine:
             scaler.load_state_dict(scaler_state)
         clock = RunClock([phase.epochs for phase in phases])
         with progress_bars(ctx.console) as progress:
-            last = max((i for i, phase in enumerate(phases) if phase.epochs > 0), default=None)
-            if last is not None and state.phase > last and phases[last].on_start:
-                phases[last].on_start()  # resumed after the last epoch: that phase's state is needed to predict
+            self._reenter_after_training(phases, state)
             for index in range(state.phase, len(phases)):
                 phase = phases[index]
                 if phase.epochs == 0:  # switched off (e.g. LPT's phase2_epochs=0): never entered, so the model
@@ -258,6 +256,13 @@ class Engine:
                             callback.on_phase_end(phase.name, selected, ctx.run_dir)
                 state.phase, state.next_epoch = index + 1, 0
         return state
+
+    @staticmethod
+    def _reenter_after_training(phases: list[Phase], state: TrainingState) -> None:
+        """Resumed after the last phase that has epochs: its state (e.g. LPT's stage) is needed to predict."""
+        last = max((i for i, phase in enumerate(phases) if phase.epochs > 0), default=None)
+        if last is not None and state.phase > last and phases[last].on_start:
+            phases[last].on_start()
 
     def _check_explosion(self, state: TrainingState, phase: Phase, epoch: int, loss: float) -> None:
         first = next((entry["loss"] for entry in state.history if entry["phase"] == phase.name), None)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench.datasets.longtail import exponential_profile
 from bench.methods.agcl import AGCLoss, asymmetric_focal, gaussian_cloud
 from bench.methods.lpt import LPT, ib_weight
 from rich.console import Console
@@ -49,7 +50,8 @@ CHANCE_MULTIPLE = 2.0  # the transient ends when val mean per-class reaches this
 MAX_SHARE = 0.5  # ... and no class takes more than this share of the val predictions
 # warmup_per=epoch: the official per-epoch schedule, which every variant but warmup_per_iteration keeps (LPT's
 # default became per-iteration after this measurement)
-BASE = {"head_images": 500, "source": "folder", "batch_size": 64, "phase2_epochs": 0, "amp": "off",
+IMBALANCE = 100.0
+BASE = {"head_images": 500, "imbalance_factor": IMBALANCE, "source": "folder", "batch_size": 64, "phase2_epochs": 0, "amp": "off",
         "warmup_per": "epoch"}
 VARIANTS = {  # name → (method, settings over BASE)
     "shipped": ("lpt", {}),
@@ -250,8 +252,9 @@ def epoch_table(figures: dict) -> Table:
 def summary(folder: Path, console: Console) -> None:
     table = Table(title=f"The transient per variant ({folder.name}): steps until val mean per-class ≥ "
                         f"{CHANCE_MULTIPLE:g}× chance with no class over {MAX_SHARE:.0%} of the predictions")
-    for column in ("variant", "steps/epoch", "transient (steps)", "best val mpc (epoch)", "test overall",
-                   "many / medium / few", "1st full-rate epoch: top share", "its train CE (test logits)"):
+    for column in ("variant", "steps/epoch", "transient (steps)", "best val mpc (epoch)",
+                   "there: val many / medium / few", "1st full-rate epoch: top share", "its train CE (test logits)",
+                   "train CE at 1e-6"):
         table.add_column(column, justify="right")
     for path in sorted(folder.glob("*.json")):
         figures = json.loads(path.read_text())
@@ -259,19 +262,30 @@ def summary(folder: Path, console: Console) -> None:
         rows = [r for r in figures["epochs"] if r.get("val")]
         best = max(rows, key=lambda r: r["val"]["mean_per_class"])
         first = first_full_rate_epoch(figures)
-        test = figures["test"]
         table.add_row(figures["variant"], str(per_epoch), f"> {len(figures['epochs']) * per_epoch}"
                       if length is None else str(length), f"{best['val']['mean_per_class']:.1f} ({best['epoch']})",
-                      f"{test['overall']:.1f}", f"{test['many']:.1f} / {test['medium']:.1f} / {test['few']:.1f}",
+                      " / ".join(f"{value:.0f}" for value in val_groups(best["val"]["per_class_acc"])),
                       f"{first['val']['top_share']:.2f} ({first['epoch']})",
-                      f"{first['class_balanced']['ce_test_logits']:.2f}")
+                      f"{first['class_balanced']['ce_test_logits']:.2f}", initial_ce(figures))
     console.print(table)
     console.print("The train CE is the plain cross-entropy of s·cosine (the logits the test sees) on the class-aware "
-                  f"batches, averaged over the epoch; at the initial weights it is {INITIAL_CE:.2f} (warm-up epoch, "
-                  "lr 1e-6).")
+                  "batches, averaged over the epoch; \"at 1e-6\" is the warm-up epoch's, where the weights have not "
+                  "moved (— where the first epoch trains).")
 
 
-INITIAL_CE = 2.64  # shipped, epoch 1 at lr 1e-6: the class-aware batches' CE at the initial weights (seed 0, 64 px)
+def val_groups(per_class: list[float]) -> tuple[float, float, float]:
+    """Mean val accuracy of the many / medium / few-shot classes of this script's CIFAR-10-LT (standard groups:
+    over 100, 20–100 and under 20 training images)."""
+    counts = np.asarray(exponential_profile(BASE["head_images"], len(per_class), IMBALANCE))
+    accuracy = np.asarray(per_class)
+    return tuple(float(accuracy[group].mean()) for group in (counts > 100, (counts >= 20) & (counts <= 100),
+                                                               counts < 20))
+
+
+def initial_ce(figures: dict) -> str:
+    """The class-aware batches' CE during a warm-up epoch held at 1e-6: the initial weights' (else —)."""
+    first = figures["epochs"][0]
+    return f"{first['class_balanced']['ce_test_logits']:.2f}" if first["lr"] <= 1e-5 else "—"
 
 
 def first_full_rate_epoch(figures: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,31 @@ from PIL import Image
 from bench.callbacks import Callback
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+class CheckpointSnapshots(Callback):
+    """After every epoch, the trainable state the engine checkpointed (checkpoints/last.pt), as (phase, state)."""
+
+    def __init__(self):
+        self.snapshots: list[tuple[str, dict]] = []
+
+    def on_epoch_end(self, entry: dict, run_dir: Path) -> None:
+        import torch
+
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+        self.snapshots.append((entry["phase"], {k: v.clone() for k, v in state.items()}))
+
+    def assert_each_phase_changes_only(self, keys: dict[str, tuple[str, ...]], epochs: int) -> None:
+        """Each phase ran `epochs` epochs, in `keys`' order, and each epoch changed some tensors, all named by
+        one of its phase's key parts."""
+        import torch
+
+        assert [phase for phase, _ in self.snapshots] == [phase for phase in keys for _ in range(epochs)]
+        for (_, before), (phase, after) in pairwise(self.snapshots):
+            changed = {k for k in after if not torch.equal(before[k], after[k])}
+            allowed = {k for k in after if any(part in k for part in keys[phase])}
+            assert changed, f"{phase} changed nothing"
+            assert changed <= allowed, f"{phase} changed {sorted(changed - allowed)[:3]}"
 
 
 class OnEpoch(Callback):

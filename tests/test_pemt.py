@@ -9,15 +9,13 @@ deviation from uniform on test (a source's mean weight in a block minus 1/2, two
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 import pytest
 import torch
 from bench.methods.base import METHODS
 from bench.methods.pemt import PEMT_HPARAMS
 from bench.methods.pemt_model import OUTSIDE, PEMTNet, attend_prompts, task_sparsity
-from conftest import OnEpoch
+from conftest import CheckpointSnapshots
 from rich.console import Console
 
 from bench import runner
@@ -153,22 +151,10 @@ STAGE_KEYS = {  # the checkpoint keys each phase may change
 
 
 def test_each_stage_changes_only_its_own_modules(tmp_path):
-    snapshots = []
-
-    def snapshot(entry):
-        run_dir = next((tmp_path / "runs").iterdir())
-        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-        snapshots.append((entry["phase"], {k: v.clone() for k, v in state.items()}))
-
-    run(tmp_path, "pemt", {**QUICK, "source_epochs": "2", "epochs": "2", "model_selection": "last"},
-        [OnEpoch(snapshot)])
-    assert [phase for phase, _ in snapshots] == [p for p in STAGE_KEYS for _ in range(2)]
-    for (_, before), (phase, after) in pairwise(snapshots):
-        changed = {k for k in after if not torch.equal(before[k], after[k])}
-        allowed = {k for k in after if any(part in k for part in STAGE_KEYS[phase])}
-        assert changed, f"{phase} changed nothing"
-        assert changed <= allowed, f"{phase} changed {sorted(changed - allowed)[:3]}"
-    trained = {k for k in snapshots[-1][1] if "backbone" in k}
+    snapshots = CheckpointSnapshots()
+    run(tmp_path, "pemt", {**QUICK, "source_epochs": "2", "epochs": "2", "model_selection": "last"}, [snapshots])
+    snapshots.assert_each_phase_changes_only(STAGE_KEYS, epochs=2)
+    trained = {k for k in snapshots.snapshots[-1][1] if "backbone" in k}
     assert trained and all("norm" in k for k in trained)  # of the tower, the LayerNorms alone learn
 
 

@@ -168,6 +168,28 @@ def _strings(values: dict[str, Any], where: str) -> dict[str, str]:
     return {key: as_override(value) for key, value in values.items()}
 
 
+def _search(search: dict, methods: tuple[str, ...]) -> tuple[int, int, str, list[str]]:
+    """The [search] table's (trials, seed, selection, searched), validated against the protocol's methods."""
+    from bench.methods.base import METHODS
+    from bench.sweeps.trial import METRICS
+
+    trials, seed = search.get("trials", 0), search.get("seed", 0)
+    if not isinstance(trials, int) or trials < 0:
+        raise _Invalid(f"search.trials = {trials!r}: a non-negative integer (configurations per method)")
+    selection = search.get("selection", Protocol.selection)
+    if selection not in METRICS:
+        raise _Invalid(f"search.selection = {selection!r}: one of {', '.join(METRICS)} (validation only)")
+    searched = search.get("searched", [])
+    if not isinstance(searched, list) or not all(isinstance(name, str) for name in searched):
+        raise _Invalid(f"search.searched = {searched!r}: a list of hyperparameter names (e.g. [\"lr\", "
+                       "\"weight_decay\"])")
+    spaced = {name for method in methods for name, hp in METHODS.get(method).hparams.items() if hp.space is not None}
+    never = sorted(set(searched) - spaced)
+    if never:
+        raise _Invalid(f"search.searched: {never[0]} has a search space in none of the methods")
+    return trials, seed, selection, searched
+
+
 def _validated(data: dict, path: Path) -> Protocol:
     import bench.datasets
     import bench.methods  # noqa: F401  (registers the methods)
@@ -176,7 +198,6 @@ def _validated(data: dict, path: Path) -> Protocol:
     from bench.hparams import resolve
     from bench.methods.base import METHODS
     from bench.runner import declared_options
-    from bench.sweeps.trial import METRICS
 
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
@@ -203,17 +224,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     scale = budget.get("epoch_scale", 1.0)
     if not isinstance(scale, (int, float)) or not 0 < scale <= 10:
         raise _Invalid(f"budget.epoch_scale = {scale!r}: a number in (0, 10]")
-    search = _table(data, "search", SEARCH_KEYS)
-    trials, search_seed = search.get("trials", 0), search.get("seed", 0)
-    if not isinstance(trials, int) or trials < 0:
-        raise _Invalid(f"search.trials = {trials!r}: a non-negative integer (configurations per method)")
-    selection = search.get("selection", Protocol.selection)
-    if selection not in METRICS:
-        raise _Invalid(f"search.selection = {selection!r}: one of {', '.join(METRICS)} (validation only)")
-    searched = search.get("searched", [])
-    if not isinstance(searched, list) or not all(isinstance(name, str) for name in searched):
-        raise _Invalid(f"search.searched = {searched!r}: a list of hyperparameter names (e.g. [\"lr\", "
-                       "\"weight_decay\"])")
+    trials, search_seed, selection, searched = _search(_table(data, "search", SEARCH_KEYS), methods)
     dataset_options = _strings(_table(data, "dataset_options"), "dataset_options")
     settings = _strings(_table(data, "settings"), "settings")
     per_method = _table(data, "method_settings")
@@ -236,10 +247,6 @@ def _validated(data: dict, path: Path) -> Protocol:
             resolve(declared, protocol.overrides(method))
         except BenchError as error:
             raise _Invalid(f"{method}: {error}") from None
-    spaced = {name for method in methods for name, hp in METHODS.get(method).hparams.items() if hp.space is not None}
-    never = sorted(set(searched) - spaced)
-    if never:
-        raise _Invalid(f"search.searched: {never[0]} has a search space in none of the methods")
     unused = sorted(set(settings) - used)
     if unused:
         raise _Invalid(f"settings.{unused[0]} is declared by none of the methods or the dataset; "
