@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from bench.report import Report
     from bench.report.document import Block
     from bench.runner import RunResult
-    from bench.sweeps.model import Sweep
+    from bench.sweeps.sweep import Sweep
 
 __all__ = ["BenchmarkResult", "ReportResult", "SweepResult", "benchmark", "report", "report_folder", "run", "sweep"]
 
@@ -93,7 +93,7 @@ def sweep(method: str = "lpt", dataset: str = "digits_lt", *, trials: int = 8, s
     from rich.console import Console
 
     from bench.sweeps.define import Request, define_sweep, execute_sweep
-    from bench.sweeps.model import best_record, rerun_command
+    from bench.sweeps.sweep import best_record, rerun_command
     from bench.trackers import check_trackers
 
     check_trackers(list(trackers))
@@ -127,7 +127,6 @@ def report(results: str | Path | None = None, *, dataset: str | None = None, pro
     from bench.errors import UsageError
     from bench.run_folder import default_results_root
     from bench.store import ResultsStore
-
     chosen_formats = _formats(formats)
     if published not in reports.PUBLISHED_CHOICES:
         raise UsageError(f"published={published!r}: choose one of {', '.join(reports.PUBLISHED_CHOICES)}")
@@ -169,7 +168,6 @@ def benchmark(protocol: str, *, data_root: str | None = None, weights: str | Non
     from bench.errors import BenchError
     from bench.protocols import load_protocol
     from bench.store import ResultsStore
-
     chosen_formats = _formats(formats)
     definition = load_protocol(protocol)
     options = BenchmarkOptions(data_root=data_root, weights=weights, allow_download=allow_download, out=out,

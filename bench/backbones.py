@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.atomic_io import file_sha256
 from bench.data import RESIZE_MODES, Preprocessing
 from bench.errors import BenchError, first_line, shorten
 from bench.registry import Registry, nearest
-from bench.store import file_sha256
 
 OPEN_CLIP_PREFIX = "open_clip:"
 MICRO_CONFIGS = Path(__file__).with_name("open_clip_configs")  # open_clip model configs of the micro towers

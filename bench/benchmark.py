@@ -21,7 +21,7 @@ from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 from bench.protocols import Protocol
 from bench.run_spec import RunSpec
-from bench.sweeps.model import Sweep, best_record
+from bench.sweeps.sweep import Sweep, best_record
 from bench.sweeps.trial import Trial, TrialPlan
 
 IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the LA loss): never searched
@@ -161,7 +161,7 @@ def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Consol
 
 
 def _started(sweep: Sweep) -> bool:
-    from bench.sweeps.model import SWEEP_FILE
+    from bench.sweeps.sweep import SWEEP_FILE
 
     return (sweep.folder / SWEEP_FILE).exists()
 

@@ -18,7 +18,7 @@ from bench.console_tables import hparams_tables, metrics_table, registry_table, 
 from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
 from bench.report import PUBLISHED_CHOICES
 from bench.selection import DEFAULT_METRIC, METRIC_CHOICES
-from bench.sweeps.model import EXECUTORS, SCHEDULERS, SEARCHES
+from bench.sweeps.sweep import EXECUTORS, SCHEDULERS, SEARCHES
 
 app = typer.Typer(add_completion=True, no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Long-tailed classification benchmark harness.")
@@ -529,9 +529,9 @@ def show(
     out: str | None = typer.Option(None, "--out", help="results root"),
 ) -> None:
     """Show a run's state, configuration and metrics (bench show latest: the last run started)."""
+    from bench.atomic_io import read_json
     from bench.run_folder import describe_status, find_run
-    from bench.store import ResultsStore, read_json
-
+    from bench.store import ResultsStore
     try:
         run_dir = find_run(run_ref, out)
         try:
@@ -574,10 +574,10 @@ def runs(
 ) -> None:
     """List the runs of a results store, the one started or resumed last first: id, state, method, dataset,
     test overall accuracy and when it finished (bench show RUN for one)."""
+    from bench.atomic_io import read_json
     from bench.console_tables import RunRow, runs_table
     from bench.run_folder import results_root, run_folders, run_state
-    from bench.store import ResultsStore, read_json
-
+    from bench.store import ResultsStore
     if last < 0:
         _fail(UsageError(f"--last {last}: give a number of runs, or 0 for all"))
     root = results_root(out)

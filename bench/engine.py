@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bench.atomic_io import atomic_torch_save
 from bench.callbacks import Callback
 from bench.context import RunContext
 from bench.distributed import world
 from bench.errors import BenchError, first_line
 from bench.metrics import evaluate_logits, none_if_nan
-from bench.progress import Bars, RunClock, clock_text, progress_bars
+from bench.progress_bars import Bars, RunClock, clock_text, progress_bars
 from bench.run_folder import resume_command
 from bench.seeding import seed_everything
 from bench.selection import TIE_BREAK, selection_key
-from bench.store import atomic_torch_save
 
 if TYPE_CHECKING:
     from bench.methods.base import Method, Phase

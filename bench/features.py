@@ -10,7 +10,7 @@ import torch
 from bench.context import RunContext
 from bench.data import Transform, chunks
 from bench.distributed import world
-from bench.progress import progress_bars
+from bench.progress_bars import progress_bars
 from bench.tensor_cache import load_cached, save_cached
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bench.store import file_sha256
+from bench.atomic_io import file_sha256
 
 PACKAGES = ("lt-bench", "torch", "torchvision", "timm", "open_clip_torch", "numpy", "polars", "scikit-learn")
 

@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console
 
 from bench.datasets.base import ArrayImages, FileImages, Split
-from bench.progress import progress_bars
+from bench.progress_bars import progress_bars
 from bench.tensor_cache import load_cached, save_cached
 
 SMALL_IMAGE_SIDE = 64  # the largest image side decoded into the cache: CIFAR is 32, the digits 8

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench import selection
+from bench.atomic_io import atomic_write_text, file_sha256, read_json
 from bench.errors import BenchError
 from bench.metrics import shot_groups
-from bench.store import atomic_write_text, file_sha256, read_json
 
 if TYPE_CHECKING:
     from bench.engine import TrainingState

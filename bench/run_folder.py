@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
+from bench.atomic_io import atomic_write_json, pid_alive, read_json
 from bench.errors import BenchError
-from bench.store import atomic_write_json, pid_alive, read_json
 
 RESULTS_ENV = "BENCH_RESULTS"
 STATUS_FILE = "status.json"

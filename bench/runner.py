@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 import bench.datasets
 import bench.methods  # noqa: F401  (registers the methods)
 from bench import selection
+from bench.atomic_io import atomic_write_json, read_json, remove_temp_files
 from bench.backbones import parse_backbone
 from bench.callbacks import Callback
 from bench.context import COMMON_OPTIONS, BackboneRequest, RunContext
@@ -47,7 +48,7 @@ from bench.run_folder import (
 )
 from bench.run_spec import RunSpec
 from bench.seeding import derived_seed, seed_everything
-from bench.store import ResultsStore, atomic_write_json, read_json, remove_temp_files
+from bench.store import ResultsStore
 from bench.trackers import check_trackers, make_trackers
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"

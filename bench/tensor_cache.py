@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from bench.atomic_io import atomic_torch_save, atomic_write_json, read_json
 from bench.errors import first_line
-from bench.store import atomic_torch_save, atomic_write_json, read_json
 
 
 def _checksum_path(path: Path) -> Path:

@@ -2,7 +2,6 @@
 `lt_bench.datasets` entry points)."""
 
 from bench.datasets import cifar, digits, folder, imagenet_lt, inat, places_lt  # noqa: F401
-
 from bench.registry import load_plugins
 
 load_plugins("lt_bench.datasets")

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from bench.datasets.longtail import ValCarve
 from PIL import Image
 
+from bench.datasets.longtail import ValCarve
 from bench.errors import BenchError
 from bench.hparams import HParam
 from bench.registry import Registry

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import (
     ArrayImages,
     FileImages,
@@ -21,7 +22,6 @@ from bench.datasets.base import (
 )
 from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
-
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, Choice, HParam
 

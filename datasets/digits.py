@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import ArrayImages, LongTailDataset, Split, bundled_file, register_dataset
 from bench.datasets.longtail import carve_val, exponential_profile, select_long_tail
-
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, HParam
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import FileImages, LongTailDataset, Split, register_dataset
 from bench.datasets.files import read_image_folder
 from bench.datasets.longtail import (
@@ -15,7 +16,6 @@ from bench.datasets.longtail import (
     exponential_profile,
     select_long_tail,
 )
-
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, HParam
 

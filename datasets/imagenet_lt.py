@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import (
     LongTailDataset,
     bundled_file,
@@ -15,7 +16,6 @@ from bench.datasets.base import (
     require_file,
 )
 from bench.datasets.files import PathRule, as_listed, probed_split
-
 from bench.hparams import HParam
 
 SPLITS = ("train", "val", "test")

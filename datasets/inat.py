@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import (
     LongTailDataset,
     escapes_root,
@@ -20,7 +21,6 @@ from bench.datasets.base import (
 )
 from bench.datasets.files import as_listed, probed_split
 from bench.datasets.longtail import NO_VAL_NOTE, VAL_SPLIT_OPTION, carve_val
-
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, HParam
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from bench.datasets.base import LongTailDataset, read_two_column_split, register_dataset, require_file
 from bench.datasets.files import PathRule, as_listed, probed_split
-
 from bench.errors import BenchError
 from bench.hparams import HParam
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import torch
-from bench.methods.base import Method, Phase, register_method
-from bench.methods.common import optimizer_hparams, sampler_hparams
-from bench.methods.linear_probe import FeatureMethod
-from bench.methods.losses import loss_hparams
-from bench.methods.peft import CosineClassifier
 from torch import nn
 
 from bench.errors import BenchError
 from bench.features import cached_features
 from bench.hparams import POSITIVE, HParam
+from bench.methods.base import Method, Phase, register_method
+from bench.methods.common import optimizer_hparams, sampler_hparams
+from bench.methods.linear_probe import FeatureMethod
+from bench.methods.losses import loss_hparams
+from bench.methods.peft import CosineClassifier
 from bench.text import class_text_embeddings
 
 TEMPLATES = {"templates": HParam("openai", help="class-name prompts: openai (80 templates) | single",

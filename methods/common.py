@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
 from torch import nn
 
 from bench.context import RunContext
 from bench.data import Transform, chunks
 from bench.distributed import world
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
+from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
 from bench.seeding import derived_seed
 
 OPTIMIZERS = ("sgd", "adamw")

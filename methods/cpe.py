@@ -47,14 +47,14 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from bench.hparams import FRACTION, NON_NEGATIVE, Choice, HParam, Uniform
 from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import image_batches, optimizer_factory, optimizer_hparams, predict_images
 from bench.methods.losses import log_prior
 from bench.methods.peft import add_adapters
 from bench.methods.tuned import ADAPTER_HPARAMS, PEFT_OPTIMIZER
-from torch import nn
-
-from bench.hparams import FRACTION, NON_NEGATIVE, Choice, HParam, Uniform
 from bench.metrics import evaluate_logits, shot_groups
 
 TAUS = (0.0, 2.0, 4.0)  # la_tau_lb1..3 (official configs: 0, 2, 4)

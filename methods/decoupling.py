@@ -11,6 +11,11 @@ classifier and learns one scale per class with minibatch SGD.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.features import cached_features, extract_features
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import (
     feature_batches,
@@ -22,11 +27,6 @@ from bench.methods.common import (
 )
 from bench.methods.linear_probe import StandardizedLinear, probe_hparams, probe_phase, probe_record
 from bench.methods.tuned import TunedClassifier
-from torch import nn
-
-from bench.errors import BenchError
-from bench.features import cached_features, extract_features
-from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam
 
 SPLITS = ("train", "val", "test")
 

@@ -22,18 +22,18 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
+
+from bench.atomic_io import atomic_write_json, read_json
+from bench.errors import BenchError
+from bench.features import cached_features
+from bench.hparams import AT_LEAST_ONE, POSITIVE, Bounds, HParam
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import feature_batches, optimizer_factory
 from bench.methods.losses import loss_hparams, loss_terms, make_loss
 from bench.methods.samplers import sampling_weights
-from torch import nn
-
-from bench.errors import BenchError
-from bench.features import cached_features
-from bench.hparams import AT_LEAST_ONE, POSITIVE, Bounds, HParam
 from bench.metrics import class_balanced_mean, evaluate, sample_nll
 from bench.selection import selection_key
-from bench.store import atomic_write_json, read_json
 
 SPLITS = ("train", "val", "test")
 CHUNK = 65536  # rows per forward/backward inside one L-BFGS evaluation (bounds memory on large datasets)

@@ -34,6 +34,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from bench.atomic_io import file_sha256
+from bench.data import chunks
+from bench.distributed import world
+from bench.errors import BenchError
+from bench.hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Bounds, Choice, HParam
 from bench.methods.base import Method, Phase, Plateau, register_method, register_variant
 from bench.methods.clip_baselines import TextClassifier, require_clip
 from bench.methods.common import optimizer_factory, optimizer_hparams, predict_images, sampler_hparams, steps
@@ -47,14 +54,7 @@ from bench.methods.lmpt_model import LMPTNet, PromptLearner, check_text_tower, p
 from bench.methods.losses import logit_adjusted_loss
 from bench.methods.lptpp import VL_BACKBONE
 from bench.methods.samplers import epoch_indices
-from torch import nn
-
-from bench.data import chunks
-from bench.distributed import world
-from bench.errors import BenchError
-from bench.hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Bounds, Choice, HParam
 from bench.seeding import derived_seed
-from bench.store import file_sha256
 from bench.text import tokenizer_for
 
 TEMPLATE = "a photo of a {}."

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench.methods.agcl import GAMMAS, lpt_losses
-from bench.methods.base import Method, Phase, register_method, register_variant
-from bench.methods.common import dual_image_batches, optimizer_factory, predict_images
-from bench.methods.lpt_model import LPTModel
 from torch import nn
 
 from bench.backbones import read_state_dict
@@ -38,6 +34,10 @@ from bench.hparams import (
     LogUniform,
     Uniform,
 )
+from bench.methods.agcl import GAMMAS, lpt_losses
+from bench.methods.base import Method, Phase, register_method, register_variant
+from bench.methods.common import dual_image_batches, optimizer_factory, predict_images
+from bench.methods.lpt_model import LPTModel
 
 LPT_HPARAMS: dict[str, HParam] = {
     "prompt_length": HParam(10, Choice((5, 10, 20)), "prompt tokens per block (shared and per pool entry)",

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bench.methods.peft import PROMPT_INIT_STD, CosineClassifier, PromptedBackbone, adapters_disabled
 from torch import nn
 
 from bench.errors import BenchError
+from bench.methods.peft import PROMPT_INIT_STD, CosineClassifier, PromptedBackbone, adapters_disabled
 
 
 class LPTModel(nn.Module):

@@ -28,16 +28,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import BenchError
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, Choice, HParam
 from bench.methods.agcl import lpt_losses
 from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import predict_images
 from bench.methods.lpt import LPT, LPT_HPARAMS, dual_loss, dual_sampling_phase
 from bench.methods.lpt_model import LPTModel
 from bench.methods.peft import add_adapters
-from torch import nn
-
-from bench.errors import BenchError
-from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, Choice, HParam
 
 VL_BACKBONE = "open_clip:ViT-B-16-quickgelu@openai"
 SCORER_INPUTS = ("features+confidence", "features", "confidence")

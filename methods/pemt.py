@@ -32,16 +32,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench.methods.base import Method, Phase, register_method, register_variant
-from bench.methods.common import image_batches, optimizer_factory, predict_images, steps
-from bench.methods.pemt_model import LORA_B_INITS, PEMTNet, patch_token_prompt
-from bench.methods.samplers import epoch_indices
 from torch import nn
 
 from bench.data import chunks
 from bench.distributed import world
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform
+from bench.methods.base import Method, Phase, register_method, register_variant
+from bench.methods.common import image_batches, optimizer_factory, predict_images, steps
+from bench.methods.pemt_model import LORA_B_INITS, PEMTNet, patch_token_prompt
+from bench.methods.samplers import epoch_indices
 from bench.metrics import GROUPS, shot_groups
 from bench.seeding import derived_seed
 

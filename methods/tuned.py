@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
+from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam
 from bench.methods.base import Method, Phase, register_method
 from bench.methods.common import (
     image_batches,
@@ -23,9 +26,6 @@ from bench.methods.peft import (
     add_adapters,
     bitfit_parameters,
 )
-from torch import nn
-
-from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam
 
 HEADS = ("linear", "cosine")
 

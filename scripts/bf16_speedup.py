@@ -27,12 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench.methods.lpt_model import LPTModel
 from lpt_speed import Phase2Step, seconds_of
 from rich.console import Console
 from rich.table import Table
 
 from bench.backbones import create_backbone
+from bench.methods.lpt_model import LPTModel
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_WEIGHTS = REPO.parent / "shared" / "assets" / "vit_tiny_patch16_224.safetensors"

@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench.datasets.longtail import exponential_profile
-from bench.methods.agcl import AGCLoss, asymmetric_focal, gaussian_cloud
-from bench.methods.lpt import LPT, ib_weight
 from rich.console import Console
 from rich.table import Table
 
 from bench.callbacks import Callback
+from bench.datasets.longtail import exponential_profile
+from bench.methods.agcl import AGCLoss, asymmetric_focal, gaussian_cloud
+from bench.methods.lpt import LPT, ib_weight
 
 CHANCE_MULTIPLE = 2.0  # the transient ends when val mean per-class reaches this multiple of chance ...
 MAX_SHARE = 0.5  # ... and no class takes more than this share of the val predictions

@@ -30,11 +30,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from bench.datasets.base import load_dataset
-from bench.methods.agcl import GAMMAS, AGCLoss
-from bench.methods.common import dual_index_batches
-from bench.methods.lpt import LPT
-from bench.methods.lpt_model import LPTModel
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,6 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.backbones import create_backbone
 from bench.context import cpu_has_bf16
 from bench.data import ImageFeed, Transform
+from bench.datasets.base import load_dataset
+from bench.methods.agcl import GAMMAS, AGCLoss
+from bench.methods.common import dual_index_batches
+from bench.methods.lpt import LPT
+from bench.methods.lpt_model import LPTModel
 from bench.pixel_cache import split_pixels
 from bench.run_folder import default_results_root
 

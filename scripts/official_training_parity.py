@@ -57,9 +57,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-from bench.methods.common import dual_steps
-from bench.methods.lpt import LPT
-from bench.methods.samplers import class_aware
 from rich.console import Console
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -67,7 +64,10 @@ from torch import nn
 from bench.backbones import create_backbone
 from bench.engine import Engine, epoch_lr
 from bench.hparams import resolve
-from bench.progress import Bars
+from bench.methods.common import dual_steps
+from bench.methods.lpt import LPT
+from bench.methods.samplers import class_aware
+from bench.progress_bars import Bars
 
 TOLERANCE = 1e-5
 COUNTS = (8, 6, 4, 3, 2, 2, 2, 1, 1, 1)

@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from safetensors.torch import save_file
 
+    from bench.atomic_io import file_sha256
     from bench.backbones import create_backbone
-    from bench.store import file_sha256
-
     data = load(args.data)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", default="224")
     parser.add_argument("--losses", nargs="+", default=["ce", "bs"])
     args = parser.parse_args(argv)
-    from bench.methods.linear_probe import weight_decays
-
     from bench import runner
+    from bench.methods.linear_probe import weight_decays
 
     console, quiet = Console(), Console(quiet=True)
     with tempfile.TemporaryDirectory() as scratch_name:

@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from bench.datasets.base import load_dataset
 from PIL import Image
 from rich.console import Console
 
 from bench.context import BackboneRequest, RunContext
+from bench.datasets.base import load_dataset
 from bench.features import cached_features
 from bench.runner import RunSpec, execute, split_options
 from bench.seeding import seed_everything

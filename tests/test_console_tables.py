@@ -15,10 +15,11 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 import bench.cli
+from bench.atomic_io import atomic_write_json
 from bench.cli import app
 from bench.console_tables import RunRow, hparams_tables, metrics_table, runs_table, settings_table
 from bench.report import build_report, console_tables, load_records, method_order, render_report
-from bench.store import ResultsStore, atomic_write_json
+from bench.store import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_report import fixed_records, write_store

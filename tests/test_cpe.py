@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bench.methods.base import METHODS, Phase
-from bench.methods.cpe import CPENet, WeightAverage, cpe_loss, routing
 from PIL import Image, ImageEnhance
 from rich.console import Console
 from typer.testing import CliRunner
@@ -22,6 +20,8 @@ from bench.data import Preprocessing, Transform, views
 from bench.engine import count_parameters, trainable_state
 from bench.errors import UsageError
 from bench.hparams import parse_assignments, resolve
+from bench.methods.base import METHODS, Phase
+from bench.methods.cpe import CPENet, WeightAverage, cpe_loss, routing
 
 VARIANTS = ("cpe", "cpe_1head", "cpe_no_cbn", "cpe_frozen")
 

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from bench.datasets.base import ArrayImages, FileImages, Split
 from conftest import write_image
 from PIL import Image
 from rich.console import Console
 
 from bench.data import INTERPOLATIONS, ImageFeed, Preprocessing, Transform, chunks, rrc_boxes
+from bench.datasets.base import ArrayImages, FileImages, Split
 from bench.pixel_cache import SMALL_IMAGE_SIDE, split_pixels
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)

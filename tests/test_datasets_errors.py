@@ -7,9 +7,9 @@ import pickle
 import re
 
 import pytest
-from bench.datasets.base import load_dataset, read_two_column_split
 from conftest import make_imagenet_lt, write_image, write_lines
 
+from bench.datasets.base import load_dataset, read_two_column_split
 from bench.errors import BenchError
 
 IMAGENET = {"split_dir": ""}
@@ -234,7 +234,6 @@ def test_a_class_without_test_images_is_a_warning_the_record_keeps(tmp_path):
 
     from bench.cli import app
     from bench.store import ResultsStore
-
     for cls in ("a", "b", "c"):
         for i in range(6):
             write_image(tmp_path / f"data/train/{cls}/{i}.png", seed=i)

@@ -7,11 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_splits_disjoint, make_imagenet_lt, make_places_lt, write_image, write_lines
+
 from bench.datasets import digits
 from bench.datasets.base import load_dataset
 from bench.datasets.longtail import exponential_profile
-from conftest import assert_splits_disjoint, make_imagenet_lt, make_places_lt, write_image, write_lines
-
 from bench.errors import BenchError
 
 # ---------------------------------------------------------------- ImageNet-LT

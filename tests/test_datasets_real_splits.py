@@ -6,8 +6,9 @@ Only split parsing runs here: the images are not in ../shared, and parsing never
 from __future__ import annotations
 
 import numpy as np
-from bench.datasets import imagenet_lt, inat, places_lt
 from conftest import shared_path
+
+from bench.datasets import imagenet_lt, inat, places_lt
 
 # Shot groups by training images per class, computed here rather than through bench.metrics so that these
 # statistics check the split files on their own.

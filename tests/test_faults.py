@@ -145,10 +145,10 @@ class FullAfter:
 def disk_full_after(monkeypatch, room: int, when=lambda path: True) -> None:
     """Every atomic write whose target `when` accepts gets a disk with `room` bytes left; torch's zip writer
     (checkpoints) writes into it as it would into the real temp file."""
-    from bench import store
+    from bench import atomic_io
 
-    original = store._write_temp
-    monkeypatch.setattr(store, "_write_temp", lambda path, write: original(
+    original = atomic_io.write_temp
+    monkeypatch.setattr(atomic_io, "write_temp", lambda path, write: original(
         path, (lambda handle: write(FullAfter(handle, room))) if when(path) else write))
 
 
@@ -157,8 +157,7 @@ def test_a_full_disk_inside_torchs_zip_writer_is_the_oserror(tmp_path, monkeypat
     """torch's writer, hit by ENOSPC inside a record, still closes the archive, and that raises "[enforce fail
     at inline_container.cc] unexpected pos …": what comes out is the ENOSPC naming the file, and nothing of
     the write is left (room -1: the disk fills on the archive's last byte)."""
-    from bench.store import atomic_torch_save
-
+    from bench.atomic_io import atomic_torch_save
     payload = {"weights": torch.randn(30000), "epoch": 3}
     atomic_torch_save(tmp_path / "size.pt", payload)
     size = (tmp_path / "size.pt").stat().st_size
@@ -370,9 +369,8 @@ def test_long_messages_are_cut_at_a_word_boundary():
 def test_resume_keeps_the_values_the_run_started_with(tmp_path, monkeypatch):
     """A default that changes between the start and the resume (a newer version) does not change the run: it
     resumes with the hyperparameters recorded in its config.json."""
-    from bench.methods.base import METHODS
-
     from bench.hparams import HParam
+    from bench.methods.base import METHODS
 
     run_dir = interrupted_run(tmp_path)
     started = json.loads((run_dir / "config.json").read_text())["hparams"]

@@ -61,9 +61,8 @@ def test_every_declared_default_lies_inside_its_bounds():
     import bench.datasets
     import bench.methods  # noqa: F401
     from bench.datasets.base import DATASETS
-    from bench.methods.base import METHODS
-
     from bench.hparams import check_value
+    from bench.methods.base import METHODS
     from bench.runner import declared_options
 
     for method in METHODS.names():

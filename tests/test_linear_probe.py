@@ -9,13 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from bench.methods.linear_probe import stratified_folds, weight_decays
-from bench.methods.samplers import sampling_weights
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from bench import runner
 from bench.errors import BenchError
+from bench.methods.linear_probe import stratified_folds, weight_decays
+from bench.methods.samplers import sampling_weights
 
 PROBE = {"image_size": "16"}
 

@@ -18,7 +18,13 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+
+from bench import runner
+from bench.backbones import create_backbone
 from bench.datasets.base import load_dataset
+from bench.engine import Engine
+from bench.errors import BenchError, RunInterrupted
 from bench.methods.lmpt import LMPT_HPARAMS, caption_tokens
 from bench.methods.lmpt_losses import (
     class_specific_embedding_loss,
@@ -32,12 +38,6 @@ from bench.methods.lmpt_model import (
     encode_embedded,
     prompt_token_ids,
 )
-from rich.console import Console
-
-from bench import runner
-from bench.backbones import create_backbone
-from bench.engine import Engine
-from bench.errors import BenchError, RunInterrupted
 from bench.text import tokenizer_for
 
 LEARNS_TEST_OVERALL = 20.0  # points; chance is 10, measured 22.2-35.2 over seeds 0-4

@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from bench.errors import BenchError
+from bench.hparams import resolve
 from bench.methods.losses import (
     LOSS_HPARAMS,
     LOSSES,
@@ -18,9 +21,6 @@ from bench.methods.losses import (
     logit_adjusted_loss,
     make_loss,
 )
-
-from bench.errors import BenchError
-from bench.hparams import resolve
 
 LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 LABELS = [0, 2]

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bench.datasets.base import load_dataset
-from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
-from bench.methods.common import dual_index_batches, dual_steps
-from bench.methods.lpt import ScaledCrossEntropy, dual_loss, ib_weight
-from bench.methods.lpt_model import LPTModel
 from conftest import OnEpoch, make_places_lt
 from rich.console import Console
 
 from bench import runner
 from bench.backbones import create_backbone
 from bench.data import Preprocessing, Transform
+from bench.datasets.base import load_dataset
 from bench.errors import BenchError
+from bench.methods.agcl import AGCLoss, asymmetric_focal, cloud_offsets
+from bench.methods.common import dual_index_batches, dual_steps
+from bench.methods.lpt import ScaledCrossEntropy, dual_loss, ib_weight
+from bench.methods.lpt_model import LPTModel
 
 
 def micro_lpt(classes: int = 5, tower: str = "vit_micro", **kwargs) -> LPTModel:
@@ -250,9 +250,8 @@ def test_lpt_ce_trains_both_batches_with_plain_cross_entropy_on_scaled_cosine():
 def test_warmup_per_iteration_raises_the_rate_at_every_step_and_per_epoch_holds_it(per):
     """The official schedulers step per epoch (a one-epoch warm-up holds 1e-6 for the whole epoch); with
     warmup_per=iteration the rate climbs the same line step by step, and after the warm-up both are per epoch."""
-    from bench.methods.base import Phase
-
     from bench.engine import Engine, epoch_lr
+    from bench.methods.base import Phase
 
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.02)

@@ -6,9 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from bench.datasets.base import load_dataset
-from bench.methods.base import METHODS
-from bench.methods.lptpp import LPTPP_HPARAMS, Expert, MixtureOfExperts, Scorer, mixture
 from conftest import CheckpointSnapshots, OnEpoch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from rich.console import Console
@@ -18,6 +15,9 @@ from bench import runner
 from bench.backbones import create_backbone
 from bench.cli import app
 from bench.data import Transform
+from bench.datasets.base import load_dataset
+from bench.methods.base import METHODS
+from bench.methods.lptpp import LPTPP_HPARAMS, Expert, MixtureOfExperts, Scorer, mixture
 from bench.pixel_cache import split_pixels
 from bench.store import ResultsStore
 

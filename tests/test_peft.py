@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from bench.backbones import create_backbone
 from bench.methods.peft import (
     CosineClassifier,
     PromptedBackbone,
@@ -12,9 +15,6 @@ from bench.methods.peft import (
     add_adapters,
     bitfit_parameters,
 )
-from torch import nn
-
-from bench.backbones import create_backbone
 
 FAMILIES = ["vit_micro", "clip_micro"]
 
@@ -92,8 +92,9 @@ def test_vpt_recipe_follows_its_reference(tmp_path):
     decay on the head bias."""
     import math
 
-    from bench.methods.tuned import VPT_BASE_LRS
     from test_baselines import make_method
+
+    from bench.methods.tuned import VPT_BASE_LRS
 
     method, ctx = make_method(tmp_path, "vpt_deep", batch_size="64", epochs="1", lr="0.5", weight_decay="0.001")
     backbone = ctx.backbone

@@ -12,9 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bench.methods.base import METHODS
-from bench.methods.pemt import PEMT_HPARAMS
-from bench.methods.pemt_model import OUTSIDE, PEMTNet, attend_prompts, task_sparsity
 from conftest import CheckpointSnapshots
 from rich.console import Console
 
@@ -22,6 +19,9 @@ from bench import runner
 from bench.backbones import create_backbone
 from bench.engine import epoch_lr
 from bench.errors import BenchError
+from bench.methods.base import METHODS
+from bench.methods.pemt import PEMT_HPARAMS
+from bench.methods.pemt_model import OUTSIDE, PEMTNet, attend_prompts, task_sparsity
 
 VARIANTS = ("pemt", "pemt_no_aux", "pemt_uniform_gate", "pemt_no_prompt_attn", "pemt_no_target_adapter",
             "pemt_adapter_only")

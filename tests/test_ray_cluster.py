@@ -100,7 +100,7 @@ def test_a_data_parallel_trial_spans_two_ray_nodes(tmp_path):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from bench.sweeps.ray_tune import init_ray
+    from bench.sweeps.ray_cluster import init_ray
 
     assert not ray.is_initialized()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 128 * 1024**2})

@@ -375,9 +375,8 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(fixed_s
 
 def test_every_registered_method_has_its_place_in_the_report_order():
     import bench.methods  # noqa: F401  (registers the methods)
-    from bench.methods.base import METHODS, register_method
-
     from bench.method_order import METHOD_ORDER
+    from bench.methods.base import METHODS, register_method
 
     assert sorted(METHODS.names()) == sorted(METHOD_ORDER)
     unplaced = type("Unplaced", (), {"__module__": "bench.methods.unplaced"})  # as a method file of this package

@@ -150,7 +150,6 @@ def test_show_prints_metrics_and_show_report_and_runs_never_import_torch(tmp_pat
 def test_a_record_from_a_newer_harness_is_refused_by_the_report(tmp_path):
     from bench.record import RECORD_VERSION
     from bench.store import ResultsStore
-
     result = runner.execute(fast_spec(tmp_path, epochs="1", warmup_epochs="0"))
     ResultsStore(tmp_path).add({**result.record, "record_version": RECORD_VERSION + 1}, overwrite=True)
     made = CliRunner().invoke(app, ["report", "--out", str(tmp_path), "-f", "md"])

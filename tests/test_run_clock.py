@@ -1,11 +1,11 @@
-"""The whole run's time left (`bench.progress.RunClock`): the arithmetic of the estimate (the per-epoch log
+"""The whole run's time left (`bench.progress_bars.RunClock`): the arithmetic of the estimate (the per-epoch log
 line that shows it is checked in tests/test_run.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.progress import RunClock, clock_text
+from bench.progress_bars import RunClock, clock_text
 
 
 def test_each_phase_at_its_own_mean_and_phases_not_started_at_the_mean_of_all():

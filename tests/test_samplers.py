@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from bench.errors import BenchError
 from bench.methods.samplers import (
     SAMPLERS,
     class_aware,
@@ -13,8 +15,6 @@ from bench.methods.samplers import (
     power_law,
     square_root,
 )
-
-from bench.errors import BenchError
 
 COUNTS = np.array([400, 100, 25, 4])
 DRAWS = 200_000

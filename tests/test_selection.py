@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.methods.linear_probe import weight_decays
 from PIL import Image
 from rich.console import Console
 from sklearn.datasets import load_digits
 
 from bench import runner, selection
 from bench.errors import UsageError
+from bench.methods.linear_probe import weight_decays
 from bench.posthoc import choose_tau
-from bench.sweeps.model import best_record
+from bench.sweeps.sweep import best_record
 
 # A digits tree with a long-tailed val/ (as a user's ImageFolder tree may have), noisy enough that the probe's
 # weight decay matters; its balanced test/ checks the rule, applied to the grid on val (wd_search=val; the

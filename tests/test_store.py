@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
+from bench.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from bench.errors import BenchError
-from bench.store import ResultsStore, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from bench.store import ResultsStore
 
 
 def make_record(run_id: str, **extra) -> dict:

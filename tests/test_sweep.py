@@ -42,7 +42,7 @@ def quiet() -> Console:
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
-    from bench.sweeps.ray_tune import init_ray
+    from bench.sweeps.ray_cluster import init_ray
 
     init_ray(None)
     yield ray
@@ -344,7 +344,7 @@ def test_a_ray_sweep_started_before_the_move_into_bench_sweeps_still_restores():
 def test_rerun_command_quotes_paths_with_spaces(tmp_path):
     import shlex
 
-    from bench.sweeps.model import Sweep, rerun_command
+    from bench.sweeps.sweep import Sweep, rerun_command
     from bench.sweeps.trial import Trial, TrialPlan
 
     plan = TrialPlan("sweep", RunSpec(method="linear_probe", dataset="folder", out=str(tmp_path),

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.atomic_io import atomic_write_bytes
 from bench.errors import BenchError, UsageError
 from bench.method_order import METHOD_ORDER
 from bench.record import check_readable
@@ -22,7 +23,7 @@ from bench.report.render_html import render_html
 from bench.report.render_md import render_markdown
 from bench.report.render_tex import render_tex
 from bench.report.tables import Report, build_report, protocol_of
-from bench.store import ResultsStore, atomic_write_bytes
+from bench.store import ResultsStore
 
 FILES = {"md": "leaderboard.md", "html": "report.html", "tex": "leaderboard.tex", "csv": "leaderboard.csv"}
 DEFAULT_FORMATS = "md,html"

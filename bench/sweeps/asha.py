@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.store import atomic_write_json, read_json
+from bench.atomic_io import atomic_write_json, read_json
 
 ASHA_MAX_T = 10_000  # trials end by themselves; ASHA only stops them early
 

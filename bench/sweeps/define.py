@@ -15,14 +15,6 @@ from bench.embedded import is_embedded
 from bench.errors import UsageError
 from bench.hparams import resolve
 from bench.run_spec import RunSpec
-from bench.sweeps.model import (
-    EXECUTORS,
-    SCHEDULERS,
-    SEARCHES,
-    Sweep,
-    check_metric,
-    check_name,
-)
 from bench.sweeps.space import (
     apply_space_file,
     default_space,
@@ -30,6 +22,14 @@ from bench.sweeps.space import (
     grid,
     random_configs,
     read_space_file,
+)
+from bench.sweeps.sweep import (
+    EXECUTORS,
+    SCHEDULERS,
+    SEARCHES,
+    Sweep,
+    check_metric,
+    check_name,
 )
 from bench.sweeps.trial import Trial, TrialPlan
 
@@ -186,7 +186,7 @@ def define_ablation(request: Request, variants: list[str] | None, seeds: int) ->
 
 
 def load_for_resume(name: str | None, storage: str | None, out: str | None) -> Sweep:
-    from bench.sweeps.model import SWEEP_FILE
+    from bench.sweeps.sweep import SWEEP_FILE
 
     if not name:
         raise UsageError("--resume needs the sweep's --name (see the folders under <results>/sweeps)")
@@ -209,7 +209,7 @@ def execute_sweep(sweep: Sweep, console: Console, resume: bool = False) -> None:
 
 def _execute(sweep: Sweep, console: Console, resume: bool, at_once: int = 1) -> None:
     from bench.sweeps.local import already_done, run_local
-    from bench.sweeps.progress import SweepProgress
+    from bench.sweeps.status_line import SweepProgress
 
     if not resume:
         sweep.folder.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from bench.sweeps.asha import ASHA_MAX_T, LocalASHA
-from bench.sweeps.model import Sweep, metric_value
-from bench.sweeps.progress import SweepProgress
+from bench.sweeps.status_line import SweepProgress
+from bench.sweeps.sweep import Sweep, metric_value
 from bench.sweeps.trial import Trial, TrialStopped, run_trial
 
 

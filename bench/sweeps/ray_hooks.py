@@ -12,9 +12,9 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from bench.store import atomic_write_json, read_json
-from bench.sweeps.model import Sweep
-from bench.sweeps.progress import SweepProgress
+from bench.atomic_io import atomic_write_json, read_json
+from bench.sweeps.status_line import SweepProgress
+from bench.sweeps.sweep import Sweep
 from bench.sweeps.trial import FINAL
 
 STOPS_FILE = "asha_stops.json"

@@ -16,7 +16,7 @@ to `<sweep>/train/`, which, like the sweep folder, must be on storage every node
 
 from __future__ import annotations
 
-from bench.sweeps.model import Sweep
+from bench.sweeps.sweep import Sweep
 from bench.sweeps.trial import Trial, final_metrics, run_trial, stop_trial
 
 DRIVER_CPUS = 0.1  # what a data-parallel trial's Tune actor (or completion task) holds: it only waits on its job
@@ -51,7 +51,6 @@ def train_trial(sweep: Sweep, trial: Trial, decision: dict | None = None, in_tun
 
     from bench.errors import BenchError
     from bench.store import ResultsStore
-
     plan = sweep.plan
     callbacks = []
     if in_tune:
@@ -80,7 +79,7 @@ def _worker(config: dict) -> None:
     import torch
 
     from bench.distributed import assign_device
-    from bench.sweeps.ray_tune import ray_node
+    from bench.sweeps.ray_cluster import ray_node
 
     plan, trial = config["plan"], config["trial"]
     if torch.cuda.is_available() and ray.get_gpu_ids():

@@ -21,36 +21,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.sweeps.asha import ASHA_MAX_T
-from bench.sweeps.model import Sweep
-from bench.sweeps.progress import SweepProgress
+from bench.sweeps.ray_cluster import init_ray, ray_node
+from bench.sweeps.status_line import SweepProgress
+from bench.sweeps.sweep import Sweep
 from bench.sweeps.trial import FINAL, run_trial, stop_trial
 
-OBJECT_STORE_CAP = 512 * 1024**2  # trials pass small configs only; Ray's default (30 % of RAM) wastes memory
-# Ray pickles a Tuner's scheduler and callbacks by reference: a sweep started before the sweep modules moved into
-# bench.sweeps names their old module, which resolves to the new one on restore
-MOVED_MODULES = {"bench.ray_hooks": "bench.sweeps.ray_hooks"}
-
-
-def init_ray(address: str | None) -> bool:
-    """Start (or join, with `address`) Ray with small-machine settings; True if this call started it."""
-    import ray
-
-    from bench.distributed import allowed_cpus
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # data-parallel trials use Ray Train V2 (its Tune integration), the default only from later Ray versions;
-    # every worker of this job gets the setting, on this machine or a cluster's nodes
-    settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
-                "runtime_env": {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}}
-    if address:
-        ray.init(address=address, **settings)
-    else:  # as many CPUs as this process may use (a container's quota included), not the host's count
-        ray.init(object_store_memory=OBJECT_STORE_CAP, num_cpus=allowed_cpus(), **settings)
-    return True
+# Ray pickles a Tuner's scheduler, callbacks and parameters by reference: a sweep started before a module moved
+# names its old module, which resolves to the new one on restore. Moved 2026-11-30 (into bench.sweeps) and
+# 2026-12-06 (sweeps.model -> sweeps.sweep, sweeps.progress -> sweeps.status_line); these aliases can go after
+# 2027-06-30, when no sweep started before those dates is still being resumed.
+MOVED_MODULES = {"bench.ray_hooks": "bench.sweeps.ray_hooks", "bench.sweeps.model": "bench.sweeps.sweep",
+                 "bench.sweeps.progress": "bench.sweeps.status_line"}
 
 
 def _ray_trainable(config: dict, sweep: Sweep) -> None:
@@ -63,13 +44,6 @@ def _ray_trainable(config: dict, sweep: Sweep) -> None:
         tune.report(train_trial(sweep, trial, in_tune=True))
         return
     tune.report(run_trial(sweep.plan, trial, tune.report, node=ray_node()))
-
-
-def ray_node() -> str:
-    """The Ray node this process runs on: records name it (tags.node), where a trial finished."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
 
 
 def _stop_trial_here(sweep: Sweep, trial, decision: dict) -> dict:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from bench.console_tables import compact_table, fitted, left_out_note
 from bench.errors import BenchError
-from bench.sweeps.model import Sweep, best_record, rerun_command
+from bench.sweeps.sweep import Sweep, best_record, rerun_command
 
 
 def sweep_summary(sweep: Sweep, console: Console) -> None:

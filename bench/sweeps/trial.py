@@ -109,7 +109,6 @@ def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | No
     (a Ray node id) is recorded in the run's tags."""
     from bench import runner
     from bench.store import ResultsStore
-
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
@@ -128,7 +127,6 @@ def stop_trial(plan: TrialPlan, trial: Trial, decision: dict, node: str | None =
     `node` as for `run_trial`."""
     from bench import runner
     from bench.store import ResultsStore
-
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:

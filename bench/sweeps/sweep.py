@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.atomic_io import atomic_write_json, read_json
 from bench.errors import UsageError
 from bench.hparams import Space, as_override
 from bench.selection import DEFAULT_METRIC, selection_key
-from bench.store import atomic_write_json, read_json
 from bench.sweeps.space import from_entries, to_entries
 from bench.sweeps.trial import METRICS, Trial, TrialPlan, val_metrics
 
@@ -83,7 +83,6 @@ class Sweep:
 
     def records(self) -> list[dict]:
         from bench.store import ResultsStore
-
         return ResultsStore(self.plan.run.out).records(sweep=self.name)
 
 
