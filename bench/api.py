@@ -148,7 +148,7 @@ def _write_report(records: list[dict], store, source: str, formats: list[str], p
                   folder: Path) -> ReportResult:
     from bench import report as reports
 
-    built = reports.build_report(records, reports.method_order(), source, published, predictions=store.predictions)
+    built = reports.build_report(records, reports.method_order(records), source, published, predictions=store.predictions)
     files, blocks = reports.render_report(built, formats, store.root)
     return ReportResult(folder, reports.write_files(folder, files), records, built, blocks)
 

@@ -91,6 +91,19 @@ class TrainingState:
     health: list[str] = field(default_factory=list)  # what made the run untrustworthy (empty: healthy)
 
 
+@dataclass(frozen=True)
+class EpochRun:
+    """What one epoch of training works with: the phases, which phase and epoch, its optimizer (None: the phase
+    fits whole epochs itself), the gradient scaler and the phase's loss module."""
+
+    phases: list[Phase]
+    index: int
+    epoch: int
+    optimizer: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module | None
+
+
 def load_checkpoint(path: Path, device: torch.device, run_dir: Path):
     """torch.load of a checkpoint the engine wrote; an unreadable one is one line saying how to restart."""
     try:
@@ -206,56 +219,69 @@ class Engine:
                 phase = phases[index]
                 if phase.epochs == 0:  # switched off (e.g. LPT's phase2_epochs=0): never entered, so the model
                     continue  # predicts as the last phase that trained left it, not with a phase's untrained parts
-                if 0 < phase.epochs <= phase.warmup_epochs:
-                    raise BenchError(f"{phase.name}: warmup_epochs={phase.warmup_epochs} covers all of its "
-                                     f"{phase.epochs} epoch(s), so it would train only at warm-up learning rates "
-                                     "(the first from 1e-6); lower warmup_epochs below the epochs")
-                self._freeze_all_but(phase)
-                if phase.on_start:
-                    phase.on_start()
-                optimizer = phase.make_optimizer(phase.parameters) if phase.fit_epoch is None else None
-                for group in optimizer.param_groups if optimizer else ():
-                    group.setdefault("base_lr", group["lr"])
-                if optimizer is not None and optimizer_state is not None:
-                    try:
-                        optimizer.load_state_dict(optimizer_state)
-                    except (ValueError, KeyError) as error:
-                        raise BenchError(f"{self.resume_path}: its optimizer state does not fit {phase.name}'s "
-                                         f"optimizer ({first_line(error)}); the run cannot resume from it: delete "
-                                         f"it and run `{resume_command(ctx.run_dir)}` to train it again") from None
+                optimizer = self._enter(phase, optimizer_state)
                 optimizer_state = None
                 loss_fn = phase_loss(phase, self.method.model(), ctx.device) if optimizer is not None else None
                 for epoch in range(state.next_epoch, phase.epochs):
-                    started = time.perf_counter()
-                    loss, waited = self._train_epoch(phase, index, epoch, optimizer, scaler, progress, loss_fn,
-                                                     clock.remaining(index, epoch), state.history)
-                    seconds = time.perf_counter() - started
-                    state.train_time_s += seconds
-                    state.data_wait_s += waited
-                    self._check_explosion(state, phase, epoch, loss)
-                    entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
-                             "lr": optimizer.param_groups[0]["lr"] if optimizer else None,
-                             "seconds": seconds, "data_wait_share": waited / seconds if seconds > 0 else 0.0}
-                    if self._should_validate(epoch, phase):
-                        val = self.evaluate("val")
-                        entry["val"] = val.summary()
-                        entry["val_se"] = none_if_nan(val.standard_error(ctx.hparams["selection_metric"]))
-                        self._track_best(state, index, epoch, entry["val"], phases)
-                    state.history.append(entry)
-                    state.next_epoch = epoch + 1
-                    phase_done = state.next_epoch == phase.epochs
-                    if phase_done:
-                        self._select(state, index, phase, phases)
-                        state.phase, state.next_epoch = index + 1, 0
-                    self._save(state, optimizer, scaler, phases)
-                    clock.finished_epoch(index, time.perf_counter() - started)
-                    self._report(entry, clock.remaining(index, epoch + 1))
-                    if phase_done:
-                        selected = {**state.selected[-1], "epoch": state.selected[-1]["epoch"] + 1}
-                        for callback in self.callbacks:
-                            callback.on_phase_end(phase.name, selected, ctx.run_dir)
+                    self._run_epoch(EpochRun(phases, index, epoch, optimizer, scaler, loss_fn), state, progress,
+                                    clock)
                 state.phase, state.next_epoch = index + 1, 0
         return state
+
+    def _enter(self, phase: Phase, optimizer_state: dict | None) -> torch.optim.Optimizer | None:
+        """Enter `phase`, fresh or resumed: only its parameters learn, its start hook ran, and its optimizer (None
+        for a phase that fits whole epochs itself) is made, with the checkpoint's state when resuming."""
+        if 0 < phase.epochs <= phase.warmup_epochs:
+            raise BenchError(f"{phase.name}: warmup_epochs={phase.warmup_epochs} covers all of its "
+                             f"{phase.epochs} epoch(s), so it would train only at warm-up learning rates "
+                             "(the first from 1e-6); lower warmup_epochs below the epochs")
+        self._freeze_all_but(phase)
+        if phase.on_start:
+            phase.on_start()
+        optimizer = phase.make_optimizer(phase.parameters) if phase.fit_epoch is None else None
+        for group in optimizer.param_groups if optimizer else ():
+            group.setdefault("base_lr", group["lr"])
+        if optimizer is not None and optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(optimizer_state)
+            except (ValueError, KeyError) as error:
+                raise BenchError(f"{self.resume_path}: its optimizer state does not fit {phase.name}'s "
+                                 f"optimizer ({first_line(error)}); the run cannot resume from it: delete "
+                                 f"it and run `{resume_command(self.ctx.run_dir)}` to train it again") from None
+        return optimizer
+
+    def _run_epoch(self, run: EpochRun, state: TrainingState, progress, clock: RunClock) -> None:
+        """One epoch of a phase: train, validate when due, record it in the history, select the best epoch at the
+        phase's end, checkpoint, report, and tell the callbacks a phase ended."""
+        phase, index, epoch, optimizer = run.phases[run.index], run.index, run.epoch, run.optimizer
+        started = time.perf_counter()
+        loss, waited = self._train_epoch(phase, index, epoch, optimizer, run.scaler, progress, run.loss_fn,
+                                         clock.remaining(index, epoch), state.history)
+        seconds = time.perf_counter() - started
+        state.train_time_s += seconds
+        state.data_wait_s += waited
+        self._check_explosion(state, phase, epoch, loss)
+        entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
+                 "lr": optimizer.param_groups[0]["lr"] if optimizer else None,
+                 "seconds": seconds, "data_wait_share": waited / seconds if seconds > 0 else 0.0}
+        if self._should_validate(epoch, phase):
+            val = self.evaluate("val")
+            entry["val"] = val.summary()
+            entry["val_se"] = none_if_nan(val.standard_error(self.ctx.hparams["selection_metric"]))
+            self._track_best(state, index, epoch, entry["val"], run.phases)
+        state.history.append(entry)
+        state.next_epoch = epoch + 1
+        phase_done = state.next_epoch == phase.epochs
+        if phase_done:
+            self._select(state, index, phase, run.phases)
+            state.phase, state.next_epoch = index + 1, 0
+        self._save(state, optimizer, run.scaler, run.phases)
+        clock.finished_epoch(index, time.perf_counter() - started)
+        self._report(entry, clock.remaining(index, epoch + 1))
+        if phase_done:
+            selected = {**state.selected[-1], "epoch": state.selected[-1]["epoch"] + 1}
+            for callback in self.callbacks:
+                callback.on_phase_end(phase.name, selected, self.ctx.run_dir)
 
     @staticmethod
     def _reenter_after_training(phases: list[Phase], state: TrainingState) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bench.errors import UsageError
 
@@ -14,8 +15,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Names → objects; listed in registration order, or by `order` (a key of the object) where given."""
+
+    def __init__(self, kind: str, order: Callable[[T], Any] | None = None):
         self.kind = kind
+        self.order = order
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
 
@@ -40,13 +44,15 @@ class Registry(Generic[T]):
         return self._entries[self.canonical(name)]
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return [name for name, _ in self.items()]
 
     def aliases_of(self, name: str) -> list[str]:
         return [alias for alias, target in self._aliases.items() if target == name]
 
     def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
+        if self.order is None:
+            return list(self._entries.items())
+        return sorted(self._entries.items(), key=lambda item: self.order(item[1]))
 
 
 def load_plugins(group: str) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.embedded import EMBEDDED_BACKBONE
 from bench.hparams import HParam
-from bench.method_order import METHOD_ORDER
+from bench.method_groups import METHOD_GROUPS, PLUGIN_GROUP, order_key
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -82,6 +82,10 @@ class Method:
     checkpoint_prefixes: tuple[str, ...] = ()  # keys of an imported checkpoint that are the method's own
     default_backbone: str | None = None  # when --backbone is not given (None: the harness default)
     variant_of: str | None = None  # an ablation variant of this method (`bench ablate` runs them side by side)
+    # where reports list it (bench.method_groups): set by register_method / register_variant
+    report_group: str = PLUGIN_GROUP
+    report_place: float = 0.0
+    report_variant: int = 0
     # fields of bench.data.Preprocessing the method's recipe fixes over each tower's own (empty: every tower
     # gets the preprocessing its library states)
     preprocessing: Mapping[str, Any] = {}
@@ -125,18 +129,19 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Method]], type[Method]]:
-    """Registers a Method class under `name`. This package's methods each have a place in METHOD_ORDER (the
-    report order); a plugin's method (another package's, through the `lt_bench.methods` entry points) is listed
-    after them."""
+def register_method(name: str, group: str = PLUGIN_GROUP, place: float = 0.0,
+                    aliases: tuple[str, ...] = ()) -> Callable[[type[Method]], type[Method]]:
+    """Registers a Method class under `name`, listed in reports in `group` at `place` (bench.method_groups). This
+    package's methods each name one of METHOD_GROUPS; a plugin's method (another package's, through the
+    `lt_bench.methods` entry points) may leave the group out and is listed after them."""
 
     def decorate(cls: type[Method]) -> type[Method]:
-        if cls.__module__.startswith(f"{__package__}.") and name not in METHOD_ORDER:
-            raise ValueError(f"method {name!r} has no place in bench/method_order.py METHOD_ORDER (the report order)")
-        cls.name = name
+        if cls.__module__.startswith(f"{__package__}.") and group not in METHOD_GROUPS:
+            raise ValueError(f"method {name!r} declares report group {group!r}: this package's methods name one "
+                             f"of {', '.join(METHOD_GROUPS)} (bench/method_groups.py)")
+        cls.name, cls.report_group, cls.report_place = name, group, place
         METHODS.add(name, cls, aliases)
         return cls
 
@@ -145,6 +150,17 @@ def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[
 
 def register_variant(parent: type[Method], name: str, description: str, **switches) -> type[Method]:
     """Registers an ablation variant of the registered method `parent`: a subclass whose class attributes
-    `switches` turn parts off (`bench ablate` runs it beside its parent)."""
-    return register_method(name)(type(name, (parent,), {"description": description, "variant_of": parent.name,
-                                                         **switches}))
+    `switches` turn parts off (`bench ablate` runs it beside its parent; reports list it after the parent and
+    its earlier variants)."""
+    variant = 1 + sum(cls.variant_of == parent.name for _, cls in METHODS.items())
+    cls = type(name, (parent,), {"description": description, "variant_of": parent.name, "report_variant": variant,
+                                 "__module__": parent.__module__, **switches})
+    return register_method(name, parent.report_group, parent.report_place)(cls)
+
+
+def report_order(method: type[Method]) -> tuple[int, float, int]:
+    """The method's place in reports (records carry it as `report_order`)."""
+    return order_key(method.report_group, method.report_place, method.report_variant)
+
+
+METHODS: Registry[type[Method]] = Registry("method", order=report_order)  # listed in report order

@@ -37,7 +37,7 @@ class TextClassifier(nn.Module):
         return self.logit_scale * nn.functional.normalize(features, dim=-1) @ self.text.T
 
 
-@register_method("zeroshot_clip")
+@register_method("zeroshot_clip", group="baseline", place=120)
 class ZeroShotClip(Method):
     description = "CLIP zero-shot: class names × prompt templates through the text tower; no training"
     hparams = TEMPLATES
@@ -71,7 +71,7 @@ class ScaledCosineHead(nn.Module):
         return self.cosine(features) * self.scale
 
 
-@register_method("clip_probe")
+@register_method("clip_probe", group="baseline", place=130)
 class ClipProbe(FeatureMethod):
     description = "CLIP probe: cosine classifier initialised from class-name text embeddings, trained on frozen " \
                   "CLIP image features"

@@ -265,7 +265,7 @@ class CPE(Method):
                         "ema": self.hp["ema"], "classes_routed": routes}}
 
 
-register_method("cpe")(CPE)
+register_method("cpe", group="comparator", place=10)(CPE)
 register_variant(CPE, "cpe_1head",
                  "CPE ablation: the τ = 2 expert only (classwise BN, routing and EMA kept)",
                  taus=(2.0,), hparams={**CPE_HPARAMS, "test_head": test_head_hparam((2.0,))})

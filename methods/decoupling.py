@@ -114,7 +114,7 @@ class Decoupled(Method):
         return logits, torch.as_tensor(getattr(self.ctx.dataset, split).labels)
 
 
-@register_method("crt")
+@register_method("crt", group="baseline", place=100)
 class ClassifierRetraining(Decoupled):
     description = "cRT: a new linear classifier fitted on the class-balanced objective over frozen features of " \
                   "the backbone fine-tuned in stage 1 (repr_epochs 0: the pretrained one)"
@@ -132,7 +132,7 @@ class ClassifierRetraining(Decoupled):
         return probe_record(self)
 
 
-@register_method("lws")
+@register_method("lws", group="baseline", place=110)
 class LearnableWeightScaling(Decoupled):
     description = "LWS: representation and classifier by fine-tuning, then per-class logit scales learned " \
                   "with class-balanced sampling"

@@ -295,7 +295,7 @@ def probe_record(method: Method) -> dict:
     return record
 
 
-@register_method("linear_probe")
+@register_method("linear_probe", group="baseline", place=10)
 class LinearProbe(CachedFeatureMethod):
     description = "frozen backbone, features cached on disk, logistic regression (full-batch L-BFGS on " \
                   "standardised features, weight decay chosen on val)"

@@ -269,7 +269,7 @@ class LMPT(Method):
                 "lr_schedule": "ReduceLROnPlateau on val (the original: on test)"}
 
 
-register_method("lmpt")(LMPT)
+register_method("lmpt", group="comparator", place=20)(LMPT)
 register_variant(LMPT, "lmpt_no_csel",
                  "LMPT ablation: no class-specific embedding loss (λ · DB only)",
                  use_csel=False)

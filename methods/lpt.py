@@ -150,7 +150,7 @@ def dual_sampling_phase(ctx, name: str, epochs: int, parameters: list[nn.Paramet
                  on_start=on_start, warmup_per=hp["warmup_per"])
 
 
-@register_method("lpt")
+@register_method("lpt", group="lpt", place=10)
 class LPT(Method):
     description = "LPT: shared + group-specific prompts, A-GCL loss, dual sampling (two phases)"
     hparams = LPT_HPARAMS

@@ -286,7 +286,7 @@ class LPTPlusPlus(Method):
         return {"experts": experts, "scorer_params": scorer, "combine": self.combine}
 
 
-register_method("lptpp")(LPTPlusPlus)
+register_method("lptpp", group="lptpp", place=10)(LPTPlusPlus)
 register_variant(LPTPlusPlus, "lptpp_visual",
                  "LPT++ ablation: the visual expert only (prompts + adapters, no scorer)",
                  experts=("visual",))

@@ -246,7 +246,7 @@ class PEMT(Method):
         }}
 
 
-register_method("pemt")(PEMT)
+register_method("pemt", group="comparator", place=30)(PEMT)
 register_variant(PEMT, "pemt_no_aux",
                  "PEMT ablation: no task-sparsity term (cross-entropy alone)",
                  use_aux=False)

@@ -195,24 +195,25 @@ FULL_OPTIMIZER = {"lr": 5e-4, "weight_decay": 5e-4, "optimizer": "sgd", "epochs"
                   "lr_space": Choice((5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2))}
 
 
-def _tuned(name: str, tuning: str, description: str, **recipe) -> type[TunedMethod]:
+def _tuned(name: str, place: int, tuning: str, description: str, **recipe) -> type[TunedMethod]:
+    """A registered baseline (its report place: `place`) that tunes the backbone as `tuning` says."""
     cls = type(name, (TunedMethod,), {"tuning": tuning, "description": description,
                                       "hparams": recipe_hparams(tuning, **recipe)})
-    return register_method(name)(cls)
+    return register_method(name, group="baseline", place=place)(cls)
 
 
-_tuned("finetune", "full", "full fine-tuning of backbone + linear head, cross-entropy", **FULL_OPTIMIZER)
-_tuned("la", "full", "full fine-tuning with the logit-adjusted loss (Menon et al. 2021)", loss="la",
+_tuned("finetune", 20, "full", "full fine-tuning of backbone + linear head, cross-entropy", **FULL_OPTIMIZER)
+_tuned("la", 30, "full", "full fine-tuning with the logit-adjusted loss (Menon et al. 2021)", loss="la",
        **FULL_OPTIMIZER)
-_tuned("bs", "full", "full fine-tuning with the balanced softmax loss (Ren et al. 2020)", loss="bs",
+_tuned("bs", 40, "full", "full fine-tuning with the balanced softmax loss (Ren et al. 2020)", loss="bs",
        **FULL_OPTIMIZER)
-_tuned("vpt_shallow", "vpt_shallow", "frozen ViT + prompt tokens at the input (VPT-shallow) + linear head; "
+_tuned("vpt_shallow", 50, "vpt_shallow", "frozen ViT + prompt tokens at the input (VPT-shallow) + linear head; "
        "VPT's recipe", **PEFT_OPTIMIZER)
-_tuned("vpt_deep", "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-deep) + linear head; VPT's recipe",
+_tuned("vpt_deep", 60, "vpt_deep", "frozen ViT + prompt tokens in every block (VPT-deep) + linear head; VPT's recipe",
        **PEFT_OPTIMIZER)
-_tuned("adaptformer", "adaptformer", "frozen ViT + parallel bottleneck adapters on every MLP + linear head",
+_tuned("adaptformer", 70, "adaptformer", "frozen ViT + parallel bottleneck adapters on every MLP + linear head",
        **PEFT_OPTIMIZER)
-_tuned("bitfit", "bitfit", "frozen ViT except its biases (BitFit) + linear head", **PEFT_OPTIMIZER)
-_tuned("lift", "lift", "LIFT: AdaptFormer (LIFT's variant) + logit-adjusted loss + cosine head (scale 25, "
+_tuned("bitfit", 80, "bitfit", "frozen ViT except its biases (BitFit) + linear head", **PEFT_OPTIMIZER)
+_tuned("lift", 90, "lift", "LIFT: AdaptFormer (LIFT's variant) + logit-adjusted loss + cosine head (scale 25, "
        "text-initialised on CLIP)", loss="la", head="cosine", cosine_scale=25.0, templates="single",
        **PEFT_OPTIMIZER)

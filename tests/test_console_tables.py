@@ -75,7 +75,7 @@ def test_every_table_fits_80_columns_without_cutting_or_splitting(tmp_path):
             assert_intact(table)
 
     store = write_store(tmp_path / "fixed", fixed_records())
-    report = build_report(load_records(store), method_order(), "results")
+    report = build_report(records := load_records(store), method_order(records), "results")
     blocks = render_report(report, ["csv"], None)[1]
     for table in console_tables(blocks, piped()):
         assert_intact(table)

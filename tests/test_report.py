@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -373,13 +375,39 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(fixed_s
     assert colours(tmp_path / "broken.png") == 1
 
 
-def test_every_registered_method_has_its_place_in_the_report_order():
+def test_each_method_declares_its_report_place_and_variants_follow_their_parent():
     import bench.methods  # noqa: F401  (registers the methods)
-    from bench.method_order import METHOD_ORDER
-    from bench.methods.base import METHODS, register_method
+    from bench.method_groups import METHOD_GROUPS
+    from bench.methods.base import METHODS, register_method, report_order
 
-    assert sorted(METHODS.names()) == sorted(METHOD_ORDER)
+    listed = METHODS.items()
+    assert all(cls.report_group in METHOD_GROUPS for _, cls in listed)
+    assert [report_order(cls) for _, cls in listed] == sorted(report_order(cls) for _, cls in listed)
+    groups = [cls.report_group for _, cls in listed]
+    assert groups == sorted(groups, key=METHOD_GROUPS.index) and set(groups) == set(METHOD_GROUPS)
+    names = [name for name, _ in listed]
+    for name, cls in listed:  # a variant stands after its parent, with only the parent's variants between
+        if cls.variant_of:
+            between = names[names.index(cls.variant_of) + 1:names.index(name)]
+            assert all(METHODS.get(other).variant_of == cls.variant_of for other in between), name
+    assert names[:2] == ["linear_probe", "finetune"] and names.index("lpt") < names.index("lptpp") < names.index("cpe")
     unplaced = type("Unplaced", (), {"__module__": "bench.methods.unplaced"})  # as a method file of this package
-    with pytest.raises(ValueError, match="no place in bench/method_order.py"):
+    with pytest.raises(ValueError, match="declares report group 'plugin'"):
         register_method("unplaced_method")(unplaced)
     assert "unplaced_method" not in METHODS.names()
+
+
+def test_reports_order_rows_by_the_order_records_carry_without_importing_the_methods():
+    """Records carry `report_order`: `bench report` orders them without importing the methods (and torch); a
+    record without it (written before records carried it) is placed by the registry, an unknown method last."""
+    code = textwrap.dedent("""
+        import sys
+        from bench.report import method_order
+        records = [{"method": "b_plugin", "report_order": [4, 0.0, 0]}, {"method": "mine", "report_order": [1, 5, 1]},
+                   {"method": "first", "report_order": [0, 10.0, 0]}]
+        print(method_order(records), "bench.methods" in sys.modules, "torch" in sys.modules)
+        print(method_order([{"method": "lpt"}, {"method": "zz_gone"}, {"method": "linear_probe"}]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "['first', 'mine', 'b_plugin'] False False"
+    assert out[1] == "['linear_probe', 'lpt', 'zz_gone']"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.atomic_io import atomic_write_bytes
 from bench.errors import BenchError, UsageError
-from bench.method_order import METHOD_ORDER
+from bench.method_groups import UNKNOWN_ORDER
 from bench.record import check_readable
 from bench.report.document import Block, build_document
 from bench.report.formatting import RISING_MARK
@@ -92,9 +92,19 @@ def load_records(store: ResultsStore, dataset: str | None = None) -> list[dict]:
     return selected
 
 
-def method_order() -> list[str]:
-    """Every method's name in report order (the order of every table's rows)."""
-    return list(METHOD_ORDER)
+def method_order(records: Sequence[dict]) -> list[str]:
+    """The methods of `records` in report order (bench.method_groups, the order of every table's rows), from the
+    `report_order` each record carries. Records written before they carried it are placed by the method registry,
+    imported (with torch) only then; a method neither recorded with its order nor registered comes last, by name."""
+    order = {record["method"]: tuple(record["report_order"]) for record in records if record.get("report_order")}
+    unplaced = {record["method"] for record in records} - order.keys()
+    if unplaced:
+        import bench.methods  # noqa: F401  (registers the names)
+        from bench.methods.base import METHODS, report_order
+
+        registered = dict(METHODS.items())
+        order |= {name: report_order(registered[name]) if name in registered else UNKNOWN_ORDER for name in unplaced}
+    return sorted(order, key=lambda name: (order[name], name))
 
 
 def render_report(report: Report, formats: Sequence[str],
