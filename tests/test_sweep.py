@@ -359,7 +359,7 @@ def test_a_sweep_json_in_the_flat_layout_loads_with_its_execution(tmp_path):
             "allow_random_init": False, "sweep": "old", "tags": {"protocol": "embedded", "stage": "seeds"},
             "checkpoint": None, "trackers": []}, "cpus_per_trial": 2, "nproc": 1},
         "base": {"key": "", "method": "linear_probe", "seed": 0, "overrides": {}, "searched": [], "backbone": None},
-        "search": "fixed", "space": [],
+        "search": "fixed", "space": {},
         "trials": [{"key": "linear_probe-s0", "method": "linear_probe", "seed": 0, "overrides": {"epochs": "1"},
                     "searched": [], "backbone": None}],
         "num_trials": 1, "metric": "val_mean_per_class", "scheduler": "none", "grace_period": 1,
