@@ -1,7 +1,8 @@
 """The Python API: `run`, `sweep`, `benchmark` and `report`, what the `bench` commands of those names do, as plain
 functions (the commands are a thin layer over them). Settings are Python values (`settings={"epochs": 2}`, as
 `--set epochs=2`); bad input raises `bench.errors.BenchError` (`UsageError` for a wrong request) with the one line
-the command would print. Importing this module is light: torch loads when a run starts."""
+the command would print (naming options as the keywords here do: cpus_per_trial where the command says
+--cpus-per-trial). Importing this module is light: torch loads when a run starts."""
 
 from __future__ import annotations
 
@@ -10,23 +11,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.embedded import EMBEDDED_DATASET
 from bench.hparams import as_override
 from bench.run_spec import RunSpec
 from bench.selection import DEFAULT_METRIC
+from bench.sweeps.execution import Execution
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from bench.benchmark import BenchmarkResult
     from bench.callbacks import Callback
-    from bench.protocols import Protocol
-    from bench.report import Report
-    from bench.report.document import Block
+    from bench.report import ReportResult, report_folder
     from bench.runner import RunResult
     from bench.sweeps.sweep import Sweep
 
 __all__ = ["BenchmarkResult", "ReportResult", "SweepResult", "benchmark", "report", "report_folder", "run", "sweep"]
+DEFAULT_METHOD = "lpt"  # of `run` and `sweep` (and of `bench run`, `bench sweep`)
+LATER = {"ReportResult": "bench.report", "report_folder": "bench.report", "BenchmarkResult": "bench.benchmark"}
 
-ALL_RUNS = "all"  # the report folder of every run in the store: <results>/reports/all/
+
+def __getattr__(name: str):
+    """The names that live in the report and benchmark modules (LATER), imported when first asked for, so that
+    importing this module stays light."""
+    if name in LATER:
+        import importlib
+
+        return getattr(importlib.import_module(LATER[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -35,22 +47,6 @@ class SweepResult:
     records: list[dict]  # the trials' records
     best: dict | None  # the record chosen on val by the sweep's metric (None: no trial finished)
     rerun: str | None  # the `bench run` command that repeats the best trial
-
-
-@dataclass
-class ReportResult:
-    folder: Path
-    written: list[Path]
-    records: list[dict]  # the records reported on
-    report: Report  # the tables (leaderboards, ablations, sweeps) per dataset
-    blocks: list[Block]  # the document they were rendered from (`bench.report.console_tables(blocks)` prints it)
-
-
-@dataclass
-class BenchmarkResult:
-    protocol: Protocol
-    planned: int  # at most this many runs (methods × (seeds + searched configurations beyond the first))
-    report: ReportResult  # of the protocol's runs, in <results>/reports/<protocol>/
 
 
 def _formats(formats: str | Sequence[str]) -> list[str]:
@@ -63,7 +59,7 @@ def _overrides(settings: Mapping[str, Any] | None) -> dict[str, str]:
     return {key: as_override(value) for key, value in (settings or {}).items()}
 
 
-def run(method: str = "lpt", dataset: str = "digits_lt", *, backbone: str | None = None, weights: str | None = None,
+def run(method: str = DEFAULT_METHOD, dataset: str = EMBEDDED_DATASET, *, backbone: str | None = None, weights: str | None = None,
         data_root: str | None = None, settings: Mapping[str, Any] | None = None, seed: int = 0,
         out: str | None = None, device: str = "auto", allow_download: bool = False, random_init: bool = False,
         trackers: Sequence[str] = (), callbacks: Sequence[Callback] = (), console: Console | None = None
@@ -78,7 +74,7 @@ def run(method: str = "lpt", dataset: str = "digits_lt", *, backbone: str | None
     return execute(spec, console, callbacks=callbacks)
 
 
-def sweep(method: str = "lpt", dataset: str = "digits_lt", *, trials: int = 8, search: str = "optuna",
+def sweep(method: str = DEFAULT_METHOD, dataset: str = EMBEDDED_DATASET, *, trials: int = 8, search: str = "optuna",
           scheduler: str = "asha", metric: str = f"val_{DEFAULT_METRIC}", space: str | None = None,
           settings: Mapping[str, Any] | None = None, executor: str = "ray", name: str | None = None,
           storage: str | None = None, seed: int = 0, search_seed: int = 0, grace_period: int = 1,
@@ -94,26 +90,18 @@ def sweep(method: str = "lpt", dataset: str = "digits_lt", *, trials: int = 8, s
 
     from bench.sweeps.define import Request, define_sweep, execute_sweep
     from bench.sweeps.sweep import best_record, rerun_command
-    from bench.trackers import check_trackers
 
-    check_trackers(list(trackers))
     shared = RunSpec(method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
                      overrides=_overrides(settings), seed=seed, out=out, device=device, allow_download=allow_download,
                      allow_random_init=random_init, trackers=list(trackers))
-    request = Request(shared, storage=storage, name=name, executor=executor, metric=metric, max_failures=max_failures,
-                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
-                      nproc_per_trial=nproc_per_trial)
+    execution = Execution(executor=executor, address=address, max_failures=max_failures,
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, nproc_per_trial=nproc_per_trial)
+    request = Request(shared, execution, name=name, storage=storage, metric=metric)
     definition = define_sweep(request, trials, search, scheduler, space, search_seed, grace_period, reduction_factor)
     execute_sweep(definition, console or Console())
     records = definition.records()
     best = best_record(records, definition.metric)
     return SweepResult(definition, records, best, rerun_command(best, definition) if best else None)
-
-
-def report_folder(root: Path, protocol: str | None = None, dataset: str | None = None) -> Path:
-    """Where a report goes: <results>/reports/<protocol>/ for one protocol's runs (where `bench benchmark` puts
-    its report), <results>/reports/all/ for the whole store; one dataset's adds -<dataset>."""
-    return root / "reports" / "-".join(part for part in (protocol or ALL_RUNS, dataset) if part)
 
 
 def report(results: str | Path | None = None, *, dataset: str | None = None, protocol: str | None = None,
@@ -123,34 +111,13 @@ def report(results: str | Path | None = None, *, dataset: str | None = None, pro
     written to `report_dir`, by default <results>/reports/all/ (<results>/reports/<protocol>/ with `protocol`,
     -<dataset> added with `dataset`). Raises `bench.report.NothingToReport` (writing nothing) when there are no
     records to report on."""
-    from bench import report as reports
-    from bench.errors import UsageError
+    from bench.report import write_report
     from bench.run_folder import default_results_root
-    from bench.store import ResultsStore
+
     chosen_formats = _formats(formats)
-    if published not in reports.PUBLISHED_CHOICES:
-        raise UsageError(f"published={published!r}: choose one of {', '.join(reports.PUBLISHED_CHOICES)}")
     root = Path(results).expanduser().resolve() if results is not None else default_results_root()
-    store = ResultsStore(root)
-    records = reports.load_records(store, dataset)
-    if protocol is not None:
-        records = [r for r in records if (reports.protocol_of(r) or "").split(" ")[0] == protocol]
-        if not records:
-            raise reports.NothingToReport(f"no records of protocol {protocol} in {root}/records "
-                                          "(run `bench benchmark` first)")
-    canonical = records[0]["dataset"] if dataset is not None else None
-    folder = Path(report_dir).expanduser().resolve() if report_dir else report_folder(root, protocol, canonical)
-    source = root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root
-    return _write_report(records, store, str(source), chosen_formats, published, folder)
-
-
-def _write_report(records: list[dict], store, source: str, formats: list[str], published: str,
-                  folder: Path) -> ReportResult:
-    from bench import report as reports
-
-    built = reports.build_report(records, reports.method_order(records), source, published, predictions=store.predictions)
-    files, blocks = reports.render_report(built, formats, store.root)
-    return ReportResult(folder, reports.write_files(folder, files), records, built, blocks)
+    return write_report(root, dataset=dataset, protocol=protocol, formats=chosen_formats, published=published,
+                        report_dir=Path(report_dir).expanduser().resolve() if report_dir else None)
 
 
 def benchmark(protocol: str, *, data_root: str | None = None, weights: str | None = None,
@@ -163,23 +130,12 @@ def benchmark(protocol: str, *, data_root: str | None = None, weights: str | Non
     `bench benchmark`; then its report, in <results>/reports/<protocol>/."""
     from rich.console import Console
 
-    from bench import report as reports
-    from bench.benchmark import BenchmarkOptions, run_benchmark
-    from bench.errors import BenchError
+    from bench.benchmark import BenchmarkOptions, benchmark_and_report
     from bench.protocols import load_protocol
-    from bench.store import ResultsStore
+
     chosen_formats = _formats(formats)
-    definition = load_protocol(protocol)
+    execution = Execution(executor=executor, address=address, max_failures=max_failures,
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, nproc_per_trial=nproc_per_trial)
     options = BenchmarkOptions(data_root=data_root, weights=weights, allow_download=allow_download, out=out,
-                               executor=executor, resume=resume, device=device, cpus_per_trial=cpus_per_trial,
-                               gpus_per_trial=gpus_per_trial, address=address, max_failures=max_failures,
-                               nproc_per_trial=nproc_per_trial, trackers=list(trackers))
-    root = run_benchmark(definition, options, console or Console())
-    tag = f"{definition.name} {definition.hash}"
-    store = ResultsStore(root)
-    records = [r for r in reports.load_records(store) if reports.protocol_of(r) == tag]
-    if not records:
-        raise BenchError(f"benchmark {definition.name}: no run was recorded; see the run logs under {root}/runs")
-    planned = len(definition.methods) * (len(definition.seeds) + max(0, definition.trials - 1))
-    written = _write_report(records, store, str(root), chosen_formats, "none", report_folder(root, definition.name))
-    return BenchmarkResult(definition, planned, written)
+                               device=device, execution=execution, resume=resume, trackers=list(trackers))
+    return benchmark_and_report(load_protocol(protocol), options, chosen_formats, console or Console())

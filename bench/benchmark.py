@@ -14,34 +14,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from bench.errors import BenchError, UsageError
+from bench.flags import command_line
 from bench.hparams import as_override
 from bench.protocols import Protocol
 from bench.run_spec import RunSpec
+from bench.sweeps.execution import Execution
 from bench.sweeps.sweep import Sweep, best_record
-from bench.sweeps.trial import Trial, TrialPlan
+from bench.sweeps.trial import Trial
+
+if TYPE_CHECKING:
+    from bench.report import ReportResult
 
 IDENTITY = ("loss", "sampler")  # what a method is (la is fine-tuning with the LA loss): never searched
 
 
 @dataclass
 class BenchmarkOptions:
+    """How a protocol is run: where its data, weights and results are, on which device, how its trials run (the
+    local executor unless told), whether it continues a started benchmark, and the experiment trackers."""
+
     data_root: str | None = None
     weights: str | None = None  # a local file of the protocol's backbone weights (its pretrained tag's)
     allow_download: bool = False
     out: str | None = None
-    executor: str = "local"
-    resume: bool = False
     device: str = "auto"
-    cpus_per_trial: int | None = None
-    gpus_per_trial: float = 0.0
-    address: str | None = None
-    max_failures: int = 2
-    nproc_per_trial: int = 1
+    execution: Execution = field(default_factory=lambda: Execution(executor="local"))
+    resume: bool = False
     trackers: list[str] = field(default_factory=list)
+
+    def continue_command(self, protocol: str) -> str:
+        """The command that continues the benchmark of `protocol` (as named on the command line) as started."""
+        execution = self.execution
+        return command_line(
+            "benchmark", protocol, resume=True, allow_download=self.allow_download,
+            executor=execution.executor if execution.executor != "local" else None, data_root=self.data_root,
+            weights=self.weights, out=self.out, address=execution.address, cpus_per_trial=execution.cpus_per_trial,
+            gpus_per_trial=execution.gpus_per_trial or None,
+            nproc_per_trial=execution.nproc_per_trial if execution.nproc_per_trial > 1 else None,
+            tracker=self.trackers)
+
+
+@dataclass
+class BenchmarkResult:
+    protocol: Protocol
+    planned: int  # at most this many runs (methods × (seeds + searched configurations beyond the first))
+    report: ReportResult  # of the protocol's runs, in <results>/reports/<protocol>/
 
 
 def stage_name(protocol: Protocol, stage: str) -> str:
@@ -53,19 +75,17 @@ def protocol_tags(protocol: Protocol, stage: str) -> dict[str, str]:
 
 
 def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: BenchmarkOptions, out: Path) -> Sweep:
-    from bench.sweeps.define import absolute
+    from bench.sweeps.define import Request, absolute, build_sweep
 
-    name = stage_name(protocol, stage)
-    run = RunSpec(method=protocol.methods[0], dataset=protocol.dataset, backbone=protocol.backbone,
+    run = RunSpec(method="", dataset=protocol.dataset, backbone=protocol.backbone,
                   weights=absolute(options.weights) or protocol.weights_path, data_root=absolute(options.data_root),
                   out=str(out), device=options.device, allow_download=options.allow_download,
-                  allow_random_init=protocol.random_init, sweep=name, trackers=options.trackers,
+                  allow_random_init=protocol.random_init, trackers=options.trackers,
                   tags=protocol_tags(protocol, stage))
-    plan = TrialPlan("benchmark", run, options.cpus_per_trial, nproc=options.nproc_per_trial)
+    request = Request(run, options.execution, stage_name(protocol, stage), str(out / "benchmarks"),
+                      protocol.selection)
     base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
-    return Sweep(name=name, storage=str(out / "benchmarks"), plan=plan, base=base, search="fixed", trials=trials,
-                 num_trials=len(trials), metric=protocol.selection, executor=options.executor,
-                 max_failures=options.max_failures, gpus_per_trial=options.gpus_per_trial, address=options.address)
+    return build_sweep("benchmark", request, base, trials, search="fixed")
 
 
 def search_trials(protocol: Protocol) -> list[Trial]:
@@ -136,9 +156,9 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
 
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:
     """Run (or continue) every stage; returns the results root the records went to."""
-    from bench.sweeps.define import check_trial_resources, execute_sweep, results_and_sweeps_roots
+    from bench.sweeps.define import execute_sweep, results_and_sweeps_roots
 
-    check_trial_resources(options.executor, options.gpus_per_trial, options.nproc_per_trial, options.cpus_per_trial)
+    options.execution.checked()
     out, _ = results_and_sweeps_roots(options.out, None)
     preflight(protocol, options)
     console.print(f"benchmark {protocol.describe()}", highlight=False, markup=False)
@@ -158,6 +178,22 @@ def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Consol
         final = _prepared(_stage(protocol, "seeds", trials, options, out), options)
         execute_sweep(final, console, resume=_started(final))
     return out
+
+
+def benchmark_and_report(protocol: Protocol, options: BenchmarkOptions, formats: list[str],
+                         console: Console) -> BenchmarkResult:
+    """Run (or continue) the protocol's stages, then the report of its runs in <results>/reports/<protocol>/."""
+    from bench.report import NothingToReport, report_folder, write_report
+
+    root = run_benchmark(protocol, options, console)
+    try:
+        made = write_report(root, protocol=f"{protocol.name} {protocol.hash}", formats=formats, published="none",
+                            report_dir=report_folder(root, protocol.name), source=str(root))
+    except NothingToReport:
+        raise BenchError(f"benchmark {protocol.name}: no run was recorded; see the run logs under {root}/runs") \
+            from None
+    planned = len(protocol.methods) * (len(protocol.seeds) + max(0, protocol.trials - 1))
+    return BenchmarkResult(protocol, planned, made)
 
 
 def _started(sweep: Sweep) -> bool:

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import shlex
+import functools
+import inspect
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from bench.api import DEFAULT_METHOD
 from bench.console_tables import hparams_tables, metrics_table, registry_table, settings_table
+from bench.embedded import EMBEDDED_DATASET
 from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
+from bench.flags import OptionError
 from bench.report import PUBLISHED_CHOICES
 from bench.selection import DEFAULT_METRIC, METRIC_CHOICES
-from bench.sweeps.sweep import EXECUTORS, SCHEDULERS, SEARCHES
+from bench.sweeps.execution import EXECUTORS, Execution
+from bench.sweeps.sweep import SCHEDULERS, SEARCHES
 
 app = typer.Typer(add_completion=True, no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Long-tailed classification benchmark harness.")
 console = Console()
 err_console = Console(stderr=True)
-
-DEFAULT_METHOD = "lpt"
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -55,9 +59,85 @@ Search = _choices("Search", SEARCHES)
 Scheduler = _choices("Scheduler", SCHEDULERS)
 Published = _choices("Published", PUBLISHED_CHOICES)
 Tracker = _choices("Tracker", ("tensorboard", "mlflow"))
-TRACKER = typer.Option([], "--tracker", help="log to an experiment tracker (repeatable): tensorboard (event files "
-                       "in each run folder) or mlflow (a local store, <results>/mlflow.db)")
 ListWhat = _choices("ListWhat", ("all", "methods", "datasets", "backbones", "protocols", "hparams"))
+
+# Options several commands share, each declared once.
+Trackers = Annotated[list[Tracker], typer.Option(
+    "--tracker", help="log to an experiment tracker (repeatable): tensorboard (event files in each run folder) or "
+    "mlflow (a local store, <results>/mlflow.db)")]
+DataRoot = Annotated[str | None, typer.Option("--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)")]
+ResultsOut = Annotated[str | None, typer.Option("--out", help="results root (default ./results or $BENCH_RESULTS)")]
+AllowDownload = Annotated[bool, typer.Option("--allow-download", help="let timm/open_clip download weights")]
+# The run settings of `bench run`, and those every trial of `bench sweep` and `bench ablate` shares:
+# {parameter: (type and option, default)}; the commands get them as one dict, `settings`.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dataset": (Annotated[str, typer.Option("--dataset", "-d", help="dataset name (bench list datasets)",
+                                            autocompletion=_names("dataset"))], EMBEDDED_DATASET),
+    "backbone": (Annotated[str | None, typer.Option(
+        "--backbone", "-b", autocompletion=_names("backbone"), help="backbone name (bench list backbones); "
+        "default: vit_micro on the embedded dataset, elsewhere the method's own (CLIP ViT-B/16 for lptpp_vl) or "
+        "the in21k ViT-B/16")], None),
+    "weights": (Annotated[str | None, typer.Option("--weights", help="backbone weights file (.safetensors or "
+                                                   "state dict)")], None),
+    "data_root": (DataRoot, None),
+    "out": (ResultsOut, None),
+    "device": (Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")], "auto"),
+    "allow_download": (AllowDownload, False),
+    "random_init": (Annotated[bool, typer.Option("--random-init", help="allow a randomly initialised backbone")],
+                    False),
+    "trackers": (Trackers, []),
+}
+SPEC_FIELDS = {"random_init": "allow_random_init"}  # the run spec's name of an option, where it has another
+
+
+def _execution_options(executor: Executor) -> dict[str, tuple[Any, Any]]:
+    """The options that make an `Execution` (how the trials of `bench sweep`, `ablate`, `benchmark` run), with
+    the command's default executor; as RUN_OPTIONS."""
+    return {
+        "executor": (Annotated[Executor, typer.Option("--executor", help="ray (Ray Tune) or local (in-process, "
+                                                      "no Ray)")], executor),
+        "address": (Annotated[str | None, typer.Option("--address", help="join a Ray cluster: auto | HOST:PORT")],
+                    None),
+        "cpus_per_trial": (Annotated[int | None, typer.Option("--cpus-per-trial", help="CPUs (torch threads) per "
+                                                              "trial; default 1 on Ray, all locally")], None),
+        "gpus_per_trial": (Annotated[float, typer.Option("--gpus-per-trial", help="GPUs per trial (fractions "
+                                                         "share a card)")], 0.0),
+        "nproc_per_trial": (Annotated[int, typer.Option(
+            "--nproc-per-trial", help="processes per trial: above 1 each trial trains data-parallel (Ray Train; "
+            "one GPU per process with --gpus-per-trial equal to it, gloo CPU processes with 0); --cpus-per-trial "
+            "is shared among them")], 1),
+        "max_failures": (Annotated[int, typer.Option("--max-failures", help="retries of a crashing trial")], 2),
+    }
+
+
+def _execution(values: dict[str, Any]) -> Execution:
+    return Execution(**{**values, "executor": values["executor"].value})
+
+
+def _run_settings(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "trackers": [tracker.value for tracker in values["trackers"]]}
+
+
+def _grouped(name: str, options: dict[str, tuple[Any, Any]], build: Callable[[dict], Any] = _run_settings):
+    """Adds a group of `options` to a command's parameters (after its own); the command gets them as its one
+    parameter `name`, made by `build` from their values."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        parameters = [*(p for p in signature.parameters.values() if p.name != name),
+                      *(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+                        for key, (kind, default) in options.items())]
+
+        @functools.wraps(command)
+        def with_group(*args, **kwargs):
+            values = {key: kwargs.pop(key) for key in options}
+            return command(*args, **kwargs, **{name: build(values)})
+
+        with_group.__signature__ = signature.replace(parameters=parameters)
+        with_group.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_group
+
+    return decorate
 
 
 def _version(shown: bool) -> None:
@@ -78,11 +158,16 @@ RESUME_KEEPS = {"run": {"resume", "out", "nproc", "nnodes", "node_rank", "master
                 "sweep": {"resume", "name", "storage", "out"}, "ablate": {"resume", "name", "storage", "out"}}
 
 
+def _on_line(ctx: typer.Context) -> set[str]:
+    """The command's options given on its command line (not defaults)."""
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
 def _refuse_ignored_with_resume(ctx: typer.Context, command: str) -> None:
     """--resume continues what was configured: an option it would ignore is refused, not dropped silently."""
+    given = _on_line(ctx)
     ignored = [param.opts[0] for param in ctx.command.params
-               if param.name not in RESUME_KEEPS[command]
-               and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"]
+               if param.name not in RESUME_KEEPS[command] and param.name in given]
     if ignored:
         raise UsageError(f"--resume continues the {command} as it was started, so {', '.join(ignored)} would be "
                          f"ignored; drop {'it' if len(ignored) == 1 else 'them'} (only "
@@ -90,8 +175,10 @@ def _refuse_ignored_with_resume(ctx: typer.Context, command: str) -> None:
 
 
 def _fail(error: BenchError) -> None:
-    """One line, then the error's exit code: EXIT_USAGE for a wrong command, EXIT_RUNTIME otherwise."""
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    """One line (options named as flags), then the error's exit code: EXIT_USAGE for a wrong command, EXIT_RUNTIME
+    otherwise."""
+    line = error.as_flags() if isinstance(error, OptionError) else str(error)
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(error.exit_code)
 
 
@@ -136,24 +223,13 @@ def _interruptible_run() -> Iterator[None]:
 
 
 @app.command()
+@_grouped("settings", RUN_OPTIONS)
 def run(
     ctx: typer.Context,
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method name (bench list methods)",
         autocompletion=_names("method")),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
-        autocompletion=_names("dataset")),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"),
-                                        help="backbone name (bench list backbones); default: vit_micro on the "
-                                        "embedded dataset, elsewhere the method's own (CLIP ViT-B/16 for lptpp_vl) "
-                                        "or the in21k ViT-B/16"),
-    weights: str | None = typer.Option(None, "--weights", help="backbone weights file (.safetensors or state dict)"),
-    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
     assignments: list[str] = typer.Option([], "--set", help="key=value hyperparameter or dataset option (repeatable)"),
     seed: int = typer.Option(0, "--seed"),
-    out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    allow_download: bool = typer.Option(False, "--allow-download", help="let timm/open_clip download weights"),
-    random_init: bool = typer.Option(False, "--random-init", help="allow a randomly initialised backbone"),
     resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run (folder or run id)"),
     config: str | None = typer.Option(None, "--config", help="settings from a file: a run's config.json (an exact "
                                       "re-run) or a .toml/.yaml; options given here override it"),
@@ -164,58 +240,55 @@ def run(
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="host of node 0 (multi-node runs)"),
     master_port: int | None = typer.Option(None, "--master-port", help="free port on node 0 (default: any free "
                                            "port, single-node runs only)"),
-    trackers: list[Tracker] = TRACKER,
+    settings: dict | None = None,
 ) -> None:
     """Train and evaluate one method on one dataset; with no arguments, the embedded default."""
     from bench import runner
-    from bench.distributed import launched
-    from bench.hparams import parse_assignments
+    from bench.distributed import launched, leave, world
 
     if (nproc > 1 or nnodes > 1) and not launched():
-        import sys
-
-        from bench.distributed import check_launch, launch, strip_launch_flags
-
-        with _interruptible_run():  # refused here, in one line, rather than by every rank
-            check_launch(nproc, nnodes, node_rank, master_port, device)
-            if resume:
-                runner.check_resumable_by(runner.find_run(resume, out), nproc * nnodes)
-        raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr,
-                                master_port))
+        _launch(resume, settings, nproc, nnodes, node_rank, master_addr, master_port)
     with _interruptible_run():
         if resume:
             _refuse_ignored_with_resume(ctx, "run")
-            result = runner.resume(resume, console, out)
+            result = runner.resume(resume, console, settings["out"])
         else:
-            overrides = parse_assignments(assignments)
-            if config:
-                from bench.run_config import load_run_config
-
-                given = load_run_config(config)
-
-                def chosen(name: str, value, key: str | None = None):
-                    on_line = getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-                    return value if on_line else given.get(key or name, value)
-
-                method, dataset, backbone = chosen("method", method), chosen("dataset", dataset), \
-                    chosen("backbone", backbone)
-                weights, data_root, seed = chosen("weights", weights), chosen("data_root", data_root), \
-                    chosen("seed", seed)
-                random_init = chosen("random_init", random_init)
-                overrides = {**given["overrides"], **overrides}
-            spec = runner.RunSpec(
-                method=method, dataset=dataset, backbone=backbone,
-                weights=weights, data_root=data_root, overrides=overrides, seed=seed,
-                out=out, device=device, allow_download=allow_download, allow_random_init=random_init,
-                trackers=[tracker.value for tracker in trackers],
-            )
-            result = runner.execute(spec, console)
-    from bench.distributed import leave, world
-
+            result = runner.execute(_run_spec(method, assignments, seed, settings, config, _on_line(ctx)), console)
     if world().is_main:  # the other ranks of a data-parallel run print nothing
         console.print(metrics_table(result.record))
         _say(f"run folder: {result.run_dir}")
     leave()
+
+
+def _launch(resume: str | None, settings: dict, nproc: int, nnodes: int, node_rank: int, master_addr: str,
+            master_port: int | None) -> None:
+    """Start this `bench run` data-parallel (torchrun), having refused in one line, rather than by every rank,
+    what cannot run."""
+    import sys
+
+    from bench import runner
+    from bench.distributed import check_launch, launch, strip_launch_flags
+
+    with _interruptible_run():
+        check_launch(nproc, nnodes, node_rank, master_port, settings["device"])
+        if resume:
+            runner.check_resumable_by(runner.find_run(resume, settings["out"]), nproc * nnodes)
+    raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr, master_port))
+
+
+def _run_spec(method: str, assignments: list[str], seed: int, settings: dict, config: str | None = None,
+              given: set[str] = frozenset()):
+    """The run spec of `bench run` (or the run settings every trial of a sweep or ablation shares) from its
+    options; with --config, the file's settings where the command line (`given`) did not set them."""
+    from bench.hparams import parse_assignments
+    from bench.run_spec import RunSpec
+
+    options = {"method": method, "seed": seed, **settings, "overrides": parse_assignments(assignments)}
+    if config:
+        from bench.run_config import load_run_config, merge_config
+
+        options = merge_config(load_run_config(config), options, given)
+    return RunSpec(**{SPEC_FIELDS.get(name, name): value for name, value in options.items()})
 
 
 @app.command("eval")
@@ -228,7 +301,7 @@ def eval_(
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="backbone name; default the in21k ViT-B/16",
         autocompletion=_names("backbone")),
     weights: str | None = typer.Option(None, "--weights", help="backbone weights, when the checkpoint lacks them"),
-    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)"),
+    data_root: DataRoot = None,
     assignments: list[str] = typer.Option([], "--set", help="key=value, e.g. shot_convention=lpt (repeatable)"),
     out: str | None = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
@@ -246,44 +319,39 @@ def eval_(
     _say(f"run folder: {result.run_dir}")
 
 
-# Options `bench sweep` and `bench ablate` share.
-EXECUTOR = typer.Option(Executor.ray, "--executor", help="ray (Ray Tune) or local (in-process, no Ray)")
-ADDRESS = typer.Option(None, "--address", help="join a Ray cluster: auto | HOST:PORT")
-NPROC_PER_TRIAL = typer.Option(1, "--nproc-per-trial", help="processes per trial: above 1 each trial trains "
-                               "data-parallel (Ray Train; one GPU per process with --gpus-per-trial equal to it, "
-                               "gloo CPU processes with 0); --cpus-per-trial is shared among them")
-TRIAL_BACKBONE = typer.Option(None, "--backbone", "-b", help="backbone (as for bench run)",
-        autocompletion=_names("backbone"))
-TRIAL_WEIGHTS = typer.Option(None, "--weights", help="backbone weights file")
-TRIAL_DATA_ROOT = typer.Option(None, "--data-root", help="dataset folder (else $BENCH_DATA_ROOT/<dir>)")
-RESULTS_OUT = typer.Option(None, "--out", help="results root (default ./results or $BENCH_RESULTS)")
-TRIAL_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
-ALLOW_DOWNLOAD = typer.Option(False, "--allow-download", help="let timm/open_clip download weights")
-RANDOM_INIT = typer.Option(False, "--random-init", help="allow a randomly initialised backbone")
+def _execute_sweep(ctx: typer.Context, command: str, resume: bool, where: tuple, define, summary) -> None:
+    """`bench sweep` or `bench ablate`: define it (or with --resume, load it from `where`: name, storage, out),
+    run its trials (Ctrl-C: how to finish it), then its `summary`."""
+    from bench.sweeps.define import execute_sweep, load_for_resume
 
-
-def _trial_settings(method: str, dataset: str, backbone: str | None, weights: str | None, data_root: str | None,
-                    assignments: list[str], seed: int, out: str | None, device: str, allow_download: bool,
-                    random_init: bool, trackers: list[Tracker]):
-    """The run settings every trial of a sweep or ablation shares, from its options."""
-    from bench.hparams import parse_assignments
-    from bench.run_spec import RunSpec
-    from bench.trackers import check_trackers
-
-    names = [tracker.value for tracker in trackers]
-    check_trackers(names)
-    return RunSpec(method=method, dataset=dataset, backbone=backbone, weights=weights, data_root=data_root,
-                   overrides=parse_assignments(assignments), seed=seed, out=out, device=device,
-                   allow_download=allow_download, allow_random_init=random_init, trackers=names)
+    try:
+        if resume:
+            _refuse_ignored_with_resume(ctx, command)
+            definition = load_for_resume(*where)
+        else:
+            definition = define()
+        hint = f"finish it with: {definition.continue_command()}"
+        try:
+            execute_sweep(definition, console, resume)
+        except KeyboardInterrupt:
+            _say(f"interrupted; finished trials are recorded; {hint}", err_console)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        recorded = len(definition.records())
+        if recorded < definition.num_trials:
+            _say(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
+                 f"(interrupted or failed); {hint}")
+        summary(definition, console)
+    except BenchError as error:
+        _fail(error)
 
 
 @app.command()
+@_grouped("execution", _execution_options(Executor.ray), _execution)
+@_grouped("settings", RUN_OPTIONS)
 def sweep(
     ctx: typer.Context,
-    method: str = typer.Option("lpt", "--method", "-m", help="method whose declared search space is swept",
-        autocompletion=_names("method")),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
-        autocompletion=_names("dataset")),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="method whose declared search space is "
+                               "swept", autocompletion=_names("method")),
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
     metric: str = typer.Option(f"val_{DEFAULT_METRIC}", "--metric", help="validation metric every choice "
                                "maximises (the trials' epochs too; ties: lower class-balanced val NLL): "
@@ -292,182 +360,117 @@ def sweep(
     scheduler: Scheduler = typer.Option(Scheduler.asha, "--scheduler", help="asha (stop poor trials early) or none"),
     space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),
     assignments: list[str] = typer.Option([], "--set", help="key=value pinned in every trial (repeatable)"),
-    executor: Executor = EXECUTOR,
-    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial",
-                                              help="CPUs (torch threads) per trial; default 1 on Ray, all locally"),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial (fractions share a card)"),
-    nproc_per_trial: int = NPROC_PER_TRIAL,
-    address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps); "
                                        "shared storage on a cluster"),
     name: str | None = typer.Option(None, "--name", help="sweep name (default <method>-<dataset>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="finish the interrupted sweep --name"),
-    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing trial"),
     grace_period: int = typer.Option(1, "--grace-period", help="ASHA: epochs before a trial can be stopped"),
     reduction_factor: int = typer.Option(3, "--reduction-factor", help="ASHA: η, rungs at grace·η^k epochs"),
     search_seed: int = typer.Option(0, "--search-seed", help="seed of the search (random draws, TPE)"),
     seed: int = typer.Option(0, "--seed", help="training seed of every trial"),
-    backbone: str | None = TRIAL_BACKBONE,
-    weights: str | None = TRIAL_WEIGHTS,
-    data_root: str | None = TRIAL_DATA_ROOT,
-    out: str | None = RESULTS_OUT,
-    device: str = TRIAL_DEVICE,
-    allow_download: bool = ALLOW_DOWNLOAD,
-    random_init: bool = RANDOM_INIT,
-    trackers: list[Tracker] = TRACKER,
+    execution: Execution | None = None,
+    settings: dict | None = None,
 ) -> None:
     """Sweep a method's hyperparameters (Optuna/random/grid, ASHA), with Ray Tune or in-process.
 
     Every trial is an ordinary run tagged with the sweep's name."""
-    from bench.sweeps.define import Request, define_sweep, load_for_resume
+    from bench.sweeps.define import Request, define_sweep
     from bench.sweeps.summary import sweep_summary
 
-    try:
-        if resume:
-            _refuse_ignored_with_resume(ctx, "sweep")
-            definition = load_for_resume(name, storage, out)
-        else:
-            run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
-                                  allow_download, random_init, trackers)
-            request = Request(run, storage=storage, name=name, executor=executor.value, metric=metric,
-                              max_failures=max_failures, cpus_per_trial=cpus_per_trial,
-                              gpus_per_trial=gpus_per_trial, address=address, nproc_per_trial=nproc_per_trial)
-            definition = define_sweep(request, trials, search.value, scheduler.value, space, search_seed, grace_period,
-                                      reduction_factor)
-        _execute_interruptibly(definition, "sweep", resume)
-        sweep_summary(definition, console)
-    except BenchError as error:
-        _fail(error)
+    def define():
+        request = Request(_run_spec(method, assignments, seed, settings), execution, name, storage, metric)
+        return define_sweep(request, trials, search.value, scheduler.value, space, search_seed, grace_period,
+                            reduction_factor)
+
+    _execute_sweep(ctx, "sweep", resume, (name, storage, settings["out"]), define, sweep_summary)
 
 
 @app.command()
+@_grouped("execution", _execution_options(Executor.ray), _execution)
+@_grouped("settings", RUN_OPTIONS)
 def ablate(
     ctx: typer.Context,
     method: str = typer.Option("lptpp", "--method", "-m", help="the full method",
         autocompletion=_names("method")),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="dataset name (bench list datasets)",
-        autocompletion=_names("dataset")),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: the method "
                                         "and all its registered variants)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per variant (--seed, --seed+1, ...)"),
-    executor: Executor = EXECUTOR,
     assignments: list[str] = typer.Option([], "--set", help="key=value for every run (repeatable)"),
-    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
-    nproc_per_trial: int = NPROC_PER_TRIAL,
-    address: str | None = ADDRESS,
     storage: str | None = typer.Option(None, "--storage", help="sweep folder root (default <results>/sweeps)"),
     name: str | None = typer.Option(None, "--name", help="ablation name (default ablate-<method>-<dataset>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="finish the interrupted ablation --name"),
-    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
     seed: int = typer.Option(0, "--seed", help="first training seed"),
-    backbone: str | None = TRIAL_BACKBONE,
-    weights: str | None = TRIAL_WEIGHTS,
-    data_root: str | None = TRIAL_DATA_ROOT,
-    out: str | None = RESULTS_OUT,
-    device: str = TRIAL_DEVICE,
-    allow_download: bool = ALLOW_DOWNLOAD,
-    random_init: bool = RANDOM_INIT,
-    trackers: list[Tracker] = TRACKER,
+    execution: Execution | None = None,
+    settings: dict | None = None,
 ) -> None:
     """Run a method and its registered ablation variants × seeds through the sweep executors."""
-    from bench.sweeps.define import Request, define_ablation, load_for_resume
+    from bench.sweeps.define import Request, define_ablation
     from bench.sweeps.summary import ablation_summary
 
-    try:
-        if resume:
-            _refuse_ignored_with_resume(ctx, "ablate")
-            definition = load_for_resume(name, storage, out)
-        else:
-            run = _trial_settings(method, dataset, backbone, weights, data_root, assignments, seed, out, device,
-                                  allow_download, random_init, trackers)
-            request = Request(run, storage=storage, name=name, executor=executor.value, max_failures=max_failures,
-                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
-                              nproc_per_trial=nproc_per_trial)
-            chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
-            definition = define_ablation(request, chosen, seeds)
-        _execute_interruptibly(definition, "ablate", resume)
-        ablation_summary(definition, console)
-    except BenchError as error:
-        _fail(error)
+    def define():
+        request = Request(_run_spec(method, assignments, seed, settings), execution, name, storage)
+        chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+        return define_ablation(request, chosen, seeds)
+
+    _execute_sweep(ctx, "ablate", resume, (name, storage, settings["out"]), define, ablation_summary)
 
 
 @app.command()
+@_grouped("execution", _execution_options(Executor.local), _execution)
 def benchmark(
     protocol: str = typer.Argument(..., help="a shipped protocol (bench list protocols) or a protocol .toml file"),
-    data_root: str | None = TRIAL_DATA_ROOT,
+    data_root: DataRoot = None,
     weights: str | None = typer.Option(None, "--weights", help="a local file of the protocol backbone's weights "
                                        "(its pretrained tag's; .safetensors or a state dict)"),
-    allow_download: bool = ALLOW_DOWNLOAD,
-    executor: Executor = typer.Option(Executor.local, "--executor", help="local (in-process, no Ray) or ray "
-                                      "(Ray Tune)"),
+    allow_download: AllowDownload = False,
     resume: bool = typer.Option(False, "--resume", help="continue a benchmark started before; recorded runs are "
                                 "not run again"),
-    cpus_per_trial: int | None = typer.Option(None, "--cpus-per-trial", help="CPUs (torch threads) per run"),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per run"),
-    nproc_per_trial: int = NPROC_PER_TRIAL,
-    address: str | None = ADDRESS,
-    max_failures: int = typer.Option(2, "--max-failures", help="retries of a crashing run"),
-    out: str | None = RESULTS_OUT,
-    device: str = TRIAL_DEVICE,
+    out: ResultsOut = None,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     formats: str = typer.Option("md,html", "--format", "-f", help="report formats: md, html, tex, csv"),
-    trackers: list[Tracker] = TRACKER,
+    trackers: Trackers = [],  # noqa: B006  (typer reads it, nothing changes it)
+    execution: Execution | None = None,
 ) -> None:
     """Run a benchmark protocol (methods × configurations searched on val × seeds), then its report.
 
     One table per protocol, mean ± std over seeds, configurations searched per method; the report goes to
     <results>/reports/<protocol>/."""
-    from bench import api
-    from bench import report as reports
+    from bench.benchmark import BenchmarkOptions, benchmark_and_report
+    from bench.protocols import load_protocol
+    from bench.report import RISING_MARK, parse_formats
 
+    options = BenchmarkOptions(data_root=data_root, weights=weights, allow_download=allow_download, out=out,
+                               device=device, execution=execution, resume=resume,
+                               trackers=[tracker.value for tracker in trackers])
     try:
         try:
             with _sigterm_as_interrupt():
-                result = api.benchmark(protocol, data_root=data_root, weights=weights, allow_download=allow_download,
-                                       executor=executor.value, resume=resume, cpus_per_trial=cpus_per_trial,
-                                       gpus_per_trial=gpus_per_trial, nproc_per_trial=nproc_per_trial,
-                                       address=address, max_failures=max_failures, out=out, device=device,
-                                       formats=formats, trackers=[tracker.value for tracker in trackers],
-                                       console=console)
+                chosen = parse_formats(formats)
+                result = benchmark_and_report(load_protocol(protocol), options, chosen, console)
         except KeyboardInterrupt:
-            settings = {"--executor": executor.value if executor != Executor.local else None,
-                        "--data-root": data_root, "--weights": weights, "--out": out, "--address": address,
-                        "--cpus-per-trial": cpus_per_trial,
-                        "--gpus-per-trial": f"{gpus_per_trial:g}" if gpus_per_trial else None,
-                        "--nproc-per-trial": nproc_per_trial if nproc_per_trial > 1 else None}
-            again = ["bench", "benchmark", protocol, "--resume", *(["--allow-download"] if allow_download else []),
-                     *(part for flag, value in settings.items() if value is not None for part in (flag, str(value))),
-                     *(part for tracker in trackers for part in ("--tracker", tracker.value))]
-            _say(f"interrupted; finished runs are recorded; continue with: {shlex.join(again)}", err_console)
+            _say(f"interrupted; finished runs are recorded; continue with: {options.continue_command(protocol)}",
+                 err_console)
             raise typer.Exit(EXIT_INTERRUPTED) from None
     except BenchError as error:
         _fail(error)
-    made = result.report
-    for table in reports.console_tables(made.blocks, console):
-        console.print(table)
+    made = _print_report(result.report)
     _say(f"{len(made.records)} runs recorded under protocol {result.protocol.name} {result.protocol.hash} (at most "
          f"{result.planned} planned); report: " + ", ".join(str(path) for path in made.written))
     for section in made.report.datasets:
         for row in section.leaderboard:
             if row.configuration.still_rising:
-                _say(f"{reports.RISING_MARK} this budget does not let {row.configuration.method} converge: its "
+                _say(f"{RISING_MARK} this budget does not let {row.configuration.method} converge: its "
                      f"val {section.metric} was still rising at the end in {len(row.configuration.still_rising)} "
                      f"of {row.configuration.seeds} seed(s) (see the report's footnote)")
 
 
-def _execute_interruptibly(definition, command: str, resume: bool) -> None:
-    from bench.sweeps.define import execute_sweep
+def _print_report(made):
+    """Print a written report's tables on the console; returns it."""
+    from bench.report import console_tables
 
-    hint = f"finish it with: bench {command} --name {definition.name} --resume"
-    try:
-        execute_sweep(definition, console, resume)
-    except KeyboardInterrupt:
-        _say(f"interrupted; finished trials are recorded; {hint}", err_console)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    recorded = len(definition.records())
-    if recorded < definition.num_trials:
-        _say(f"{definition.num_trials - recorded} of {definition.num_trials} trials have no record "
-             f"(interrupted or failed); {hint}")
+    for table in console_tables(made.blocks, console):
+        console.print(table)
+    return made
 
 
 @app.command("list")
@@ -475,7 +478,7 @@ def list_(
     what: ListWhat = typer.Argument(ListWhat.all, help="what to list", show_default=True),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="with hparams: the method",
         autocompletion=_names("method")),
-    dataset: str = typer.Option("digits_lt", "--dataset", "-d", help="with hparams: the dataset",
+    dataset: str = typer.Option(EMBEDDED_DATASET, "--dataset", "-d", help="with hparams: the dataset",
         autocompletion=_names("dataset")),
     backbone: str | None = typer.Option(None, "--backbone", "-b", autocompletion=_names("backbone"),
                                         help="with hparams: the backbone (as for bench run; on the embedded "
@@ -607,7 +610,7 @@ def runs(
 
 @app.command()
 def report(
-    results: str | None = RESULTS_OUT,
+    results: ResultsOut = None,
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="only this dataset (name or alias)",
         autocompletion=_names("dataset")),
     protocol: str | None = typer.Option(None, "--protocol", help="only the runs of this benchmark protocol"),
@@ -636,7 +639,6 @@ def report(
             raise typer.Exit(EXIT_RUNTIME) from None
     except BenchError as error:
         _fail(error)
-    for table in reports.console_tables(made.blocks, console):
-        console.print(table)
+    _print_report(made)
     names = ", ".join(str(path.relative_to(made.folder)) for path in made.written)
     _say(f"wrote {len(made.written)} files to {made.folder}: {names}")

@@ -78,3 +78,11 @@ def _from_file(data: dict, path: Path) -> dict[str, Any]:
             config[key] = str((path.parent / Path(config[key]).expanduser()).resolve())
     config["overrides"] = {key: as_override(value) for key, value in settings.items()}
     return config
+
+
+def merge_config(config: dict[str, Any], options: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """`options` (a run's settings by option name, `overrides` its --set values) with a --config file's settings
+    (`load_run_config`) for those the command line did not give (`given`); --set values override the file's."""
+    merged = {name: value if name in given else config.get(name, value) for name, value in options.items()}
+    merged["overrides"] = {**config["overrides"], **options["overrides"]}
+    return merged

@@ -21,11 +21,12 @@ from bench.hparams import parse_assignments
 from bench.run_spec import RunSpec
 from bench.store import ResultsStore
 from bench.sweeps.define import Request, define_sweep, execute_sweep
+from bench.sweeps.execution import Execution
 
 
 def measure(executor: str, args, root: str, console: Console) -> dict:
     run = RunSpec(method=args.method, dataset="digits_lt", overrides=parse_assignments(args.set), out=root)
-    request = Request(run, executor=executor, cpus_per_trial=args.cpus, name=f"overhead-{executor}")
+    request = Request(run, Execution(executor=executor, cpus_per_trial=args.cpus), name=f"overhead-{executor}")
     sweep = define_sweep(request, args.trials, "random", "none", None, search_seed=0, grace_period=1,
                          reduction_factor=3)
     started = time.perf_counter()

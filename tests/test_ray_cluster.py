@@ -20,6 +20,7 @@ from bench.hparams import parse_assignments
 from bench.run_spec import RunSpec
 from bench.store import ResultsStore
 from bench.sweeps.define import Request, define_sweep, execute_sweep
+from bench.sweeps.execution import Execution
 
 
 @pytest.mark.slow
@@ -110,9 +111,9 @@ def test_a_data_parallel_trial_spans_two_ray_nodes(tmp_path):
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
         run = RunSpec(method="lpt", dataset="digits_lt", out=str(tmp_path), device="cpu",
                       overrides=parse_assignments(["phase1_epochs=1", "phase2_epochs=1"]))
-        sweep = define_sweep(Request(run, executor="ray", cpus_per_trial=2, nproc_per_trial=2, address=cluster.address,
-                                     name="span"), 1, "random", "none", None, search_seed=0, grace_period=1,
-                             reduction_factor=3)
+        execution = Execution(executor="ray", cpus_per_trial=2, nproc_per_trial=2, address=cluster.address)
+        sweep = define_sweep(Request(run, execution, name="span"), 1, "random", "none", None, search_seed=0,
+                             grace_period=1, reduction_factor=3)
         sweep.plan.callbacks.append(WhereRanksRun())
         execute_sweep(sweep, Console(quiet=True))
         (record,) = ResultsStore(tmp_path).records(sweep="span")

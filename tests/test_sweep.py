@@ -20,14 +20,16 @@ from bench.hparams import Choice, HParam, IntRange, LogUniform, Uniform, parse_a
 from bench.run_spec import RunSpec
 from bench.store import ResultsStore
 from bench.sweeps.define import Request, define_ablation, define_sweep, execute_sweep, load_for_resume
+from bench.sweeps.execution import Execution
 from bench.sweeps.space import apply_space_file, grid, random_configs, read_space_file
 
 PINS = ["epochs=3", "loss=ce"]  # a short probe
 
 
-def request(tmp_path, executor="local", method="clip_probe", assignments=PINS, **changes) -> Request:
+def request(tmp_path, executor="local", method="clip_probe", assignments=PINS, nproc_per_trial=1,
+            **changes) -> Request:
     run = RunSpec(method=method, dataset="digits_lt", overrides=parse_assignments(assignments), out=str(tmp_path))
-    return Request(run, executor=executor, cpus_per_trial=1, **changes)
+    return Request(run, Execution(executor=executor, cpus_per_trial=1, nproc_per_trial=nproc_per_trial), **changes)
 
 
 def sweep_of(tmp_path, trials=4, search="random", scheduler="none", **changes):
@@ -341,6 +343,38 @@ def test_a_ray_sweep_started_before_the_move_into_bench_sweeps_still_restores():
         sys.modules.pop("bench.ray_hooks", None)
 
 
+def test_a_sweep_json_in_the_flat_layout_loads_with_its_execution(tmp_path):
+    """sweep.json as written before Execution (2026-12-06): executor, max_failures, gpus_per_trial and address
+    were keys of the sweep, cpus_per_trial and nproc keys of its plan. It loads, resumes as it was started, and
+    is saved again in the new layout."""
+    from bench.sweeps.sweep import Sweep
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({
+        "name": "old", "storage": str(tmp_path),
+        "plan": {"kind": "benchmark", "run": {
+            "method": "linear_probe", "dataset": "digits_lt", "backbone": None, "weights": None, "data_root": None,
+            "overrides": {}, "seed": 0, "out": str(tmp_path), "device": "auto", "allow_download": False,
+            "allow_random_init": False, "sweep": "old", "tags": {"protocol": "embedded", "stage": "seeds"},
+            "checkpoint": None, "trackers": []}, "cpus_per_trial": 2, "nproc": 1},
+        "base": {"key": "", "method": "linear_probe", "seed": 0, "overrides": {}, "searched": [], "backbone": None},
+        "search": "fixed", "space": {},
+        "trials": [{"key": "linear_probe-s0", "method": "linear_probe", "seed": 0, "overrides": {"epochs": "1"},
+                    "searched": [], "backbone": None}],
+        "num_trials": 1, "metric": "val_mean_per_class", "scheduler": "none", "grace_period": 1,
+        "reduction_factor": 3, "seed": 0, "executor": "local", "max_failures": 3, "gpus_per_trial": 0.5,
+        "address": "auto", "embedded": False, "created_at": "2026-12-06T06:13:10+00:00"}))
+    sweep = Sweep.load(folder)
+    assert sweep.execution == Execution(executor="local", address="auto", max_failures=3, cpus_per_trial=2,
+                                        gpus_per_trial=0.5, nproc_per_trial=1)
+    assert sweep.plan.run.tags["stage"] == "seeds" and [t.key for t in sweep.trials] == ["linear_probe-s0"]
+    sweep.save()
+    saved = json.loads((folder / "sweep.json").read_text())
+    assert saved["execution"]["cpus_per_trial"] == 2 and "executor" not in saved and "nproc" not in saved["plan"]
+    assert Sweep.load(folder) == sweep
+
+
 def test_rerun_command_quotes_paths_with_spaces(tmp_path):
     import shlex
 
@@ -356,7 +390,7 @@ def test_rerun_command_quotes_paths_with_spaces(tmp_path):
     assert words[words.index("--data-root") + 1] == "/data/my images"
     assert words[:2] == ["bench", "run"] and words[words.index("--seed") + 1] == "3"
     assert "--nproc" not in words
-    plan.nproc = 4  # a data-parallel trial is repeated with its world size
+    sweep.execution = Execution(nproc_per_trial=4)  # a data-parallel trial is repeated with its world size
     words = shlex.split(rerun_command(record, sweep))
     assert words[words.index("--nproc") + 1] == "4"
 

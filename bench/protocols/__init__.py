@@ -195,9 +195,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     import bench.methods  # noqa: F401  (registers the methods)
     from bench.backbones import parse_backbone
     from bench.datasets.base import DATASETS
-    from bench.hparams import resolve
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
 
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
@@ -211,10 +209,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     methods = tuple(METHODS.canonical(m) for m in data["methods"])
     if not methods or len(set(methods)) != len(methods):
         raise _Invalid("methods must list at least one method, each once")
-    seeds = data["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise _Invalid(f"seeds = {seeds!r}: a list of distinct non-negative integers")
+    seeds = _seeds(data["seeds"])
     backbone = str(data["backbone"])
     parse_backbone(backbone)
     weights = data.get("weights")
@@ -239,16 +234,32 @@ def _validated(data: dict, path: Path) -> Protocol:
         random_init=bool(data.get("random_init", False)), dataset_options=dataset_options, settings=settings,
         epoch_scale=float(scale), trials=trials, search_seed=search_seed, selection=selection,
         searched=tuple(searched), method_settings=method_settings)
-    used = set(dataset_options)
-    for method in methods:
-        declared = declared_options(method, dataset)
+    _check_settings(protocol)
+    return protocol
+
+
+def _seeds(seeds: Any) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise _Invalid(f"seeds = {seeds!r}: a list of distinct non-negative integers")
+    return seeds
+
+
+def _check_settings(protocol: Protocol) -> None:
+    """Each method's settings resolve (known keys, well-typed values), and each protocol-wide setting is declared
+    by a method or the dataset."""
+    from bench.hparams import resolve
+    from bench.runner import declared_options
+
+    used = set(protocol.dataset_options)
+    for method in protocol.methods:
+        declared = declared_options(method, protocol.dataset)
         used |= set(declared)
         try:
             resolve(declared, protocol.overrides(method))
         except BenchError as error:
             raise _Invalid(f"{method}: {error}") from None
-    unused = sorted(set(settings) - used)
+    unused = sorted(set(protocol.settings) - used)
     if unused:
         raise _Invalid(f"settings.{unused[0]} is declared by none of the methods or the dataset; "
                        "see `bench run --help` and each method's options")
-    return protocol

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.atomic_io import atomic_write_bytes
@@ -30,6 +31,7 @@ DEFAULT_FORMATS = "md,html"
 PLOTTED_FORMATS = ("md", "html")  # the formats that show the plots (markdown links them, HTML embeds them)
 # published rows for: the datasets with records | every dataset that has some | none
 PUBLISHED_CHOICES = ("store", "all", "none")
+ALL_RUNS = "all"  # the report folder of every run in the store: <results>/reports/all/
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -38,6 +40,7 @@ __all__ = [
     "RISING_MARK",
     "NothingToReport",
     "Report",
+    "ReportResult",
     "build_report",
     "console_tables",
     "load_records",
@@ -45,13 +48,54 @@ __all__ = [
     "parse_formats",
     "protocol_of",
     "render_report",
+    "report_folder",
     "write_files",
+    "write_report",
 ]
 REQUIRED_FIELDS = ("run_id", "method", "dataset")
 
 
 class NothingToReport(BenchError):
     """The store has no records (to report on): said plainly, and nothing is written."""
+
+
+@dataclass
+class ReportResult:
+    folder: Path
+    written: list[Path]
+    records: list[dict]  # the records reported on
+    report: Report  # the tables (leaderboards, ablations, sweeps) per dataset
+    blocks: list[Block]  # the document they were rendered from (`console_tables(blocks)` prints it)
+
+
+def report_folder(root: Path, protocol: str | None = None, dataset: str | None = None) -> Path:
+    """Where a report goes: <results>/reports/<protocol>/ for one protocol's runs (where `bench benchmark` puts
+    its report), <results>/reports/all/ for the whole store; one dataset's adds -<dataset>."""
+    return root / "reports" / "-".join(part for part in (protocol or ALL_RUNS, dataset) if part)
+
+
+def write_report(root: Path, *, dataset: str | None = None, protocol: str | None = None,
+                 formats: Sequence[str] = ("md", "html"), report_dir: Path | None = None, published: str = "store",
+                 source: str | None = None) -> ReportResult:
+    """The report of the records in the results store at `root` (of one dataset, a name or alias; of one
+    protocol: its name, or its name and hash as runs are tagged), written to `report_dir` (default:
+    `report_folder`); `source` names the store in the report (default: `root`, relative to the working folder
+    when under it). Raises NothingToReport, writing nothing, when there are no such records."""
+    if published not in PUBLISHED_CHOICES:
+        raise UsageError(f"published={published!r}: choose one of {', '.join(PUBLISHED_CHOICES)}")
+    store = ResultsStore(root)
+    records = load_records(store, dataset)
+    if protocol is not None:
+        records = [r for r in records if protocol in ((protocol_of(r) or "").split(" ")[0], protocol_of(r))]
+        if not records:
+            raise NothingToReport(f"no records of protocol {protocol} in {root}/records "
+                                  "(run `bench benchmark` first)")
+    if source is None:
+        source = str(root.relative_to(Path.cwd()) if root.is_relative_to(Path.cwd()) else root)
+    folder = report_dir or report_folder(root, protocol, records[0]["dataset"] if dataset is not None else None)
+    built = build_report(records, method_order(records), source, published, predictions=store.predictions)
+    files, blocks = render_report(built, formats, store.root)
+    return ReportResult(folder, write_files(folder, files), records, built, blocks)
 
 
 def parse_formats(text: str) -> list[str]:

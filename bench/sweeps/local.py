@@ -62,13 +62,13 @@ def _run_with_retries(sweep: Sweep, trial: Trial, asha: LocalASHA | None, progre
         if asha and asha.should_stop(trial.key, metrics["epoch"], metrics[sweep.metric]):
             raise TrialStopped({"reason": "asha", "epoch": metrics["epoch"]})
 
-    for attempt in range(sweep.max_failures + 1):
+    for attempt in range(sweep.execution.max_failures + 1):
         progress.started(trial.key)
         try:
-            final = run_trial(sweep.plan, trial, report)
+            final = run_trial(sweep.plan, trial, report, threads=sweep.execution.threads)
         except Exception as error:  # noqa: BLE001  (a failing trial never ends the sweep)
             message = f"{type(error).__name__}: {error}"
-            if attempt < sweep.max_failures:
+            if attempt < sweep.execution.max_failures:
                 progress.retrying(trial.key, message)
                 continue
             progress.failed_for_good(trial.key, message)

@@ -26,26 +26,28 @@ TRAIN_FOLDER = "train"
 def worker_resources(sweep: Sweep) -> dict[str, float]:
     """Ray resources of each of a trial's processes: an equal share of --cpus-per-trial (1 each by default) and
     one GPU each when the trial has GPUs."""
-    plan = sweep.plan
-    resources = {"CPU": (plan.cpus_per_trial or plan.nproc) / plan.nproc}
-    if sweep.gpus_per_trial:
+    execution = sweep.execution
+    nproc = execution.nproc_per_trial
+    resources = {"CPU": (execution.cpus_per_trial or nproc) / nproc}
+    if execution.gpus_per_trial:
         resources["GPU"] = 1.0
     return resources
 
 
 def trial_needs(sweep: Sweep) -> dict[str, float]:
     """What one trial holds at once on the cluster: its driver and its workers (one process: itself)."""
-    plan = sweep.plan
-    if plan.nproc == 1:
-        return {"CPU": float(plan.cpus_per_trial or 1), "GPU": float(sweep.gpus_per_trial)}
+    execution = sweep.execution
+    nproc = execution.nproc_per_trial
+    if nproc == 1:
+        return {"CPU": float(execution.cpus_per_trial or 1), "GPU": float(execution.gpus_per_trial)}
     workers = worker_resources(sweep)
-    return {"CPU": DRIVER_CPUS + plan.nproc * workers["CPU"], "GPU": plan.nproc * workers.get("GPU", 0.0)}
+    return {"CPU": DRIVER_CPUS + nproc * workers["CPU"], "GPU": nproc * workers.get("GPU", 0.0)}
 
 
 def train_trial(sweep: Sweep, trial: Trial, decision: dict | None = None, in_tune: bool = False) -> dict:
     """Train (or resume, or with a scheduler's `decision` evaluate where it stopped) the trial's run as a Ray
-    Train job of `sweep.plan.nproc` workers; its final validation metrics, as `run_trial` returns them.
-    `in_tune`: inside a Tune trial, whose scheduler then sees every validated epoch."""
+    Train job of `sweep.execution.nproc_per_trial` workers; its final validation metrics, as `run_trial`
+    returns them. `in_tune`: inside a Tune trial, whose scheduler then sees every validated epoch."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -58,8 +60,10 @@ def train_trial(sweep: Sweep, trial: Trial, decision: dict | None = None, in_tun
 
         callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
-        _worker, train_loop_config={"plan": plan, "trial": trial, "decision": decision, "report": in_tune},
-        scaling_config=ScalingConfig(num_workers=plan.nproc, use_gpu=bool(sweep.gpus_per_trial),
+        _worker, train_loop_config={"plan": plan, "trial": trial, "decision": decision, "report": in_tune,
+                                   "threads": sweep.execution.threads},
+        scaling_config=ScalingConfig(num_workers=sweep.execution.nproc_per_trial,
+                                     use_gpu=bool(sweep.execution.gpus_per_trial),
                                      resources_per_worker=worker_resources(sweep)),
         # a failed job fails the Tune trial, whose retries (--max-failures) resume the run
         run_config=RunConfig(name=plan.run_id(trial), storage_path=str(sweep.folder / TRAIN_FOLDER),
@@ -87,6 +91,7 @@ def _worker(config: dict) -> None:
 
         assign_device(ray.train.torch.get_device())
     if config["decision"]:
-        stop_trial(plan, trial, config["decision"], ray_node())
+        stop_trial(plan, trial, config["decision"], ray_node(), config["threads"])
     else:
-        run_trial(plan, trial, ray.train.report if config["report"] else None, node=ray_node())
+        run_trial(plan, trial, ray.train.report if config["report"] else None, node=ray_node(),
+                  threads=config["threads"])

@@ -38,20 +38,20 @@ def _ray_trainable(config: dict, sweep: Sweep) -> None:
     from ray import tune
 
     trial = sweep.trial_from_ray(config, tune.get_context().get_trial_id())
-    if sweep.plan.nproc > 1:  # this actor drives the trial's Ray Train job
+    if sweep.execution.nproc_per_trial > 1:  # this actor drives the trial's Ray Train job
         from bench.sweeps.ray_train import train_trial
 
         tune.report(train_trial(sweep, trial, in_tune=True))
         return
-    tune.report(run_trial(sweep.plan, trial, tune.report, node=ray_node()))
+    tune.report(run_trial(sweep.plan, trial, tune.report, node=ray_node(), threads=sweep.execution.threads))
 
 
 def _stop_trial_here(sweep: Sweep, trial, decision: dict) -> dict:
-    return stop_trial(sweep.plan, trial, decision, ray_node())
+    return stop_trial(sweep.plan, trial, decision, ray_node(), sweep.execution.threads)
 
 
 def _run_trial_here(sweep: Sweep, trial) -> dict:
-    return run_trial(sweep.plan, trial, node=ray_node())
+    return run_trial(sweep.plan, trial, node=ray_node(), threads=sweep.execution.threads)
 
 
 def check_cluster_fits(sweep: Sweep, warn) -> int:
@@ -69,9 +69,9 @@ def check_cluster_fits(sweep: Sweep, warn) -> int:
         have = ", ".join(f"{total.get(name, 0.0):g} {name}" for name in needs)
         message = (f"a trial needs {', '.join(f'{amount:g} {name}' for name, amount in needs.items())} at once "
                    f"(--cpus-per-trial, --gpus-per-trial, --nproc-per-trial"
-                   + (", and the driver's share of a CPU" if sweep.plan.nproc > 1 else "")
+                   + (", and the driver's share of a CPU" if sweep.execution.nproc_per_trial > 1 else "")
                    + f") and this Ray cluster has {have}")
-        if not sweep.address:
+        if not sweep.execution.address:
             raise UsageError(f"{message}; ask for less per trial")
         warn(f"{message}: its trials wait until nodes are added")
     fits = [int(total.get(name, 0.0) // amount) for name, amount in needs.items() if amount > 0]
@@ -85,7 +85,7 @@ def ray_for(sweep: Sweep, console) -> Iterator[int]:
     before the sweep writes anything."""
     import ray
 
-    started = init_ray(sweep.address)
+    started = init_ray(sweep.execution.address)
     try:
         yield check_cluster_fits(sweep, lambda message: console.print(f"warning: {message}", highlight=False,
                                                                       markup=False))
@@ -106,16 +106,16 @@ def run_ray(sweep: Sweep, progress: SweepProgress, resume: bool, at_once: int) -
         progress.console.print(f"warning: {message} (Ray {ray.__version__}; checked: Ray 2, {ray_floor()})",
                                highlight=False, markup=False)
 
-    if sweep.plan.nproc > 1:
+    if sweep.execution.nproc_per_trial > 1:
         from bench.sweeps.ray_train import DRIVER_CPUS
 
         resources = {"cpu": DRIVER_CPUS}
         progress.console.print(
-            f"each trial trains data-parallel in {sweep.plan.nproc} processes (Ray Train; "
-            + ("one GPU each, NCCL" if sweep.gpus_per_trial else "CPUs, gloo")
+            f"each trial trains data-parallel in {sweep.execution.nproc_per_trial} processes (Ray Train; "
+            + ("one GPU each, NCCL" if sweep.execution.gpus_per_trial else "CPUs, gloo")
             + f"); at most {at_once} trial(s) at once on this cluster", highlight=False, markup=False)
     else:
-        resources = {"cpu": sweep.plan.cpus_per_trial or 1, "gpu": sweep.gpus_per_trial}
+        resources = {"cpu": sweep.execution.cpus_per_trial or 1, "gpu": sweep.execution.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_ray_trainable, sweep=sweep), resources)
     callback = ProgressCallback(progress, sweep)
     if resume and tune.Tuner.can_restore(str(sweep.folder)):
@@ -185,13 +185,13 @@ def _complete_trials(sweep: Sweep, progress: SweepProgress, results) -> None:
     from bench.sweeps.ray_hooks import read_stops
 
     stops, store = read_stops(sweep.folder), ResultsStore(sweep.plan.run.out)
-    if sweep.plan.nproc > 1:  # each completion drives a Ray Train job of the trial's size
+    if sweep.execution.nproc_per_trial > 1:  # each completion drives a Ray Train job of the trial's size
         from bench.sweeps.ray_train import DRIVER_CPUS, train_trial
 
         task = ray.remote(num_cpus=DRIVER_CPUS)(train_trial)
         stop, finish = task.remote, task.remote
     else:
-        resources = {"num_cpus": sweep.plan.cpus_per_trial or 1, "num_gpus": sweep.gpus_per_trial}
+        resources = {"num_cpus": sweep.execution.cpus_per_trial or 1, "num_gpus": sweep.execution.gpus_per_trial}
         stop, finish = ray.remote(**resources)(_stop_trial_here).remote, ray.remote(**resources)(_run_trial_here).remote
     pending = []
     for result in results:
@@ -244,14 +244,14 @@ def _tune_config(sweep: Sweep, at_once: int):
     # once, each job waiting for workers: at most as many as fit (Ray Train's advice)
     return tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=search_alg, scheduler=scheduler,
                            num_samples=1 if sweep.trials is not None else sweep.num_trials, reuse_actors=True,
-                           max_concurrent_trials=at_once if sweep.plan.nproc > 1 else None)
+                           max_concurrent_trials=at_once if sweep.execution.nproc_per_trial > 1 else None)
 
 
 def _run_config(sweep: Sweep, callback):
     from ray import tune
 
     return tune.RunConfig(storage_path=str(Path(sweep.storage).resolve()), name=sweep.name, verbose=0,
-                          failure_config=tune.FailureConfig(max_failures=sweep.max_failures), callbacks=[callback])
+                          failure_config=tune.FailureConfig(max_failures=sweep.execution.max_failures), callbacks=[callback])
 
 
 def alias_moved_modules() -> None:

@@ -18,15 +18,17 @@ from typing import Any
 
 from bench.atomic_io import atomic_write_json, read_json
 from bench.errors import UsageError
+from bench.flags import command_line
 from bench.hparams import Space, as_override
 from bench.selection import DEFAULT_METRIC, selection_key
+from bench.sweeps.execution import Execution
 from bench.sweeps.space import from_entries, to_entries
 from bench.sweeps.trial import METRICS, Trial, TrialPlan, val_metrics
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "none")
-EXECUTORS = ("ray", "local")
 SWEEP_FILE = "sweep.json"
+COMMANDS = {"sweep": "sweep", "ablation": "ablate"}  # the command that starts (and continues) a sweep of a kind
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -45,10 +47,7 @@ class Sweep:
     grace_period: int = 1
     reduction_factor: int = 3
     seed: int = 0  # of the search (random draws, Optuna's sampler), not of the trials' training
-    executor: str = "ray"
-    max_failures: int = 2
-    gpus_per_trial: float = 0.0
-    address: str | None = None
+    execution: Execution = field(default_factory=Execution)
     embedded: bool = False  # on the embedded default (its presets apply, as in `bench run`)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -75,6 +74,7 @@ class Sweep:
     @classmethod
     def load(cls, folder: Path) -> Sweep:
         data = read_json(folder / SWEEP_FILE)
+        data["execution"] = Execution(**data["execution"]) if "execution" in data else _flat_execution(data)
         data["plan"] = TrialPlan.from_dict(data["plan"])
         data["space"] = from_entries(data["space"])
         data["base"] = Trial.from_dict(data["base"])
@@ -84,6 +84,20 @@ class Sweep:
     def records(self) -> list[dict]:
         from bench.store import ResultsStore
         return ResultsStore(self.plan.run.out).records(sweep=self.name)
+
+    def continue_command(self) -> str:
+        """The command that finishes this sweep or ablation (a benchmark's stages: `bench benchmark --resume`)."""
+        return command_line(COMMANDS[self.plan.kind], name=self.name, resume=True)
+
+
+def _flat_execution(data: dict) -> Execution:
+    """The execution of a sweep.json written before 2026-12-06, when its settings were flat keys of the sweep
+    (executor, max_failures, gpus_per_trial, address) and of its plan (cpus_per_trial, nproc); they are taken out
+    of `data`."""
+    plan = data["plan"]
+    return Execution(executor=data.pop("executor"), address=data.pop("address"),
+                     max_failures=data.pop("max_failures"), cpus_per_trial=plan.pop("cpus_per_trial", None),
+                     gpus_per_trial=data.pop("gpus_per_trial"), nproc_per_trial=plan.pop("nproc", 1))
 
 
 def check_name(name: str) -> str:
@@ -133,8 +147,9 @@ def rerun_command(record: dict, sweep: Sweep) -> str:
     for key, value in sorted(overrides.items()):
         parts += ["--set", f"{key}={value}"]
     parts += ["--seed", str(record["seed"])]
-    if sweep.plan.nproc > 1:  # the same world size (the same global batches, sharded the same way)
-        parts += ["--nproc", str(sweep.plan.nproc)]
+    nproc = sweep.execution.nproc_per_trial
+    if nproc > 1:  # the same world size (the same global batches, sharded the same way)
+        parts += ["--nproc", str(nproc)]
     if run.allow_random_init and not sweep.embedded:
         parts.append("--random-init")
     return shlex.join(parts)

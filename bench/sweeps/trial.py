@@ -51,39 +51,32 @@ class Trial:
 @dataclass
 class TrialPlan:
     """What every trial of one sweep shares: the run settings (a run spec whose method, seed, backbone and --set
-    values each trial fills in; paths absolute, as Ray runs trials in other folders), the sweep's kind, the CPUs
-    and processes of a trial, and training callbacks added to every trial's run (not saved with the sweep)."""
+    values each trial fills in; paths absolute, as Ray runs trials in other folders), the sweep's kind, and
+    training callbacks added to every trial's run (not saved with the sweep). How trials run (their CPUs and
+    processes) is the sweep's `Execution`."""
 
     kind: str  # sweep | ablation | benchmark
     run: RunSpec  # its `sweep` names the sweep; its tags go on every trial's record
-    cpus_per_trial: int | None = None  # CPUs of a trial, shared by its processes; None: Ray's 1 per process
     callbacks: list[Callback] = field(default_factory=list)
-    nproc: int = 1  # processes of a trial: above 1 it trains data-parallel (bench/sweeps/ray_train.py)
 
     @property
     def sweep(self) -> str:
         return self.run.sweep
 
-    @property
-    def threads(self) -> int | None:
-        """Torch threads of each of a trial's processes (None: the CPUs the process may use, `usable_cpus`)."""
-        return max(1, self.cpus_per_trial // self.nproc) if self.cpus_per_trial else None
-
     def run_id(self, trial: Trial) -> str:
         return f"{self.sweep}-{trial.key}"
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "run": dataclasses.asdict(self.run), "cpus_per_trial": self.cpus_per_trial,
-                "nproc": self.nproc}
+        return {"kind": self.kind, "run": dataclasses.asdict(self.run)}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrialPlan:
         if "run" not in data:  # sweep.json written before the run spec was shared: flat fields
-            data = {"kind": data["kind"], "cpus_per_trial": data.get("cpus_per_trial"),
+            data = {"kind": data["kind"],
                     "run": {"method": "", "sweep": data["sweep"], "tags": data.get("tags", {}),
                             **{key: data[key] for key in ("dataset", "out", "weights", "data_root", "device",
                                                           "allow_download", "allow_random_init")}}}
-        return cls(data["kind"], RunSpec(**data["run"]), data.get("cpus_per_trial"), nproc=data.get("nproc", 1))
+        return cls(data["kind"], RunSpec(**data["run"]))
 
 
 class SchedulerReport(Callback):
@@ -103,49 +96,50 @@ def val_metrics(summary: dict) -> dict[str, float]:
 
 
 def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None,
-              node: str | None = None) -> dict:
+              node: str | None = None, threads: int | None = None) -> dict:
     """Train (or resume, or just read back) the trial's run; report each validated epoch (to a scheduler, which
     may raise TrialStopped); return its final validation metrics with {FINAL: True, "run_id": ...}. `node`
-    (a Ray node id) is recorded in the run's tags."""
+    (a Ray node id) is recorded in the run's tags; `threads`: the process's torch threads (`fit_threads`)."""
     from bench import runner
     from bench.store import ResultsStore
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
-        fit_threads(plan)
+        fit_threads(threads)
         run_dir = Path(plan.run.out) / "runs" / run_id
         callbacks = [*plan.callbacks, *([SchedulerReport(report, run_id)] if report else [])]
         try:
             record = runner.execute(trial_spec(plan, trial, node), Console(quiet=True), run_dir, callbacks).record
         except TrialStopped as stop:
-            return stop_trial(plan, trial, stop.decision, node)
+            return stop_trial(plan, trial, stop.decision, node, threads)
     return final_metrics(record)
 
 
-def stop_trial(plan: TrialPlan, trial: Trial, decision: dict, node: str | None = None) -> dict:
+def stop_trial(plan: TrialPlan, trial: Trial, decision: dict, node: str | None = None,
+               threads: int | None = None) -> dict:
     """Evaluate a trial a scheduler stopped where its checkpoint left it (once: a recorded one is read back);
-    `node` as for `run_trial`."""
+    `node` and `threads` as for `run_trial`."""
     from bench import runner
     from bench.store import ResultsStore
     run_id = plan.run_id(trial)
     record = ResultsStore(plan.run.out).get(run_id)
     if record is None:
-        fit_threads(plan)
+        fit_threads(threads)
         run_dir = Path(plan.run.out) / "runs" / run_id
         record = runner.execute(trial_spec(plan, trial, node), Console(quiet=True), run_dir,
                                 stopped_early=decision).record
     return final_metrics(record)
 
 
-def fit_threads(plan: TrialPlan) -> None:
-    """Torch threads of a trial process: its share of --cpus-per-trial, else the CPUs it may use (the local
-    executor runs one trial at a time; a Ray trial gets the CPUs Ray gave it), so that trials at once × threads
-    each never exceed the CPUs."""
+def fit_threads(threads: int | None) -> None:
+    """Torch threads of a trial process: its share of the trial's CPUs (`Execution.threads`), else (None) the
+    CPUs it may use (the local executor runs one trial at a time; a Ray trial gets the CPUs Ray gave it), so that
+    trials at once × threads each never exceed the CPUs."""
     import torch
 
     from bench.context import usable_cpus
 
-    torch.set_num_threads(plan.threads or usable_cpus())
+    torch.set_num_threads(threads or usable_cpus())
 
 
 def final_metrics(record: dict) -> dict:
