@@ -175,11 +175,12 @@ def run(
         import sys
 
         from bench.distributed import check_launch, launch, strip_launch_flags
+        from bench.run_folder import RunFolder, find_run
 
         with _interruptible_run():  # refused here, in one line, rather than by every rank
             check_launch(nproc, nnodes, node_rank, master_port, device)
             if resume:
-                runner.check_resumable_by(runner.find_run(resume, out), nproc * nnodes)
+                RunFolder(find_run(resume, out)).check_resumable_by(nproc * nnodes)
         raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr,
                                 master_port))
     with _interruptible_run():

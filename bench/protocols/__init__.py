@@ -77,7 +77,7 @@ class Protocol:
     def overrides(self, method: str) -> dict[str, str]:
         """The --set values of `method`'s runs: the dataset options, the shared settings it declares, its own
         settings, and its epoch hyperparameters scaled by the budget."""
-        from bench.runner import declared_options
+        from bench.options import declared_options
 
         declared = declared_options(method, self.dataset)
         pins = selection_rule.pinned({**self.dataset_options, **{k: v for k, v in self.settings.items()
@@ -197,7 +197,7 @@ def _validated(data: dict, path: Path) -> Protocol:
     from bench.datasets.base import DATASETS
     from bench.hparams import resolve
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:

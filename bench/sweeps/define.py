@@ -114,7 +114,7 @@ def _stamp() -> str:
 def define_sweep(request: Request, trials: int, search: str, scheduler: str, space_file: str | None,
                  search_seed: int, grace_period: int, reduction_factor: int) -> Sweep:
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     if search not in SEARCHES:
         raise UsageError(f"--search {search}: choose one of {', '.join(SEARCHES)}")
@@ -159,7 +159,7 @@ def define_sweep(request: Request, trials: int, search: str, scheduler: str, spa
 
 def define_ablation(request: Request, variants: list[str] | None, seeds: int) -> Sweep:
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: need at least 1")

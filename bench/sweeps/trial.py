@@ -143,7 +143,7 @@ def fit_threads(plan: TrialPlan) -> None:
     each never exceed the CPUs."""
     import torch
 
-    from bench.context import usable_cpus
+    from bench.hardware import usable_cpus
 
     torch.set_num_threads(plan.threads or usable_cpus())
 
