@@ -1,6 +1,6 @@
 """A run prepared in one place: `prepare_run(spec)` resolves the embedded preset, the options, the device and the
-world, the run folder, the dataset, the backbone and the precision, in that order and before any folder is
-written, into the run's immutable `RunContext`."""
+world, the results root and run folder, the dataset, the backbone and the precision, before anything is written
+into the run folder, into the run's immutable `RunContext`."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def prepare_run(spec: RunSpec, console: Console | None = None, run_dir: Path | N
     return RunContext(spec=spec, method_cls=method_cls, dataset_name=dataset_spec.name, dataset=dataset,
                       hparams=hparams, dataset_options=dataset_options, options=options, backbone_request=request,
                       backbone=backbone, device=device, amp_dtype=amp_dtype(options.amp, device, say), world=ranks,
-                      run_dir=folder.path, cache_dir=folder.path.parents[1] / "cache", console=console, log=log,
+                      run_dir=folder.path, cache_dir=folder.out_root / "cache", console=console, log=log,
                       notes=notes, primary_run_dir=primary_run_dir, method_preprocessing=method_cls.preprocessing)
 
 
