@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -402,6 +403,35 @@ def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bo
     if cached:
         return model, WeightsInfo(True, "hf_cache", cached)
     return model, WeightsInfo(True, "download", library_weights(spec)[0] or wanted)
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """A run's backbone as asked for: its name, a weights file, and whether the network and random init may serve."""
+
+    name: str
+    weights: str | None
+    allow_download: bool
+    allow_random_init: bool
+    ignore_prefixes: tuple[str, ...] = ()  # weights-file keys that belong to a method checkpoint, not the backbone
+
+
+def open_backbone(request: BackboneRequest, image_size: int, device: torch.device, warn: Callable[[str], None],
+                  say: Callable[[str], None]) -> TokenBackbone:
+    """A run's backbone on `device` at `image_size` (0: native); a random init is warned of, shipped weights'
+    provenance is said."""
+    backbone = create_backbone(request.name, weights=request.weights, allow_download=request.allow_download,
+                               allow_random_init=request.allow_random_init, image_size=image_size or None,
+                               ignore_prefixes=request.ignore_prefixes)
+    info = backbone.weights_info
+    if not info.pretrained:
+        warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
+    elif info.provenance:
+        made = info.provenance
+        say(f"backbone {request.name}: weights shipped with lt-bench, pretrained on {made['data']['name']} "
+            f"({made['recipe']['epochs']} epochs, seed {made['recipe']['seed']}, {made['test_accuracy']} % on its "
+            f"test set); provenance in {Path(info.location).with_suffix('.json')}")
+    return backbone.to(device)
 
 
 def create_backbone(name: str, *, weights: str | None = None, allow_download: bool = False,

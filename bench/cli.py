@@ -266,13 +266,13 @@ def _launch(resume: str | None, settings: dict, nproc: int, nnodes: int, node_ra
     what cannot run."""
     import sys
 
-    from bench import runner
     from bench.distributed import check_launch, launch, strip_launch_flags
+    from bench.run_folder import RunFolder, find_run
 
     with _interruptible_run():
         check_launch(nproc, nnodes, node_rank, master_port, settings["device"])
         if resume:
-            runner.check_resumable_by(runner.find_run(resume, settings["out"]), nproc * nnodes)
+            RunFolder(find_run(resume, settings["out"])).check_resumable_by(nproc * nnodes)
     raise typer.Exit(launch(strip_launch_flags(sys.argv[1:]), nproc, nnodes, node_rank, master_addr, master_port))
 
 

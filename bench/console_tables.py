@@ -110,8 +110,9 @@ def hparams_tables(method: str, dataset: str, backbone: str | None) -> tuple[str
     from bench.datasets.base import DATASETS
     from bench.embedded import EMBEDDED_BACKBONE, is_embedded
     from bench.methods.base import METHODS
+    from bench.options import COMMON_OPTIONS, declared_options
+    from bench.prepare import with_embedded_preset
     from bench.run_spec import RunSpec
-    from bench.runner import COMMON_OPTIONS, declared_options, with_embedded_preset
     from bench.sweeps.space import apply_space_file, default_space, describe
 
     method_cls, dataset_spec = METHODS.get(method), DATASETS.get(dataset)

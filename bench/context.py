@@ -1,14 +1,14 @@
-"""Everything one run needs, resolved once: dataset, hyperparameters, device, backbone, paths, console."""
+"""Everything one run needs, resolved before it starts (`bench.prepare.prepare_run`) and read by its method, the
+engine and the record: spec, dataset, options, device, world, backbone, precision, paths, console; and the
+services over them (transforms, image feeds, autocast, warnings)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,93 +16,37 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from bench import selection
-from bench.data import AUGMENTATIONS, ImageFeed, Preprocessing, Transform
+from bench.backbones import BackboneRequest, TokenBackbone
+from bench.data import ImageFeed, Preprocessing, Transform
 from bench.datasets.base import LongTailDataset
-from bench.distributed import cpu_share, world
-from bench.errors import UsageError
-from bench.hparams import AUTO_OR_NON_NEGATIVE, NON_NEGATIVE, Choice, HParam
-from bench.metrics import SHOT_CONVENTIONS
+from bench.distributed import World
+from bench.hardware import precision_name, usable_cpus
+from bench.options import CommonOptions
 from bench.pixel_cache import split_pixels
-
-COMMON_OPTIONS: dict[str, HParam] = {
-    "image_size": HParam(0, help="input resolution; 0 = the backbone's native size", bounds=NON_NEGATIVE),
-    "augment": HParam("rrc_flip", Choice(AUGMENTATIONS), "train augmentation (flips are dropped where "
-                      "the dataset forbids them)", choices=AUGMENTATIONS),
-    "eval_batch_size": HParam(-1, help="batch size for evaluation and feature extraction; -1 = 32 on CPU "
-                              "(measured fastest for ViT-Tiny on 2 cores), 256 on GPU"),
-    "num_workers": HParam(-1, help="DataLoader workers for splits fed image by image; -1 = 0 on CPU (workers would "
-                          "take the cores the model computes on), on GPU one per CPU this run may use (its Ray "
-                          "trial's share, else the process's CPU affinity shared among this node's ranks) less one, "
-                          "at most 8",
-                          bounds=AUTO_OR_NON_NEGATIVE),
-    "data_cache": HParam("auto", help="auto: splits of small images (one size, sides ≤ 64 px: CIFAR, digits) are "
-                         "decoded once into uint8 pixels and augmented a batch at a time as tensors | off: every "
-                         "split decoded image by image through PIL each epoch", choices=("auto", "off")),
-    "amp": HParam("auto", help="mixed precision: auto (bf16 autocast on GPUs, fp16 on GPUs without bf16; fp32 on "
-                  "CPUs) | bf16 (opt-in on a CPU: faster than fp32 on larger towers where the CPU has bf16 "
-                  "instructions, emulated and slow where it has not, which the run's notes say) | fp16 (GPU only) "
-                  "| off (fp32)",
-                  choices=("auto", "bf16", "fp16", "off")),
-    "compile": HParam(False, help="torch.compile (inductor) each backbone block before training: a one-off "
-                      "compile of tens of seconds, then faster steps where the compiler wins (measured by "
-                      "scripts/lpt_speed.py --compile; off by default)"),
-    "val_every": HParam(1, help="validate every N epochs (0: only after each phase's last epoch)",
-                        bounds=NON_NEGATIVE),
-    "model_selection": HParam("best_val", help="which epoch's weights each phase keeps: best_val (the best "
-                              "selection_metric on val among validated epochs) | last", choices=("best_val", "last")),
-    "selection_metric": HParam(selection.DEFAULT_METRIC, help="the val metric every choice in the run maximises "
-                               "(a phase's best epoch, a probe's weight decay, post-hoc tau): mean_per_class "
-                               "matches a balanced test set's overall accuracy; ties go to the lower class-balanced "
-                               "val NLL, then the earlier candidate", choices=selection.METRIC_CHOICES),
-    "shot_convention": HParam("standard", help="many/medium/few thresholds: " + " | ".join(
-        f"{name} ({convention.description})" for name, convention in SHOT_CONVENTIONS.items()),
-        choices=tuple(SHOT_CONVENTIONS)),
-}
+from bench.run_spec import RunSpec
 
 
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that make bf16 matmuls faster than fp32
+def warn(console: Console, log: logging.Logger, notes: list[str], message: str) -> None:
+    """A warning: into the run's notes (and record), its log, and on the console."""
+    notes.append(message)
+    log.warning(message)
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matmul instructions, read from /proc/cpuinfo (Linux); False where that
-    cannot be read: bf16 autocast on a CPU without them is slower than fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its Ray task's CPU share inside a Ray worker (a Ray Train worker's is its
-    own), else its share of its CPU affinity among the ranks of a data-parallel run on this node."""
-    ray = sys.modules.get("ray")  # a Ray worker has imported it; importing it here would cost seconds
-    if ray is not None and ray.is_initialized():
-        share = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        if share:
-            return max(1, int(share))
-    return cpu_share(world().local_size)
-
-
-@dataclass
-class BackboneRequest:
-    name: str
-    weights: str | None
-    allow_download: bool
-    allow_random_init: bool
-    ignore_prefixes: tuple[str, ...] = ()  # weights-file keys that belong to a method checkpoint, not the backbone
-
-
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
+    spec: RunSpec  # as it runs: the embedded preset applied, the backbone named, a checkpoint's path absolute
+    method_cls: type
+    dataset_name: str  # as registered (`spec.dataset` may be an alias)
     dataset: LongTailDataset
-    hparams: dict[str, Any]
+    hparams: Mapping[str, Any]  # the resolved common and method options by name
+    dataset_options: Mapping[str, Any]
+    options: CommonOptions  # the common ones, typed
     backbone_request: BackboneRequest
+    backbone: TokenBackbone
     device: torch.device
-    seed: int
+    amp_dtype: torch.dtype | None  # the autocast dtype (None: fp32)
+    world: World  # the ranks of a data-parallel run (one process otherwise)
     run_dir: Path
     cache_dir: Path
     console: Console
@@ -114,25 +58,9 @@ class RunContext:
     method_preprocessing: Mapping[str, Any] = field(default_factory=dict)  # the method's `preprocessing`
     _feeds: dict[str, ImageFeed] = field(default_factory=dict, repr=False)
 
-    @cached_property
-    def backbone(self):
-        from bench.backbones import create_backbone
-
-        request = self.backbone_request
-        image_size = self.hparams["image_size"] or None
-        backbone = create_backbone(request.name, weights=request.weights, allow_download=request.allow_download,
-                                   allow_random_init=request.allow_random_init, image_size=image_size,
-                                   ignore_prefixes=request.ignore_prefixes)
-        info = backbone.weights_info
-        if not info.pretrained:
-            self.warn(f"backbone {request.name} is randomly initialised (pretrained: false)")
-        elif info.provenance:
-            made = info.provenance
-            self.log.info(f"backbone {request.name}: weights shipped with lt-bench, pretrained on "
-                          f"{made['data']['name']} ({made['recipe']['epochs']} epochs, seed {made['recipe']['seed']}, "
-                          f"{made['test_accuracy']} % on its test set); provenance in "
-                          f"{Path(info.location).with_suffix('.json')}")
-        return backbone.to(self.device)
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
     def preprocessing(self, backbone=None) -> Preprocessing:
         """How images are prepared for `backbone` (default: the run's): the tower's own preprocessing, with
@@ -147,11 +75,11 @@ class RunContext:
         preprocessing = self.preprocessing(backbone)
         if not train:
             return Transform(backbone.image_size, preprocessing)
-        return Transform(backbone.image_size, preprocessing, self.hparams["augment"], self.dataset.hflip_ok, strong)
+        return Transform(backbone.image_size, preprocessing, self.options.augment, self.dataset.hflip_ok, strong)
 
     @property
     def num_workers(self) -> int:
-        requested = self.hparams["num_workers"]
+        requested = self.options.num_workers
         if requested >= 0:
             return requested
         return min(8, max(0, usable_cpus() - 1)) if self.device.type == "cuda" else 0
@@ -167,7 +95,7 @@ class RunContext:
         if split_name not in self._feeds:
             split = getattr(self.dataset, split_name)
             pixels, how = None, "image by image (data_cache=off)"
-            if self.hparams["data_cache"] == "auto":
+            if self.options.data_cache == "auto":
                 pixels, how = split_pixels(split, self.cache_dir, self.console, self.warn)
             self.data_paths[split_name] = how
             self.log.info(f"{split_name} images: {how}")
@@ -176,42 +104,19 @@ class RunContext:
 
     @property
     def eval_batch_size(self) -> int:
-        requested = self.hparams["eval_batch_size"]
+        requested = self.options.eval_batch_size
         if requested > 0:
             return requested
         return 256 if self.device.type == "cuda" else 32
 
-    @cached_property
-    def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype `amp` resolves to on this device (None: fp32); an impossible request is an error."""
-        choice = self.hparams["amp"]
-        if choice == "off":
-            return None
-        if self.device.type == "cuda":
-            if choice == "fp16":
-                return torch.float16
-            return torch.bfloat16 if choice == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
-        if choice == "fp16":
-            raise UsageError("amp=fp16 needs a GPU; on a CPU use amp=bf16 (where the CPU has bf16 instructions) or "
-                             "amp=off")
-        if choice == "auto":  # on a CPU, mixed precision is opt-in (as in timm, Lightning and accelerate)
-            return None
-        if not cpu_has_bf16():  # asked for explicitly: honoured, and said to be slow
-            self.warn(f"amp=bf16 on a CPU without bf16 instructions ({' or '.join(CPU_BF16_FLAGS)}): bf16 is "
-                      "emulated, several times slower than fp32 (7.5× for a ViT-Tiny forward on a 2-core AVX2 "
-                      "EPYC); useful to check bf16 numerics, not for speed")
-        return torch.bfloat16
-
     @property
     def precision(self) -> str:
         """What the run computes in: bf16 | fp16 (autocast) or fp32."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        return precision_name(self.amp_dtype)
 
     def autocast(self):
         dtype = self.amp_dtype
         return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
     def warn(self, message: str) -> None:
-        self.notes.append(message)
-        self.log.warning(message)
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        warn(self.console, self.log, self.notes, message)

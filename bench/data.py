@@ -27,7 +27,6 @@ from torchvision import transforms as T
 from bench import randaugment
 from bench.datasets.base import Split
 
-AUGMENTATIONS = ("rrc_flip", "crop_flip", "none")
 INTERPOLATIONS = ("bicubic", "bilinear")
 RESIZE_MODES = ("squash", "shortest")
 RRC_SCALE, RRC_RATIO, RRC_ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10  # torchvision RandomResizedCrop's defaults

@@ -79,6 +79,11 @@ class Bounds:
         return f"{low}, {high}"
 
 
+class SettingError(UsageError):
+    """A setting its declaration does not admit: an unknown key, a value of the wrong type, outside its choices
+    or its bounds."""
+
+
 NON_NEGATIVE = Bounds(0)  # epochs, weight decay, loss weights
 POSITIVE = Bounds(0, low_open=True)  # learning rates, logit scales
 AT_LEAST_ONE = Bounds(1)  # batch sizes, widths, counts
@@ -122,11 +127,11 @@ def parse_value(name: str, text: str, declared: HParam) -> Any:
         else:
             value = text
     except ValueError:
-        raise UsageError(
+        raise SettingError(
             f"--set {name}={text}: expected {kind.__name__} (default {declared.default!r})"
         ) from None
     if declared.choices is not None and value not in declared.choices:
-        raise UsageError(f"--set {name}={text}: must be one of {', '.join(map(str, declared.choices))}")
+        raise SettingError(f"--set {name}={text}: must be one of {', '.join(map(str, declared.choices))}")
     check_value(name, value, declared, f"--set {name}={text}")
     return value
 
@@ -136,9 +141,9 @@ def check_value(name: str, value: Any, declared: HParam, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"{where}: must be a finite number")
+        raise SettingError(f"{where}: must be a finite number")
     if declared.bounds is not None and not declared.bounds.admits(value):
-        raise UsageError(f"{where}: {name} must lie in {declared.bounds}")
+        raise SettingError(f"{where}: {name} must lie in {declared.bounds}")
 
 
 def as_override(value: Any) -> str:
@@ -161,7 +166,7 @@ def resolve(declared: Mapping[str, HParam], overrides: Mapping[str, str]) -> dic
     unknown = [key for key in overrides if key not in declared]
     if unknown:
         key = unknown[0]
-        raise UsageError(f"--set {key}: unknown key; {nearest(key, list(declared))}")
+        raise SettingError(f"--set {key}: unknown key; {nearest(key, list(declared))}")
     values = {name: hp.default for name, hp in declared.items()}
     for key, text in overrides.items():
         values[key] = parse_value(key, text, declared[key])

@@ -205,7 +205,7 @@ class CPE(Method):
                                learnable_scale=hp["adapter_learnable_scale"], input=hp["adapter_input"],
                                layernorm=hp["adapter_layernorm"]) if self.adapters else []
         counts = ctx.dataset.train_counts
-        routes = routing(counts, hp["shot_convention"]) if self.classwise else torch.ones(1, len(counts), dtype=bool)
+        routes = routing(counts, ctx.options.shot_convention) if self.classwise else torch.ones(1, len(counts), dtype=bool)
         net = CPENet(backbone, created, ctx.dataset.num_classes, len(self.taus), len(routes)).to(ctx.device)
         self.trainable = [p for module in (net.adapters, net.cbn, net.heads) for p in module.parameters()]
         ema = WeightAverage(self.trainable, hp["ema_decay"]).to(ctx.device) if hp["ema"] else None
@@ -253,7 +253,7 @@ class CPE(Method):
 
         def accuracies(scores: torch.Tensor, split: str) -> dict:
             summary = evaluate_logits(self.labels[split].numpy(), scores.numpy(), self.ctx.dataset.train_counts,
-                                      self.hp["shot_convention"]).summary()
+                                      self.ctx.options.shot_convention).summary()
             return {name: summary[name] for name in ACCURACIES}
 
         splits = [split for split in ("val", "test") if split in self.logits]

@@ -198,7 +198,7 @@ def cross_validate(method: Method, fit: LBFGSFit, z: torch.Tensor, labels: torch
     decay scored on the pooled out-of-fold predictions by the selection rule. Returns the table and the
     choice."""
     ctx, hp = method.ctx, method.hp
-    metric = ctx.hparams["selection_metric"]
+    metric = ctx.options.selection_metric
     folds = stratified_folds(labels.cpu().numpy(), hp["cv_folds"], ctx.seed)
     # per decay, each image's out-of-fold prediction and NLL (not its scores: [decays, images] stays small)
     predicted = np.zeros((len(decays), len(z)), dtype=np.int64)
@@ -215,7 +215,7 @@ def cross_validate(method: Method, fit: LBFGSFit, z: torch.Tensor, labels: torch
                 scores = linear(z[~inside]).float().cpu().numpy()
             predicted[index, held] = scores.argmax(axis=1)
             nll[index, held] = sample_nll(truth[held], scores)
-    summaries = [{**evaluate(truth, predicted[i], ctx.dataset.train_counts, ctx.hparams["shot_convention"])
+    summaries = [{**evaluate(truth, predicted[i], ctx.dataset.train_counts, ctx.options.shot_convention)
                   .summary(), "nll_balanced": class_balanced_mean(truth, nll[i])} for i in range(len(decays))]
     chosen = max(range(len(decays)), key=lambda i: (selection_key(summaries[i], metric), -i))
     return {"folds": hp["cv_folds"], "images": len(z), "metric": f"cv_{metric}",
@@ -233,7 +233,7 @@ def probe_phase(method: Method, name: str, head: StandardizedLinear, train_featu
     ctx, hp = method.ctx, method.hp
     decays = weight_decays(hp)
     by_val = weight_decay_search(hp, ctx.dataset) == "val"
-    if by_val and len(decays) > 1 and (len(ctx.dataset.val) == 0 or hp["model_selection"] != "best_val"):
+    if by_val and len(decays) > 1 and (len(ctx.dataset.val) == 0 or ctx.options.model_selection != "best_val"):
         raise BenchError(f"{method.name} chooses its weight decay on val among wd_steps={hp['wd_steps']} values, "
                          "and this run has no val split or keeps the last epoch; choose it by cross-validation "
                          "(--set wd_search=cv) or fix one weight decay with --set wd_steps=1 --set wd_max=VALUE")

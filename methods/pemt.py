@@ -148,7 +148,7 @@ class PEMT(Method):
         if hp["sources"] == "datasets":
             raise BenchError("pemt: sources=datasets (leave-one-out over the other registered datasets) is not built "
                              "yet; use sources=shot_groups")
-        groups = shot_groups(ctx.dataset.train_counts, hp["shot_convention"])
+        groups = shot_groups(ctx.dataset.train_counts, ctx.options.shot_convention)
         labels = ctx.dataset.train.labels
         sources, skipped = [], []
         for name in GROUPS:

@@ -35,9 +35,9 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.backbones import create_backbone
-from bench.context import cpu_has_bf16
 from bench.data import ImageFeed, Transform
 from bench.datasets.base import load_dataset
+from bench.hardware import cpu_has_bf16
 from bench.methods.agcl import GAMMAS, AGCLoss
 from bench.methods.common import dual_index_batches
 from bench.methods.lpt import LPT

@@ -47,7 +47,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column in ("method", "precision", "note") else "right")
     for method in args.methods.split(","):
         from bench.hparams import parse_assignments
-        from bench.runner import declared_options
+        from bench.options import declared_options
 
         declared = declared_options(method, args.dataset)
         pins = {k: v for k, v in parse_assignments(args.assignments).items() if k in declared}

@@ -3,7 +3,7 @@ preprocessing; features cached per preprocessing; post-hoc LA."""
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,11 +11,9 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from bench.context import BackboneRequest, RunContext
-from bench.datasets.base import load_dataset
 from bench.features import cached_features
-from bench.runner import RunSpec, execute, split_options
-from bench.seeding import seed_everything
+from bench.prepare import prepare_run
+from bench.runner import RunSpec, execute
 from bench.text import class_text_embeddings, tokenizer_for
 
 FAST = {"image_size": "16", "batch_size": "16", "epochs": "1", "eval_batch_size": "64"}
@@ -24,14 +22,9 @@ FAST = {"image_size": "16", "batch_size": "16", "epochs": "1", "eval_batch_size"
 def make_method(tmp_path, method: str, backbone: str = "vit_micro", **overrides):
     settings = {k: v for k, v in {**FAST, **overrides}.items() if v is not None}  # None: not declared here
     spec = RunSpec(method=method, dataset="digits_lt", backbone=backbone, allow_random_init=True,
-                   overrides=settings)
-    method_cls, _, hparams, dataset_options = split_options(spec)
-    seed_everything(0)
-    ctx = RunContext(dataset=load_dataset("digits_lt", None, dataset_options), hparams=hparams,
-                     backbone_request=BackboneRequest(backbone, None, False, True), device=torch.device("cpu"),
-                     seed=0, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", console=Console(quiet=True),
-                     log=logging.getLogger("test"), method_preprocessing=method_cls.preprocessing)
-    method = method_cls(ctx)
+                   overrides=settings, out=str(tmp_path), device="cpu")
+    ctx = prepare_run(spec, Console(quiet=True))  # seeded with the spec's seed 0 before the backbone is built
+    method = ctx.method_cls(ctx)
     method.setup()
     return method, ctx
 
@@ -135,14 +128,14 @@ def test_cached_features_are_keyed_by_the_preprocessing(tmp_path):
     folder = tmp_path / "cache" / "features"
     bicubic = method.features["test"]
     files = len(list(folder.glob("*.pt")))  # the three splits'
-    ctx.method_preprocessing = {"interpolation": "bilinear"}
+    ctx = dataclasses.replace(ctx, method_preprocessing={"interpolation": "bilinear"})
     bilinear = cached_features(ctx, "test")
     assert len(list(folder.glob("*.pt"))) == files + 1 and not torch.equal(bilinear, bicubic)
     for recipe in ({"resize_mode": "shortest"}, {"crop_fraction": 1.0}, {"mean": (0.4, 0.4, 0.4)}):
-        ctx.method_preprocessing = recipe
+        ctx = dataclasses.replace(ctx, method_preprocessing=recipe)
         cached_features(ctx, "test")
     assert len(list(folder.glob("*.pt"))) == files + 4
-    ctx.method_preprocessing = {"interpolation": "bilinear"}
+    ctx = dataclasses.replace(ctx, method_preprocessing={"interpolation": "bilinear"})
     assert torch.equal(cached_features(ctx, "test"), bilinear)  # the same preprocessing: from the cache
 
 

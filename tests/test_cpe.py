@@ -207,7 +207,7 @@ def test_the_experts_mean_predicts_with_test_head_mean_and_the_live_weights_with
 
 
 def test_one_head_variant_offers_only_its_own_expert():
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     declared = declared_options("cpe_1head", "digits_lt")
     assert resolve(declared, parse_assignments(["test_head=mean"]))["test_head"] == "mean"

@@ -51,7 +51,7 @@ def test_adding_a_hyperparameter_keeps_the_others_sampled_values():
     ("linear_probe", "val_per_class=0", r"val_per_class must lie in \[1, inf\)"),
 ])
 def test_out_of_range_numbers_are_refused_at_parse_time(method, assignment, message):
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     with pytest.raises(BenchError, match=message):
         resolve(declared_options(method, "digits_lt"), parse_assignments([assignment]))
@@ -63,7 +63,7 @@ def test_every_declared_default_lies_inside_its_bounds():
     from bench.datasets.base import DATASETS
     from bench.hparams import check_value
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     for method in METHODS.names():
         for dataset in DATASETS.names():
@@ -72,7 +72,7 @@ def test_every_declared_default_lies_inside_its_bounds():
 
 
 def test_a_space_file_range_outside_the_bounds_is_refused(tmp_path):
-    from bench.runner import declared_options
+    from bench.options import declared_options
     from bench.sweeps.space import apply_space_file
 
     declared = declared_options("finetune", "digits_lt")

@@ -271,7 +271,7 @@ def test_precision_is_fp32_on_a_cpu_unless_bf16_is_asked_for_and_is_recorded(tmp
     """amp=auto is fp32 on every CPU, bf16 instructions or not; amp=bf16 is honoured, and on a CPU without those
     instructions runs emulated and says so (never silently in fp32). The record, the manifest and the summary
     line `bench run` prints all state the precision; cached features are keyed by it."""
-    import bench.context
+    import bench.hardware
     from bench.cli import metrics_table
     from bench.errors import BenchError
 
@@ -282,7 +282,7 @@ def test_precision_is_fp32_on_a_cpu_unless_bf16_is_asked_for_and_is_recorded(tmp
     def with_amp(amp: str) -> runner.RunSpec:
         return runner.RunSpec(**{**spec.__dict__, "overrides": {**probe, "amp": amp}})
 
-    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(bench.hardware, "cpu_has_bf16", lambda: True)
     fp32 = runner.execute(spec)
     assert fp32.record["precision"] == "fp32"
     assert json.loads((fp32.run_dir / "manifest.json").read_text())["amp"] == "fp32"
@@ -290,7 +290,7 @@ def test_precision_is_fp32_on_a_cpu_unless_bf16_is_asked_for_and_is_recorded(tmp
     bf16 = runner.execute(with_amp("bf16"))
     assert bf16.record["precision"] == "bf16" and " in bf16; " in metrics_table(bf16.record).caption.plain
     assert not any("emulated" in note for note in bf16.record["notes"])
-    monkeypatch.setattr(bench.context, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(bench.hardware, "cpu_has_bf16", lambda: False)
     assert runner.execute(spec).record["precision"] == "fp32"
     emulated = runner.execute(with_amp("bf16"))
     assert emulated.record["precision"] == "bf16"
@@ -305,14 +305,10 @@ def test_precision_is_fp32_on_a_cpu_unless_bf16_is_asked_for_and_is_recorded(tmp
     ("off", True, "fp32")])
 def test_gpus_keep_bf16_autocast_as_the_default(monkeypatch, amp, bf16_supported, expected):
     """On a GPU amp=auto is bf16 autocast, fp16 where the GPU has no bf16 (the rule, without a GPU)."""
-    from types import SimpleNamespace
-
-    from bench.context import RunContext
+    from bench.hardware import amp_dtype, precision_name
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
-    ctx = SimpleNamespace(hparams={"amp": amp}, device=torch.device("cuda"), warn=None)
-    ctx.amp_dtype = RunContext.amp_dtype.func(ctx)
-    assert RunContext.precision.fget(ctx) == expected
+    assert precision_name(amp_dtype(amp, torch.device("cuda"), warn=None)) == expected
 
 
 def test_data_cache_off_feeds_images_one_by_one(tmp_path):

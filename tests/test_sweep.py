@@ -120,7 +120,7 @@ def test_sweeps_refuse_test_metrics_and_unknown_keys(tmp_path):
 
 
 def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
-    from bench.runner import with_embedded_preset
+    from bench.prepare import with_embedded_preset
     from bench.sweeps.trial import trial_spec
 
     sweep = define_sweep(request(tmp_path, method="lpt", assignments=[]), 2, "random", "none", None, 0, 1, 3)
@@ -134,7 +134,7 @@ def test_embedded_sweep_keeps_the_presets_but_searches_its_names(tmp_path):
 
 
 def test_presets_are_the_runners_so_python_callers_get_what_bench_run_gets(tmp_path):
-    from bench.runner import RunSpec, with_embedded_preset
+    from bench.prepare import with_embedded_preset
 
     spec, _ = with_embedded_preset(RunSpec(method="lptpp_vl", dataset="digits", overrides={"phase1_epochs": "1"}))
     assert spec.backbone == "clip_micro" and spec.overrides["phase1_epochs"] == "1"  # --set wins over the preset

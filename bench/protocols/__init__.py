@@ -77,7 +77,7 @@ class Protocol:
     def overrides(self, method: str) -> dict[str, str]:
         """The --set values of `method`'s runs: the dataset options, the shared settings it declares, its own
         settings, and its epoch hyperparameters scaled by the budget."""
-        from bench.runner import declared_options
+        from bench.options import declared_options
 
         declared = declared_options(method, self.dataset)
         pins = selection_rule.pinned({**self.dataset_options, **{k: v for k, v in self.settings.items()
@@ -249,7 +249,7 @@ def _check_settings(protocol: Protocol) -> None:
     """Each method's settings resolve (known keys, well-typed values), and each protocol-wide setting is declared
     by a method or the dataset."""
     from bench.hparams import resolve
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     used = set(protocol.dataset_options)
     for method in protocol.methods:

@@ -127,7 +127,7 @@ def _searched_space(method: str, run: RunSpec, metric: str, space_file: str | No
     """(the space a sweep of `method` searches, the values pinned in every trial): the method's declared space
     (on the embedded default, its embedded space), changed by `space_file`, less what --set pins."""
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     declared = declared_options(method, run.dataset)
     pins = selection.pinned(run.overrides, metric, "--metric")
@@ -149,7 +149,7 @@ def _searched_space(method: str, run: RunSpec, metric: str, space_file: str | No
 
 def define_ablation(request: Request, variants: list[str] | None, seeds: int) -> Sweep:
     from bench.methods.base import METHODS
-    from bench.runner import declared_options
+    from bench.options import declared_options
 
     check_trackers(request.run.trackers)
     if seeds < 1:

@@ -137,7 +137,7 @@ def fit_threads(threads: int | None) -> None:
     trials at once × threads each never exceed the CPUs."""
     import torch
 
-    from bench.context import usable_cpus
+    from bench.hardware import usable_cpus
 
     torch.set_num_threads(threads or usable_cpus())
 
