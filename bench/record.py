@@ -139,7 +139,11 @@ class RunRecord:
         values = {name: record.get(name) for name in _DECLARED}
         for name, nested in _NESTED.items():
             if values[name] is not None:
-                values[name] = nested(**values[name])
+                try:
+                    values[name] = nested(**values[name])
+                except TypeError:
+                    raise BenchError(f"record {record.get('run_id')}: its {name} {values[name]!r} does not have "
+                                     f"the fields of a {nested.__name__}") from None
         return cls(**values, extras=method_extras(record), record_version=RECORD_VERSION)
 
 

@@ -79,6 +79,11 @@ def test_a_record_from_a_newer_harness_is_refused():
         RunRecord.from_json({**golden("lpt"), "record_version": RECORD_VERSION + 1})
 
 
+def test_a_nested_field_of_another_shape_is_named():
+    with pytest.raises(BenchError, match="its world .* a World"):
+        RunRecord.from_json({**golden("lpt"), "world": {"ranks": 2}})
+
+
 def test_a_val_split_without_a_carve_is_written_without_one():
     assert ValSplit("official", 20).to_json() == {"source": "official", "size": 20}
 
