@@ -22,7 +22,7 @@ from bench.embedded import EMBEDDED_DATASET
 from bench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BenchError, UsageError
 from bench.flags import OptionError
 from bench.report import PUBLISHED_CHOICES
-from bench.selection import DEFAULT_METRIC, METRIC_CHOICES
+from bench.selection import DEFAULT_METRIC, METRICS
 from bench.sweeps.execution import EXECUTORS, Execution
 from bench.sweeps.sweep import SCHEDULERS, SEARCHES
 
@@ -355,7 +355,7 @@ def sweep(
     trials: int = typer.Option(8, "--trials", "-n", help="number of trials (grid: all combinations)"),
     metric: str = typer.Option(f"val_{DEFAULT_METRIC}", "--metric", help="validation metric every choice "
                                "maximises (the trials' epochs too; ties: lower class-balanced val NLL): "
-                               + " | ".join(f"val_{name}" for name in METRIC_CHOICES)),
+                               + " | ".join(METRICS)),
     search: Search = typer.Option(Search.optuna, "--search", help="optuna (TPE), random or grid"),
     scheduler: Scheduler = typer.Option(Scheduler.asha, "--scheduler", help="asha (stop poor trials early) or none"),
     space: str | None = typer.Option(None, "--space", help="YAML or TOML file that changes the search space"),

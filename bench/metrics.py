@@ -116,10 +116,8 @@ def _mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def evaluate(labels, preds, train_counts, convention: str = DEFAULT_CONVENTION) -> Metrics:
-    """Metrics of predicted class indices against true ones; classes are 0 .. len(train_counts) - 1."""
-    groups = shot_groups(train_counts, convention)
-    num_classes = len(groups)
+def _class_indices(labels, preds, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predictions as flat int64 class indices, checked to pair up and to lie in 0 .. num_classes - 1."""
     labels = np.asarray(labels).reshape(-1)
     preds = np.asarray(preds).reshape(-1)
     if labels.shape != preds.shape:
@@ -130,7 +128,14 @@ def evaluate(labels, preds, train_counts, convention: str = DEFAULT_CONVENTION) 
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise BenchError(f"{what} out of range: classes are 0..{num_classes - 1} (from the training "
                              f"counts), got {values.min()}..{values.max()}")
-    labels, preds = labels.astype(np.int64), preds.astype(np.int64)
+    return labels.astype(np.int64), preds.astype(np.int64)
+
+
+def evaluate(labels, preds, train_counts, convention: str = DEFAULT_CONVENTION) -> Metrics:
+    """Metrics of predicted class indices against true ones; classes are 0 .. len(train_counts) - 1."""
+    groups = shot_groups(train_counts, convention)
+    num_classes = len(groups)
+    labels, preds = _class_indices(labels, preds, num_classes)
 
     correct = labels == preds
     support = np.bincount(labels, minlength=num_classes)

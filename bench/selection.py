@@ -18,6 +18,7 @@ from bench.metrics import ACCURACIES
 
 DEFAULT_METRIC = "mean_per_class"
 METRIC_CHOICES = ACCURACIES
+METRICS = tuple(f"val_{name}" for name in METRIC_CHOICES)  # as `--metric` and a protocol's search.selection name them
 TIE_BREAK = "nll_balanced"
 LEGACY_METRIC = "overall"  # what records and runs made before `selection_metric` existed chose on
 CONVERGENCE_QUARTER = 0.25  # the tail of a phase's schedule over which its val curve must have flattened

@@ -1,6 +1,10 @@
 """The results store: one JSON record per run under `<root>/records/<run_id>.json`, and the per-image predictions
 beside it; the flat table reports read.
 
+Records are read in two forms: typed and upgraded to the current layout (`run_records`, through
+`RunRecord.from_json`), or in their JSON form as written, of whatever version (`records`, `get`, `frame`), which
+readers filter and look up by dotted name (`hparams.lr`, `tags.sweep`).
+
 One file per run (as DomainBed and CLIP_benchmark do) means concurrent writers, on one machine or over NFS,
 never touch the same file; each file appears whole or not at all (`bench.atomic_io`).
 """
@@ -19,6 +23,7 @@ import numpy as np
 
 from bench.atomic_io import atomic_write_bytes, dumps_json, fsync_dir, read_json, to_json_value, write_temp
 from bench.errors import BenchError
+from bench.record import RunRecord
 
 PREDICTIONS_SUFFIX = ".predictions.npz"  # beside a record: its run's per-image predictions
 
@@ -40,8 +45,11 @@ class ResultsStore:
                              "dot")
         return self.folder / f"{run_id}.json"
 
-    def add(self, record: dict, overwrite: bool = False) -> Path:
-        """Write one record; refuses to replace an existing one unless `overwrite`. Returns its path."""
+    def add(self, record: RunRecord | dict, overwrite: bool = False) -> Path:
+        """Write one record (a RunRecord as `to_json` lays it out, a dict as it is); refuses to replace an existing
+        one unless `overwrite`. Returns its path."""
+        if isinstance(record, RunRecord):
+            record = record.to_json()
         if "run_id" not in record:
             raise BenchError("a record needs a 'run_id' (its file name in the store)")
         path = self.path_for(record["run_id"])
@@ -139,7 +147,7 @@ class ResultsStore:
         return len(self._paths())
 
     def records(self, **filters: Any) -> list[dict]:
-        """Readable records, ordered by run_id, that match every filter.
+        """Readable records in their JSON form, ordered by run_id, that match every filter.
 
         A filter name may be dotted to reach into nested dicts (`**{"hparams.lr": 0.1}`); its value matches
         by equality, by membership when it is a list, tuple or set, or by calling it when it is callable.
@@ -153,9 +161,15 @@ class ResultsStore:
                 selected.append(record)
         return selected
 
+    def run_records(self, **filters: Any) -> list[RunRecord]:
+        """`records(**filters)` typed, each upgraded to the current layout (`RunRecord.from_json`); a record
+        written by a newer harness is refused."""
+        return [RunRecord.from_json(record) for record in self.records(**filters)]
+
     def frame(self, **filters: Any) -> pl.DataFrame:
         """One row per record; nested dicts flattened to dotted columns ('test.overall', 'hparams.lr'),
-        keys missing from a record are null, lists are JSON strings. No records: an empty frame."""
+        keys missing from a record are null, lists are JSON strings (a method's own fields are `extras.*`
+        columns from record version 5, top-level ones before). No records: an empty frame."""
         return records_frame([flatten(record) for record in self.records(**filters)])
 
 

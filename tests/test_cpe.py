@@ -188,7 +188,7 @@ def embedded_run(tmp_path, method: str, seed: int = 0, **overrides) -> dict:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_runs_end_to_end_and_records_its_experts(tmp_path, variant):
     record = embedded_run(tmp_path, variant, epochs=1)
-    cpe = record["cpe"]
+    cpe = record["extras"]["cpe"]
     assert [expert["tau"] for expert in cpe["experts"]] == ([2.0] if variant == "cpe_1head" else [0.0, 2.0, 4.0])
     chosen = next(expert for expert in cpe["experts"] if expert["tau"] == 2.0)
     assert chosen["test"] == {name: record["test"][name] for name in chosen["test"]}  # τ = 2 predicts
@@ -201,9 +201,9 @@ def test_every_variant_runs_end_to_end_and_records_its_experts(tmp_path, variant
 
 def test_the_experts_mean_predicts_with_test_head_mean_and_the_live_weights_without_ema(tmp_path):
     record = embedded_run(tmp_path, "cpe", epochs=1, test_head="mean", ema="false")
-    mean = record["cpe"]["experts_mean"]
+    mean = record["extras"]["cpe"]["experts_mean"]
     assert mean["test"] == {name: record["test"][name] for name in mean["test"]}
-    assert record["cpe"]["ema"] is False
+    assert record["extras"]["cpe"]["ema"] is False
 
 
 def test_one_head_variant_offers_only_its_own_expert():
@@ -248,5 +248,5 @@ def test_the_tau_4_expert_beats_the_tau_0_expert_on_the_few_shot_classes(learned
     better than the one fitted to the long-tailed training distribution. τ = 4 − τ = 0 test few-shot accuracy
     at seeds 0-4: +9.0, +12.0, +7.5, +22.0, +14.5 points (200 few-shot test images: 0.5 point each)."""
     for record in learned:
-        few = {expert["tau"]: expert["test"]["few"] for expert in record["cpe"]["experts"]}
+        few = {expert["tau"]: expert["test"]["few"] for expert in record["extras"]["cpe"]["experts"]}
         assert few[4.0] >= few[0.0] + TAU4_OVER_TAU0_FEW, few

@@ -52,7 +52,7 @@ def test_probe_matches_scikit_learn_on_the_same_features(tmp_path):
 
     dataset = load_dataset("digits_lt", None, {})
     labels = {split: getattr(dataset, split).labels for split in ("train", "val", "test")}
-    decays = np.asarray(record["weight_decays"])
+    decays = np.asarray(record["extras"]["weight_decays"])
     _, test, wd = sklearn_choice(features, labels, decays)
     chosen = decays[record["selected"][0]["epoch"]]
     assert abs(record["test"]["overall"] - test) <= 1.0, (record["test"]["overall"], test, chosen, wd)
@@ -115,10 +115,10 @@ def test_weight_decay_grid_and_its_refusals(tmp_path):
 
 
 def test_cross_validation_scores_every_train_and_val_image_and_keeps_the_best_decay(tmp_path):
-    assert probe_run(tmp_path, wd_steps="1").record["wd_search"] == "val"  # the digits' val is balanced
+    assert probe_run(tmp_path, wd_steps="1").record["extras"]["wd_search"] == "val"  # the digits' val is balanced
     record = probe_run(tmp_path, wd_search="cv", wd_steps="4", wd_min="1e-4").record
-    table = record["probe_cv"]
-    assert record["wd_search"] == "cv" and table["folds"] == 5 and table["images"] == 383 + 100
+    table = record["extras"]["probe_cv"]
+    assert record["extras"]["wd_search"] == "cv" and table["folds"] == 5 and table["images"] == 383 + 100
     assert table["metric"] == "cv_mean_per_class" and len(table["scores"]) == 4
     best = max(range(4), key=lambda i: (table["scores"][i], -table["nll_balanced"][i], -i))
     assert table["chosen"] == table["weight_decays"][best] and record["epochs_trained"] == 1
@@ -140,7 +140,7 @@ def test_probe_without_a_val_split_fits_one_weight_decay(tmp_path):
                           overrides={**PROBE, "val_split": "none"})
     with pytest.raises(BenchError, match="no val split"):
         runner.execute(dataclasses.replace(spec, overrides={**spec.overrides, "wd_search": "val"}))
-    assert runner.execute(spec).record["probe_cv"]["images"] == 12  # cross-validated over train alone
+    assert runner.execute(spec).record["extras"]["probe_cv"]["images"] == 12  # cross-validated over train alone
     spec.overrides = {**spec.overrides, "wd_steps": "1", "wd_max": "0.001"}
     record = runner.execute(spec).record
     assert record["val_split"] == {"source": "none", "size": 0} and record["posthoc"] is None

@@ -160,12 +160,13 @@ def test_every_variant_runs_and_records_its_switches_and_captions(tmp_path):
                 "lmpt_template": ("class-specific", True, "template")}
     for method, (context, csel, source) in expected.items():
         record = embedded_run(tmp_path, method, epochs=1, captions=captions)
-        assert (record["context"], record["csel"], (record["captions"] or {}).get("source")) == (context, csel,
+        extras = record["extras"]
+        assert (extras["context"], extras["csel"], (extras["captions"] or {}).get("source")) == (context, csel,
                                                                                                  source)
-        assert record["tower"] == "clip_micro" and record["tower_pretrained"] is False
-        assert record["trainable_params"] == record["prompt_params"] == 8 * 32 * (10 if context != "generic" else 1)
-        assert record["classification_loss"] == ("la" if method == "lmpt_softmax" else "db")
-    assert record["captions"]["template"] == "a photo of a {class}."
+        assert extras["tower"] == "clip_micro" and extras["tower_pretrained"] is False
+        assert record["trainable_params"] == extras["prompt_params"] == 8 * 32 * (10 if context != "generic" else 1)
+        assert extras["classification_loss"] == ("la" if method == "lmpt_softmax" else "db")
+    assert extras["captions"]["template"] == "a photo of a {class}."
     assert any("captions=" in note and "is not used" in note for note in record["notes"])
 
 
@@ -177,7 +178,7 @@ def db_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_lmpt_beats_chance_on_the_embedded_default_with_its_random_clip_tower(db_runs):
     for record in db_runs:
-        assert record["tower_pretrained"] is False and record["captions"]["source"] == "template"
+        assert record["extras"]["tower_pretrained"] is False and record["extras"]["captions"]["source"] == "template"
         assert any("no captions file (captions=template)" in note for note in record["notes"])
         assert record["test"]["overall"] >= LEARNS_TEST_OVERALL, record["test"]
 

@@ -91,17 +91,18 @@ def test_every_variant_runs_end_to_end_on_the_embedded_default(tmp_path, variant
     record = ResultsStore(tmp_path).records()[0]
     assert record["method"] == variant and 0 <= record["test"]["overall"] <= 100
     assert record["test_ms_per_image"] > 0
-    sources = {expert["name"]: (expert["pretrained"], expert["weights_source"]) for expert in record["experts"]}
+    experts = record["extras"]["experts"]
+    sources = {expert["name"]: (expert["pretrained"], expert["weights_source"]) for expert in experts}
     assert sources.get("visual", (True, "shipped")) == (True, "shipped")  # vit_micro.fmnist
     assert sources.get("vl", (False, "random")) == (False, "random")  # clip_micro: no weights to ship
-    names = [expert["name"] for expert in record["experts"]]
+    names = [expert["name"] for expert in experts]
     assert names == {"lptpp_visual": ["visual"], "lptpp_vl": ["vl"]}.get(variant, ["visual", "vl"])
     phases = [entry["phase"] for entry in record["selected"]]
     assert ("lptpp_group" in phases) == (variant != "lptpp_no_group_prompts")
     assert ("lptpp_adapters" in phases) == (variant != "lptpp_no_adapter")
     assert ("lptpp_scorer" in phases) == (variant in ("lptpp", "lptpp_no_adapter", "lptpp_no_group_prompts"))
-    assert record["trainable_params"] == sum(e["trainable_params"] for e in record["experts"]) + \
-        record["scorer_params"]
+    assert record["trainable_params"] == sum(e["trainable_params"] for e in experts) + \
+        record["extras"]["scorer_params"]
     # each tower's own preprocessing: the ViT's the harness default, the CLIP tower's open_clip's
     towers = {"lptpp_visual": ["vit_micro.fmnist"], "lptpp_vl": ["clip_micro"]}.get(variant, ["vit_micro.fmnist", "clip_micro"])
     assert sorted(record["preprocessing"]) == sorted(towers)

@@ -120,7 +120,7 @@ def run(tmp_path, method: str, overrides: dict, callbacks=(), embedded: bool = F
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_runs_end_to_end_and_records_its_sources(tmp_path, variant):
     record = run(tmp_path, variant, QUICK)
-    pemt = record["pemt"]
+    pemt = record["extras"]["pemt"]
     assert METHODS.get(variant).variant_of == (None if variant == "pemt" else "pemt")
     assert 0 <= record["test"]["overall"] <= 100
     phases = [entry["phase"] for entry in record["selected"]]
@@ -163,8 +163,8 @@ def test_pemt_learns_on_the_embedded_default_and_its_gates_leave_uniform(tmp_pat
     record = run(tmp_path, "pemt", {}, embedded=True)
     assert record["pretrained"] and record["hparams"]["lr"] == 2e-2
     assert record["test"]["overall"] >= LEARNS_OVERALL, record["test"]
-    deviation = record["pemt"]["gate_means"]["test"]["max_deviation_from_uniform"]
-    assert deviation >= GATE_DEVIATION, record["pemt"]["gate_means"]["test"]
+    deviation = record["extras"]["pemt"]["gate_means"]["test"]["max_deviation_from_uniform"]
+    assert deviation >= GATE_DEVIATION, record["extras"]["pemt"]["gate_means"]["test"]
 
 
 def test_parameter_accounting_on_vit_b16_with_the_official_sizes():

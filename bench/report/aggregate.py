@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.record import method_extras
 from bench.selection import DEFAULT_METRIC, TIE_BREAK
 
 METRICS = ("overall", "many", "medium", "few")
@@ -71,7 +72,7 @@ class Configuration:
         self.backbone: str | None = first.get("backbone")
         # every tower pretrained: the backbone and, for mixtures (LPT++), each expert's own tower
         self.pretrained: bool = first.get("pretrained", True) is not False and all(
-            expert.get("pretrained", True) is not False for expert in first.get("experts") or [])
+            expert.get("pretrained", True) is not False for expert in method_extras(first).get("experts") or [])
         self.shot_convention: str = first.get("shot_convention") or "standard"
         # training-health flags of any seed (diverged, exploded, collapsed): the row is marked, never preferred
         self.health_flags: list[str] = [flag for record in self.records

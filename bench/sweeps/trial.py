@@ -15,9 +15,8 @@ from rich.console import Console
 
 from bench.callbacks import Callback
 from bench.run_spec import RunSpec
-from bench.selection import METRIC_CHOICES
+from bench.selection import METRIC_CHOICES, METRICS  # noqa: F401  (METRICS: sweeps select on val metrics only)
 
-METRICS = tuple(f"val_{name}" for name in METRIC_CHOICES)  # sweeps select on validation metrics only
 FINAL = "trial_finished"  # marks a trial's last report (Ray's own results carry a "done" key)
 
 
