@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # 2: record_version, preprocessing per tower; 3: weights_provenance, world; 4: selection (the rule), convergence,
 # predictions (per-image, beside the record), val nll_balanced; a run's epochs chosen on selection_metric;
-# 5: the method's own fields under EXTRAS (before, at the top level beside the record's)
+# 5: the method's own fields under EXTRAS (before, at the top level beside the record's); report_order
 RECORD_VERSION = 5
 EXTRAS = "extras"
 
@@ -76,6 +76,7 @@ class RunRecord:
 
     run_id: str
     method: str | None = None
+    report_order: list | None = None  # where reports list the method (bench.method_groups.order_key)
     dataset: str | None = None
     backbone: str | None = None
     seed: int | None = None
@@ -176,7 +177,8 @@ def build_record(spec, ctx, method, config: dict, state: TrainingState, val, tes
     if method.predicts_from_features():
         ctx.notes.append("test time per image not recorded: predictions come from precomputed features")
     return RunRecord(
-        run_id=ctx.run_dir.name, method=method.name, dataset=dataset.name,
+        run_id=ctx.run_dir.name, method=method.name, report_order=list(method.report_order()),
+        dataset=dataset.name,
         backbone=spec.backbone, seed=spec.seed, sweep=spec.sweep, tags=spec.tags,
         hparams=config["hparams"], dataset_options=config["dataset_options"],
         val=val.summary(), test=test.summary(), posthoc=posthoc,

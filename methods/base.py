@@ -95,6 +95,11 @@ class Method:
     embedded_preset: Mapping[str, str] = {}
     embedded_space: Mapping[str, object] = {}
 
+    @classmethod
+    def report_order(cls) -> tuple[int, float, int]:
+        """Where reports list the method (records carry it as `report_order`)."""
+        return order_key(cls.report_group, cls.report_place, cls.report_variant)
+
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.hp = ctx.hparams
@@ -158,9 +163,5 @@ def register_variant(parent: type[Method], name: str, description: str, **switch
     return register_method(name, parent.report_group, parent.report_place)(cls)
 
 
-def report_order(method: type[Method]) -> tuple[int, float, int]:
-    """The method's place in reports (records carry it as `report_order`)."""
-    return order_key(method.report_group, method.report_place, method.report_variant)
-
-
-METHODS: Registry[type[Method]] = Registry("method", order=report_order)  # listed in report order
+# listed in report order
+METHODS: Registry[type[Method]] = Registry("method", order=lambda method: method.report_order())

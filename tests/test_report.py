@@ -378,11 +378,11 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(fixed_s
 def test_each_method_declares_its_report_place_and_variants_follow_their_parent():
     import bench.methods  # noqa: F401  (registers the methods)
     from bench.method_groups import METHOD_GROUPS
-    from bench.methods.base import METHODS, register_method, report_order
+    from bench.methods.base import METHODS, register_method
 
     listed = METHODS.items()
     assert all(cls.report_group in METHOD_GROUPS for _, cls in listed)
-    assert [report_order(cls) for _, cls in listed] == sorted(report_order(cls) for _, cls in listed)
+    assert [cls.report_order() for _, cls in listed] == sorted(cls.report_order() for _, cls in listed)
     groups = [cls.report_group for _, cls in listed]
     assert groups == sorted(groups, key=METHOD_GROUPS.index) and set(groups) == set(METHOD_GROUPS)
     names = [name for name, _ in listed]

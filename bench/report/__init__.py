@@ -144,10 +144,10 @@ def method_order(records: Sequence[dict]) -> list[str]:
     unplaced = {record["method"] for record in records} - order.keys()
     if unplaced:
         import bench.methods  # noqa: F401  (registers the names)
-        from bench.methods.base import METHODS, report_order
+        from bench.methods.base import METHODS
 
         registered = dict(METHODS.items())
-        order |= {name: report_order(registered[name]) if name in registered else UNKNOWN_ORDER for name in unplaced}
+        order |= {name: registered[name].report_order() if name in registered else UNKNOWN_ORDER for name in unplaced}
     return sorted(order, key=lambda name: (order[name], name))
 
 
