@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                                      ("on val, selection_metric=mean_per_class", {"wd_search": "val"}),
                                      ("default (cross-validated, mean_per_class)", {})):
                 record = probe(loss, **overrides)
-                chosen = (record["probe_cv"]["chosen"] if record["wd_search"] == "cv"
-                          else np.asarray(record["weight_decays"])[record["selected"][0]["epoch"]])
+                probe_fields = record["extras"]  # the probe's own fields (record version 5)
+                chosen = (probe_fields["probe_cv"]["chosen"] if probe_fields["wd_search"] == "cv"
+                          else np.asarray(probe_fields["weight_decays"])[record["selected"][0]["epoch"]])
                 lines.append(f"harness, {label}: wd {chosen:.3g}, test "
                              f"{record['test']['overall']:.2f} / few {record['test']['few']:.2f} "
                              f"({record['test']['overall'] - grid[best]['test']['overall']:+.2f} from the best)")
