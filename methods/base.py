@@ -125,7 +125,7 @@ class Method:
         return False
 
     def extra_record(self) -> dict:
-        """Method-specific fields for the run record (e.g. per-expert costs)."""
+        """Method-specific fields for the run record, kept under its `extras` (e.g. per-expert costs)."""
         return {}
 
     @torch.no_grad()

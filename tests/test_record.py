@@ -43,7 +43,8 @@ def test_a_version_4_record_keeps_every_value_and_its_method_fields_move_under_e
     assert upgraded[EXTRAS] == {name: old[name] for name in extras} == method_extras(old)
     kept = {key: value for key, value in old.items() if key not in extras and key != "record_version"}
     assert {key: upgraded[key] for key in kept} == kept
-    assert set(upgraded) == {*kept, EXTRAS, "record_version"}
+    assert set(upgraded) == {*kept, EXTRAS, "record_version", "report_order"}
+    assert upgraded["report_order"] is None  # new in version 5: reports place such a record by the registry
     assert RunRecord.from_json(upgraded).to_json() == upgraded  # the current layout reads back unchanged
     assert method_extras(upgraded) == upgraded[EXTRAS]
 

@@ -171,7 +171,7 @@ def _strings(values: dict[str, Any], where: str) -> dict[str, str]:
 def _search(search: dict, methods: tuple[str, ...]) -> tuple[int, int, str, list[str]]:
     """The [search] table's (trials, seed, selection, searched), validated against the protocol's methods."""
     from bench.methods.base import METHODS
-    from bench.sweeps.trial import METRICS
+    from bench.selection import METRICS
 
     trials, seed = search.get("trials", 0), search.get("seed", 0)
     if not isinstance(trials, int) or trials < 0:

@@ -20,10 +20,10 @@ from bench.atomic_io import atomic_write_json, read_json
 from bench.errors import UsageError
 from bench.flags import command_line
 from bench.hparams import Space, as_override
-from bench.selection import DEFAULT_METRIC, selection_key
+from bench.selection import DEFAULT_METRIC, METRICS, selection_key
 from bench.sweeps.execution import Execution
 from bench.sweeps.space import from_entries, to_entries
-from bench.sweeps.trial import METRICS, Trial, TrialPlan, val_metrics
+from bench.sweeps.trial import Trial, TrialPlan, val_metrics
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "none")

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from bench.callbacks import Callback
 from bench.run_spec import RunSpec
-from bench.selection import METRIC_CHOICES, METRICS  # noqa: F401  (METRICS: sweeps select on val metrics only)
+from bench.selection import METRIC_CHOICES
 
 FINAL = "trial_finished"  # marks a trial's last report (Ray's own results carry a "done" key)
 
