@@ -84,8 +84,7 @@ def _stage(protocol: Protocol, stage: str, trials: list[Trial], options: Benchma
                   tags=protocol_tags(protocol, stage))
     request = Request(run, options.execution, stage_name(protocol, stage), str(out / "benchmarks"),
                       protocol.selection)
-    base = Trial(key="", method=protocol.methods[0], seed=protocol.seeds[0], overrides={}, backbone=protocol.backbone)
-    return build_sweep("benchmark", request, base, trials, search="fixed")
+    return build_sweep("benchmark", request, None, trials, search="fixed")
 
 
 def search_trials(protocol: Protocol) -> list[Trial]:

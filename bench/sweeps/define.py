@@ -61,7 +61,7 @@ def results_and_sweeps_roots(out: str | None, storage: str | None) -> tuple[Path
     return results, Path(absolute(storage)) if storage else results / "sweeps"
 
 
-def build_sweep(kind: str, request: Request, base: Trial, trials: list[Trial] | None, **settings) -> Sweep:
+def build_sweep(kind: str, request: Request, base: Trial | None, trials: list[Trial] | None, **settings) -> Sweep:
     """The one builder of a `Sweep` (a sweep, an ablation, a benchmark stage) from a request whose name and
     storage are settled: every trial shares the request's run settings (each fills in its method, seed, backbone
     and --set values; the run names the sweep), and runs as its execution says. `settings`: the search's (Sweep's

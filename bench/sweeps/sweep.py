@@ -37,7 +37,9 @@ class Sweep:
     name: str
     storage: str  # absolute; the sweep's folder is <storage>/<name>
     plan: TrialPlan
-    base: Trial  # method, seed, backbone and fixed --set values of every trial; Optuna adds the searched ones
+    # method, seed, backbone and fixed --set values of every drawn trial (Optuna adds the searched ones); None for
+    # a benchmark stage, whose fixed list has each trial whole
+    base: Trial | None = None
     search: str = "random"  # random | grid | optuna | fixed (an ablation's list)
     space: dict[str, Space] = field(default_factory=dict)
     trials: list[Trial] | None = None  # the fixed list; None: Optuna draws `num_trials`
@@ -67,7 +69,7 @@ class Sweep:
         data = dataclasses.asdict(self)
         data["plan"] = self.plan.as_dict()
         data["space"] = to_entries(self.space)
-        data["base"] = self.base.as_dict()
+        data["base"] = None if self.base is None else self.base.as_dict()
         data["trials"] = None if self.trials is None else [t.as_dict() for t in self.trials]
         atomic_write_json(self.folder / SWEEP_FILE, data)
 
@@ -77,7 +79,7 @@ class Sweep:
         data["execution"] = Execution(**data["execution"]) if "execution" in data else _flat_execution(data)
         data["plan"] = TrialPlan.from_dict(data["plan"])
         data["space"] = from_entries(data["space"])
-        data["base"] = Trial.from_dict(data["base"])
+        data["base"] = None if data["base"] is None else Trial.from_dict(data["base"])
         data["trials"] = None if data["trials"] is None else [Trial.from_dict(t) for t in data["trials"]]
         return cls(**data)
 
