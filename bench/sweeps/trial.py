@@ -15,7 +15,7 @@ from rich.console import Console
 
 from bench.callbacks import Callback
 from bench.run_spec import RunSpec
-from bench.selection import METRIC_CHOICES
+from bench.selection import METRIC_CHOICES, METRICS
 
 FINAL = "trial_finished"  # marks a trial's last report (Ray's own results carry a "done" key)
 
@@ -91,7 +91,8 @@ class SchedulerReport(Callback):
 
 def val_metrics(summary: dict) -> dict[str, float]:
     """Reported metrics; an undefined one (an empty shot group) is NaN, never 0."""
-    return {f"val_{name}": float("nan") if summary.get(name) is None else float(summary[name]) for name in METRIC_CHOICES}
+    return {metric: float("nan") if summary.get(name) is None else float(summary[name])
+            for metric, name in zip(METRICS, METRIC_CHOICES, strict=True)}
 
 
 def run_trial(plan: TrialPlan, trial: Trial, report: Callable[[dict], None] | None = None,
