@@ -352,8 +352,9 @@ def library_weights(spec: BackboneSpec) -> tuple[str | None, str]:
 RANDOM_INIT_FIX = "--random-init"
 
 
-def _missing_offline(spec: BackboneSpec, wanted: str, random_init_fix: str = RANDOM_INIT_FIX) -> BenchError:
-    return BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {WEIGHT_FIXES} "
+def _missing_offline(spec: BackboneSpec, wanted: str, random_init_fix: str = RANDOM_INIT_FIX,
+                     fixes: str = WEIGHT_FIXES) -> BenchError:
+    return BenchError(f"no pretrained weights for {spec.name} offline: {wanted} is missing; {fixes} "
                       f"(or {random_init_fix} to run without)")
 
 
@@ -368,10 +369,10 @@ def _needs_weights(spec: BackboneSpec) -> bool:
 
 
 def check_weights_available(name: str, *, allow_download: bool = False, allow_random_init: bool = False,
-                            random_init_fix: str = RANDOM_INIT_FIX) -> None:
+                            random_init_fix: str = RANDOM_INIT_FIX, fixes: str = WEIGHT_FIXES) -> None:
     """Raise, without building anything, what `create_backbone` would raise for missing weights (no --weights
     file given): a benchmark says it once, before any run starts. `random_init_fix` names how the caller
-    allows random weights."""
+    allows random weights, `fixes` how it supplies the pretrained ones."""
     spec = parse_backbone(name)
     if spec.shipped:
         read_provenance(spec)
@@ -381,7 +382,7 @@ def check_weights_available(name: str, *, allow_download: bool = False, allow_ra
     elif not (allow_download or allow_random_init):
         cached, wanted = library_weights(spec)
         if cached is None:
-            raise _missing_offline(spec, wanted, random_init_fix)
+            raise _missing_offline(spec, wanted, random_init_fix, fixes)
 
 
 def _from_library(spec: BackboneSpec, image_size: int | None, allow_download: bool,

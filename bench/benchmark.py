@@ -39,7 +39,8 @@ class BenchmarkOptions:
     local executor unless told), whether it continues a started benchmark, and the experiment trackers."""
 
     data_root: str | None = None
-    weights: str | None = None  # a local file of the protocol's backbone weights (its pretrained tag's)
+    weights: str | None = None  # a local file of the protocol's backbone weights (its pretrained tag's); a method
+    # on its own backbone (the protocol's method_backbones) takes that one's by its tag
     allow_download: bool = False
     out: str | None = None
     device: str = "auto"
@@ -104,7 +105,7 @@ def search_trials(protocol: Protocol) -> list[Trial]:
         for index, values in enumerate([{}, *draws]):
             overrides = {**pins, **{k: as_override(v) for k, v in values.items()}}
             trials.append(Trial(key=f"{method}-c{index:02d}-s{seed}", method=method, seed=seed, overrides=overrides,
-                                searched=tuple(sorted(space)), backbone=protocol.backbone))
+                                searched=tuple(sorted(space)), backbone=protocol.backbone_for(method)))
     return trials
 
 
@@ -148,6 +149,16 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
                                     random_init_fix="random_init = true in a protocol of your own")
         except BenchError as error:
             raise BenchError(f"protocol {protocol.name}: {error}") from None
+    for method, backbone in protocol.method_backbones.items():  # --weights is the protocol backbone's file
+        try:
+            check_weights_available(backbone, allow_download=options.allow_download,
+                                    allow_random_init=protocol.random_init,
+                                    random_init_fix="random_init = true in a protocol of your own",
+                                    fixes="populate the Hugging Face cache (HF_HOME) on a connected machine, pass "
+                                    f"--allow-download, or leave {method} out of a copy of the protocol")
+        except BenchError as error:
+            raise BenchError(f"protocol {protocol.name}: {method} runs on its own backbone (method_backbones): "
+                             f"{error}") from None
     spec = DATASETS.get(protocol.dataset)
     load_dataset(protocol.dataset, options.data_root, resolve(spec.options, {
         k: v for k, v in protocol.dataset_options.items() if k in spec.options}))
@@ -170,7 +181,7 @@ def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Consol
     configurations = chosen_configurations(protocol, search, console)
     seeds = protocol.seeds[1:] if search is not None else protocol.seeds
     trials = [Trial(key=f"{method}-s{seed}", method=method, seed=seed, overrides=overrides,
-                    backbone=protocol.backbone)
+                    backbone=protocol.backbone_for(method))
               for seed in seeds for method, overrides in configurations.items()]  # seed-major: a partial run
     # of a long protocol already has every method at its first seeds
     if trials:

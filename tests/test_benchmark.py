@@ -251,3 +251,80 @@ def test_an_interrupted_benchmark_says_how_to_continue_with_the_same_resources(t
     assert shlex.split(command) == ["bench", "benchmark", "embedded", "--resume", "--executor", "ray", "--out",
                                     str(tmp_path / "my results"), "--cpus-per-trial", "2", "--gpus-per-trial", "2",
                                     "--nproc-per-trial", "2"]
+
+
+# a protocol whose LMPT runs on its own (CLIP) tower beside the probe on the protocol's: one seed, no search
+OWN_BACKBONE = """name = "mine"
+description = "the probe on the micro ViT, LMPT on the random micro CLIP"
+dataset = "digits_lt"
+backbone = "vit_micro.fmnist"
+random_init = true
+seeds = [0]
+methods = ["linear_probe", "lmpt"]
+[settings]
+image_size = 16
+augment = "none"
+[method_settings.lmpt]
+epochs = 2
+n_ctx = 4
+[method_backbones]
+lmpt = "clip_micro"
+"""
+
+
+def test_a_method_may_run_on_its_own_backbone_and_the_weights_file_stays_with_the_protocols(tmp_path):
+    """[method_backbones] gives LMPT its CLIP tower (part of the hash, said in the description); --weights is the
+    protocol backbone's file and never reaches the other tower; the report row names each run's backbone."""
+    from bench.benchmark import search_trials
+
+    path = write(tmp_path, OWN_BACKBONE)
+    protocol = load_protocol(path)
+    assert protocol.backbone_for("lmpt") == "clip_micro" and protocol.backbone_for("linear_probe") == "vit_micro.fmnist"
+    assert "(lmpt on clip_micro)" in protocol.describe()
+    (tmp_path / "other").mkdir()
+    without = load_protocol(write(tmp_path / "other", OWN_BACKBONE.replace('lmpt = "clip_micro"', "")))
+    assert without.hash != protocol.hash and not without.method_backbones
+    assert {t.method: t.backbone for t in search_trials(load_protocol(path))} == {
+        "linear_probe": "vit_micro.fmnist", "lmpt": "clip_micro"}
+
+    out = tmp_path / "results"
+    weights = Path(__file__).parents[1] / "bench" / "pretrained" / "vit_micro_fmnist.safetensors"
+    result = CliRunner().invoke(app, ["benchmark", path, "--out", str(out), "--weights", str(weights),
+                                      "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    records = {r["method"]: r for r in ResultsStore(out).records()}
+    assert records["lmpt"]["backbone"] == "clip_micro" and records["linear_probe"]["backbone"] == "vit_micro.fmnist"
+    configs = {m: json.loads(next((out / "runs").glob(f"mine-*-{m}-s0/config.json")).read_text())
+               for m in ("lmpt", "linear_probe")}
+    assert configs["lmpt"]["spec"]["weights"] is None and configs["linear_probe"]["spec"]["weights"] == str(weights)
+    rows = (out / "reports" / "mine" / "leaderboard.csv").read_text()
+    assert "lmpt,clip_micro" in rows and "linear_probe,vit_micro.fmnist" in rows
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('lpt = "clip_micro"', "[method_backbones] lpt is not one of the protocol's methods"),
+    ('lmpt = "vit_micro.fmnist"', "a backbone name other than the protocol's"),
+    ('lmpt = "resnet_colour"', "resnet_colour"),
+])
+def test_bad_method_backbones_are_one_line_errors(tmp_path, table, message):
+    path = write(tmp_path, OWN_BACKBONE.replace('lmpt = "clip_micro"', table))
+    with pytest.raises(BenchError) as caught:
+        load_protocol(path)
+    assert message in str(caught.value) and path in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_method_backbone_without_its_weights_fails_before_any_run(tmp_path, monkeypatch):
+    """The paper protocols run LMPT on CLIP ViT-B/16; offline without it cached, the preflight names the method,
+    the tower and the fixes, and writes nothing."""
+    import huggingface_hub.constants
+
+    assert load_protocol("inat2018_lpt").backbone_for("lmpt") == "open_clip:ViT-B-16-quickgelu@openai"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    text = OWN_BACKBONE.replace("random_init = true\n", "").replace('"clip_micro"',
+                                                                    '"open_clip:ViT-B-16-quickgelu@openai"')
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["benchmark", write(tmp_path, text), "--out", str(out)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "lmpt runs on its own backbone" in result.output and "--allow-download" in result.output
+    assert "leave lmpt out" in result.output and "--weights" not in result.output
+    assert not out.exists()

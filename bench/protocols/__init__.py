@@ -1,6 +1,7 @@
 """Benchmark protocols: TOML files that fix everything a comparison depends on, validated on load.
 
-A protocol names the dataset and its options, one backbone and its weights, the settings every method runs
+A protocol names the dataset and its options, one backbone and its weights (and, for a method that cannot run on
+it, that method's own tower in `method_backbones`, e.g. LMPT's CLIP), the settings every method runs
 with (resolution, augmentation, precision, ...), the training budget (one scale applied to every method's
 reference schedule), the search budget on val (the same number of configurations for every method), the
 selection rule, the seeds and the methods. Its hash covers what makes rows comparable and what a run is (not
@@ -27,7 +28,7 @@ from bench.errors import BenchError, UsageError
 from bench.hparams import as_override
 
 TOP_KEYS = {"name", "description", "source", "dataset", "backbone", "weights", "random_init", "seeds", "methods",
-            "dataset_options", "settings", "budget", "search", "method_settings"}
+            "dataset_options", "settings", "budget", "search", "method_settings", "method_backbones"}
 REQUIRED = ("name", "description", "dataset", "backbone", "seeds", "methods")
 BUDGET_KEYS = {"epoch_scale"}
 SEARCH_KEYS = {"trials", "seed", "selection", "searched"}
@@ -56,6 +57,11 @@ class Protocol:
     selection: str = f"val_{selection_rule.DEFAULT_METRIC}"
     searched: tuple[str, ...] = ()  # the hyperparameters searched, of those a method declares a space for; (): all
     method_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    method_backbones: dict[str, str] = field(default_factory=dict)  # a method's own tower (weights by its
+    # pretrained tag; --weights names the protocol backbone's), said in every report row's backbone column
+
+    def backbone_for(self, method: str) -> str:
+        return self.method_backbones.get(method, self.backbone)
 
     @property
     def hash(self) -> str:
@@ -66,6 +72,8 @@ class Protocol:
                       "selection": self.selection}
         if self.method_settings:
             comparable["method_settings"] = self.method_settings
+        if self.method_backbones:
+            comparable["method_backbones"] = self.method_backbones
         if self.searched:
             comparable["searched"] = list(self.searched)
         return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:12]
@@ -100,7 +108,8 @@ class Protocol:
         over = f" of {', '.join(self.searched)}" if self.searched else ""
         search = (f"{self.trials} configurations per method on val (the defaults and {self.trials - 1} random"
                   f"{over}), chosen by {self.selection}" if self.trials else "each method's defaults (no search)")
-        return (f"{self.name} ({self.hash}): {self.dataset} with {self.backbone}; budget × {self.epoch_scale:g} of "
+        own = "".join(f" ({method} on {backbone})" for method, backbone in self.method_backbones.items())
+        return (f"{self.name} ({self.hash}): {self.dataset} with {self.backbone}{own}; budget × {self.epoch_scale:g} of "
                 f"each reference schedule; {search}; seeds {', '.join(map(str, self.seeds))}; "
                 f"{len(self.methods)} methods")
 
@@ -228,14 +237,33 @@ def _validated(data: dict, path: Path) -> Protocol:
         raise _Invalid(f"[method_settings.{strangers[0]}] is not one of the protocol's methods")
     method_settings = {METHODS.canonical(m): _strings(_table(per_method, m), f"method_settings.{m}")
                        for m in per_method}
+    method_backbones = _method_backbones(_table(data, "method_backbones"), methods, backbone)
     protocol = Protocol(
         name=data["name"], description=str(data["description"]), path=path, dataset=dataset, backbone=backbone,
         seeds=tuple(seeds), methods=methods, source=str(data.get("source", "")), weights=weights,
         random_init=bool(data.get("random_init", False)), dataset_options=dataset_options, settings=settings,
         epoch_scale=float(scale), trials=trials, search_seed=search_seed, selection=selection,
-        searched=tuple(searched), method_settings=method_settings)
+        searched=tuple(searched), method_settings=method_settings, method_backbones=method_backbones)
     _check_settings(protocol)
     return protocol
+
+
+def _method_backbones(table: dict[str, Any], methods: tuple[str, ...], backbone: str) -> dict[str, str]:
+    """[method_backbones]: method = "backbone", for the protocol's methods, each a known backbone other than the
+    protocol's own."""
+    from bench.backbones import parse_backbone
+    from bench.methods.base import METHODS
+
+    chosen = {}
+    for method, name in table.items():
+        if METHODS.canonical(method) not in methods:
+            raise _Invalid(f"[method_backbones] {method} is not one of the protocol's methods")
+        if not isinstance(name, str) or name == backbone:
+            raise _Invalid(f"method_backbones.{method} = {name!r}: a backbone name other than the protocol's "
+                           f"({backbone}), or leave the method out of [method_backbones]")
+        parse_backbone(name)
+        chosen[METHODS.canonical(method)] = name
+    return chosen
 
 
 def _seeds(seeds: Any) -> list[int]:

@@ -154,5 +154,7 @@ def trial_spec(plan: TrialPlan, trial: Trial, node: str | None = None) -> RunSpe
         tags["searched"] = ",".join(trial.searched)
     if node:
         tags["node"] = node
+    weights = plan.run.weights if trial.backbone in (None, plan.run.backbone) else None  # the file is the
+    # sweep backbone's: a trial on its own backbone (a protocol's method_backbones) takes that one's by its tag
     return dataclasses.replace(plan.run, method=trial.method, seed=trial.seed, backbone=trial.backbone,
-                               overrides=dict(trial.overrides), tags=tags)
+                               weights=weights, overrides=dict(trial.overrides), tags=tags)
