@@ -68,14 +68,17 @@ class RunContext:
         backbone = self.backbone if backbone is None else backbone
         return dataclasses.replace(backbone.preprocessing, **self.method_preprocessing)
 
-    def transform(self, train: bool = False, backbone=None, strong: bool = False) -> Transform:
-        """`backbone`'s (default: the run's) eval transform, or with `train` its augmented one; `strong` adds
-        FixMatch's RandAugment and Cutout to the augmented one (the strong view of FixMatch-style methods)."""
+    def transform(self, train: bool = False, backbone=None, strong: bool = False,
+                  dataset: LongTailDataset | None = None) -> Transform:
+        """`backbone`'s (default: the run's) eval transform, or with `train` its augmented one (flipped where
+        `dataset`, default the run's, allows it); `strong` adds FixMatch's RandAugment and Cutout to the
+        augmented one (the strong view of FixMatch-style methods)."""
         backbone = self.backbone if backbone is None else backbone
         preprocessing = self.preprocessing(backbone)
         if not train:
             return Transform(backbone.image_size, preprocessing)
-        return Transform(backbone.image_size, preprocessing, self.options.augment, self.dataset.hflip_ok, strong)
+        hflip_ok = (dataset or self.dataset).hflip_ok
+        return Transform(backbone.image_size, preprocessing, self.options.augment, hflip_ok, strong)
 
     @property
     def num_workers(self) -> int:
@@ -90,17 +93,20 @@ class RunContext:
             block.compile()
         self.log.info(f"compiled the {len(self.backbone.blocks)} blocks of {self.backbone_request.name}")
 
-    def feed(self, split_name: str) -> ImageFeed:
-        """How `split_name`'s images reach the model (decided once per split, logged, and recorded)."""
-        if split_name not in self._feeds:
-            split = getattr(self.dataset, split_name)
+    def feed(self, split_name: str, dataset: LongTailDataset | None = None) -> ImageFeed:
+        """How `split_name`'s images reach the model (decided once per split, logged, and recorded); of the
+        run's dataset, or of `dataset` (another one a method trains on too: PEMT's source datasets), recorded
+        as "<its name>:<split>"."""
+        key = split_name if dataset is None else f"{dataset.name}:{split_name}"
+        if key not in self._feeds:
+            split = getattr(dataset or self.dataset, split_name)
             pixels, how = None, "image by image (data_cache=off)"
             if self.options.data_cache == "auto":
                 pixels, how = split_pixels(split, self.cache_dir, self.console, self.warn)
-            self.data_paths[split_name] = how
-            self.log.info(f"{split_name} images: {how}")
-            self._feeds[split_name] = ImageFeed(split, pixels, self.device, self.num_workers)
-        return self._feeds[split_name]
+            self.data_paths[key] = how
+            self.log.info(f"{key} images: {how}")
+            self._feeds[key] = ImageFeed(split, pixels, self.device, self.num_workers)
+        return self._feeds[key]
 
     @property
     def eval_batch_size(self) -> int:

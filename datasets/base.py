@@ -213,6 +213,21 @@ def resolve_data_root(spec: DatasetSpec, data_root: str | Path | None) -> Path |
     return root.resolve()
 
 
+def data_folders() -> dict[str, Path | None]:
+    """Every registered dataset that lives in a data folder (not the embedded digits, nor a user's own tree) →
+    its folder under $BENCH_DATA_ROOT where that folder exists, else None. Empty when the variable is unset."""
+    base = os.environ.get(DATA_ROOT_ENV)
+    if not base:
+        return {}
+    folders = {}
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        if spec.dirname is not None:
+            folder = Path(base).expanduser() / spec.dirname
+            folders[name] = folder.resolve() if folder.is_dir() else None
+    return folders
+
+
 def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise BenchError(f"missing {what}: expected {path}")

@@ -20,6 +20,7 @@ from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.context import RunContext
+    from bench.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class Phase:
     # neither optimised nor counted as trainable.
     state: list[torch.Tensor] = field(default_factory=list)
     after_step: Callable[[], None] | None = None  # runs after every optimizer step (e.g. an EMA update)
+    # A phase that learns another dataset's labels (PEMT's source datasets) validates on that dataset's val split
+    # instead of the run's: its metrics, or None where that dataset has no val split (the phase keeps its last
+    # epoch). None: the run's val split.
+    validate: Callable[[], Metrics | None] | None = None
 
 
 class Method:

@@ -10,6 +10,7 @@ from torch import nn
 
 from bench.context import RunContext
 from bench.data import Transform, chunks
+from bench.datasets.base import LongTailDataset
 from bench.distributed import world
 from bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform, Space
 from bench.methods.samplers import SAMPLERS, class_aware, epoch_indices
@@ -137,16 +138,19 @@ def feature_batches(ctx: RunContext, phase_name: str, sampler: str, features: Ca
 
 
 @torch.no_grad()
-def predict_images(ctx: RunContext, model: nn.Module, split_name: str, towers: Sequence | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of `model` over a split; it gets a view per tower where `towers` are given."""
-    split = getattr(ctx.dataset, split_name)
+def predict_images(ctx: RunContext, model: nn.Module, split_name: str, towers: Sequence | None = None,
+                   dataset: LongTailDataset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of `model` over a split of the run's dataset (or of `dataset`); it gets a view per tower
+    where `towers` are given."""
+    dataset = dataset or ctx.dataset
+    split = getattr(dataset, split_name)
     transform = tower_transforms(ctx, False, towers)
     model.eval()
     logits = []
     share = world().shard(range(len(split)))  # over several ranks: each predicts its share, and all gather
-    for images, _ in ctx.feed(split_name).batches(transform, chunks(share, ctx.eval_batch_size), 0):
+    for images, _ in ctx.feed(split_name, None if dataset is ctx.dataset else dataset).batches(
+            transform, chunks(share, ctx.eval_batch_size), 0):
         with ctx.autocast():
             logits.append(model(images).float().cpu())
-    local = torch.cat(logits) if logits else torch.zeros(0, ctx.dataset.num_classes)
+    local = torch.cat(logits) if logits else torch.zeros(0, dataset.num_classes)
     return world().gather_rows(local), torch.as_tensor(split.labels)

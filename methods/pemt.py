@@ -2,16 +2,21 @@
 source-task LoRAs gated by task correlation, carried over from T5 to a frozen ViT (the modules and what each
 follows in the official code: methods/pemt_model.py).
 
-- Sources. PEMT's sources are other tasks. `sources=shot_groups` (the default) takes them from the target: its
-  many / medium / few-shot training subsets (the harness's shot groups of `shot_convention`, from the train
-  counts), each a task over its own classes, which is the long-tail reading of "tasks" and what a machine with
-  one dataset can run. A group with fewer than two classes cannot train a classifier and is skipped (the record
-  says so). `sources=datasets` (leave-one-out over the other registered datasets) is not built: it is refused.
-- Stage 1, a phase per source (`pemt_source_<group>`): the source's LoRA (`mlp.fc2` of every block), its task
-  prompt and its head, trained with cross-entropy on the source's training images (instance-balanced). The
-  engine validates it on the target's val split, where the source model scores the classes it does not know
-  `OUTSIDE` (so the epoch kept is the best on the source's own classes, as the official stage 1 keeps its best
-  epoch on the source's validation set).
+- Sources. PEMT's sources are other tasks. Two readings, and the record says which:
+  - `sources=datasets`, the paper's: the other registered datasets (leave-one-out), each a source task over its
+    own classes, read from $BENCH_DATA_ROOT with their default options. `source_datasets` names them; left
+    empty, every one whose folder is there is taken (the record lists those taken and those absent).
+  - `sources=shot_groups` (the default): the target's many / medium / few-shot training subsets (the harness's
+    shot groups of `shot_convention`, from the train counts), each a task over its own classes. This is the
+    long-tail reading of "tasks", and what the embedded default and a machine with one dataset can run. A group
+    with fewer than two classes cannot train a classifier and is skipped (the record says so). It is the
+    default because the other reading's sources depend on which datasets a machine holds: a default that did
+    would make two machines' runs of one protocol different methods.
+- Stage 1, a phase per source (`pemt_source_<name>`): the source's LoRA (`mlp.fc2` of every block), its task
+  prompt and its head, trained with cross-entropy on the source's training images (instance-balanced). The epoch
+  kept is the best on the source's own validation data, as the official stage 1 keeps its best epoch on the
+  source's validation set: a source dataset's val split (its last epoch where it has none), or for a shot group
+  the target's val split, where the source model scores the classes it does not know `OUTSIDE`.
 - Stage 2 (`pemt_target`): the target prompt (attending over the frozen source prompts), the zero-initialised
   gates, the target adapters, the tower's LayerNorms and a new linear head, on the whole training set, with
   cross-entropy + `aux_weight` × the task-sparsity term.
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import chunks
+from bench.datasets.base import DATA_ROOT_ENV, DATASETS, LongTailDataset, data_folders, load_dataset
 from bench.distributed import world
 from bench.errors import BenchError
 from bench.hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Choice, HParam, LogUniform
@@ -42,7 +48,7 @@ from bench.methods.base import Method, Phase, register_method, register_variant
 from bench.methods.common import image_batches, optimizer_factory, predict_images, steps
 from bench.methods.pemt_model import LORA_B_INITS, PEMTNet, patch_token_prompt
 from bench.methods.samplers import epoch_indices
-from bench.metrics import GROUPS, shot_groups
+from bench.metrics import GROUPS, Metrics, evaluate_logits, shot_groups
 from bench.seeding import derived_seed
 
 SOURCE_KINDS = ("shot_groups", "datasets")
@@ -51,8 +57,12 @@ CODE = "JachinLin2022/PEMT"
 
 PEMT_HPARAMS: dict[str, HParam] = {
     "sources": HParam("shot_groups", help="the source tasks: shot_groups (the target's many/medium/few-shot "
-                      "subsets; this harness's long-tail reading of PEMT's source tasks) | datasets (other "
-                      "registered datasets; not built yet, refused)", choices=SOURCE_KINDS),
+                      "subsets; this harness's long-tail reading, and the default because it does not depend on "
+                      "which datasets a machine holds) | datasets (the other registered datasets under "
+                      f"${DATA_ROOT_ENV}, leave-one-out: the paper's other tasks, {CODE} run_pemt_stage1.sh)",
+                      choices=SOURCE_KINDS),
+    "source_datasets": HParam("", help="with sources=datasets: the source datasets, comma-separated; empty: every "
+                              f"other registered dataset whose folder is under ${DATA_ROOT_ENV} (recorded)"),
     "source_epochs": HParam(5, help=f"stage 1 epochs per source ({CODE} run_pemt_stage1.sh: 5)", bounds=NON_NEGATIVE),
     "source_lr": HParam(5e-4, LogUniform(5e-5, 5e-3), f"stage 1 AdamW learning rate ({CODE} run_pemt_stage1.sh: "
                         "5e-4)", bounds=POSITIVE),
@@ -91,27 +101,32 @@ PEMT_HPARAMS: dict[str, HParam] = {
 
 @dataclass(frozen=True)
 class Source:
-    """A source task: its name, the target classes it covers, its training images (indices into train)."""
+    """A source task: its name, the target classes it covers (or, for a source dataset, its number of classes),
+    its training images (indices into the train split of the target, or of `dataset`)."""
 
     name: str
-    classes: list[int]
+    classes: list[int] | int
     indices: np.ndarray
+    dataset: LongTailDataset | None = None  # a source dataset (None: a subset of the target)
+    root: str | None = None  # its data folder
 
 
 def adamw(lr: float, weight_decay: float):
     return optimizer_factory({"optimizer": "adamw", "lr": lr, "weight_decay": weight_decay})
 
 
-def subset_batches(ctx, phase_name: str, indices: np.ndarray, batch_size: int):
-    """Augmented batches of the training images `indices`, shuffled per (seed, phase, epoch)."""
-    transform = ctx.transform(train=True)
-    labels = ctx.dataset.train.labels[indices]
+def subset_batches(ctx, phase_name: str, indices: np.ndarray, batch_size: int,
+                   dataset: LongTailDataset | None = None):
+    """Augmented batches of the training images `indices` (of the run's dataset, or of `dataset`), shuffled per
+    (seed, phase, epoch)."""
+    transform = ctx.transform(train=True, dataset=dataset)
+    labels = (dataset or ctx.dataset).train.labels[indices]
 
     def batches(epoch: int):
         seed = derived_seed(ctx.seed, phase_name, epoch)
         order = indices[epoch_indices("instance_balanced", labels, seed)]
         shares = world().shard_batches(chunks(order, batch_size))
-        yield from ctx.feed("train").batches(transform, shares, world().noise_seed(seed, "augment"))
+        yield from ctx.feed("train", dataset).batches(transform, shares, world().noise_seed(seed, "augment"))
 
     return batches, steps(len(indices), batch_size)
 
@@ -120,7 +135,7 @@ class PEMT(Method):
     """The full PEMT; the variants switch parts off."""
 
     description = ("PEMT: per-source LoRA + task prompt (stage 1), then a gated mixture of the source LoRAs "
-                   "guided by prompt attention, with target adapters (stage 2); sources = shot groups")
+                   "guided by prompt attention, with target adapters (stage 2); sources: shot groups or datasets")
     hparams = PEMT_HPARAMS
     # The micro tower is 64 wide: LoRA rank 8 (alpha 8 keeps the official scale alpha / r = 1), stage-1 batches of
     # 32 (the few-shot source has 38 images) at the embedded default's lr 2e-3; stage 2's lr 2e-2 was chosen on val
@@ -146,8 +161,7 @@ class PEMT(Method):
     def _sources(self) -> tuple[list[Source], list[dict]]:
         ctx, hp = self.ctx, self.hp
         if hp["sources"] == "datasets":
-            raise BenchError("pemt: sources=datasets (leave-one-out over the other registered datasets) is not built "
-                             "yet; use sources=shot_groups")
+            return self._dataset_sources()
         groups = shot_groups(ctx.dataset.train_counts, ctx.options.shot_convention)
         labels = ctx.dataset.train.labels
         sources, skipped = [], []
@@ -165,15 +179,41 @@ class PEMT(Method):
             ctx.warn(f"pemt: one source ({sources[0].name}): its gate weight is 1 in every block")
         return sources, skipped
 
+    def _dataset_sources(self) -> tuple[list[Source], list[dict]]:
+        """The paper's reading: the other registered datasets (those named in `source_datasets`, or every one
+        whose folder is under $BENCH_DATA_ROOT), each with its default options, over its own classes."""
+        ctx, named = self.ctx, [n.strip() for n in self.hp["source_datasets"].split(",") if n.strip()]
+        target = DATASETS.get(ctx.dataset_name)
+        folders = {name: folder for name, folder in data_folders().items()
+                   if name != target.name and DATASETS.get(name).dirname != target.dirname}
+        fix = f"set {DATA_ROOT_ENV} to the folder that holds them, or use sources=shot_groups"
+        if not named and not any(folders.values()):
+            where = "which holds none of them" if folders else "which is not set"
+            raise BenchError(f"pemt: sources=datasets reads the other registered datasets from ${DATA_ROOT_ENV}, "
+                             f"{where}; {fix}")
+        chosen = [DATASETS.canonical(name) for name in named] or [n for n, f in folders.items() if f is not None]
+        for name in chosen:
+            if folders.get(name) is None:
+                where = "is the target" if name == target.name else f"has no folder under ${DATA_ROOT_ENV}"
+                raise BenchError(f"pemt: source dataset {name} {where}; name others in source_datasets, or {fix}")
+        sources = []
+        for name in chosen:
+            dataset = load_dataset(name, folders[name], {})
+            sources.append(Source(name, dataset.num_classes, np.arange(len(dataset.train)), dataset,
+                                  str(folders[name])))
+        skipped = [{"name": name, "reason": f"no folder under ${DATA_ROOT_ENV}" if folder is None else "not named "
+                    "in source_datasets"} for name, folder in folders.items() if name not in chosen]
+        return sources, skipped
+
     def _init_prompts(self) -> None:
         """Each task's prompt from patch tokens of its own training images (drawn per seed and task)."""
         ctx, net, length = self.ctx, self.net, self.hp["prompt_length"]
-        tasks = [(s.name, s.indices, p) for s, p in zip(self.sources, net.source_prompts, strict=True)]
-        tasks.append(("target", np.arange(len(ctx.dataset.train)), net.target_prompt))
-        for name, indices, prompt in tasks:
+        tasks = [(s.name, s.indices, p, s.dataset) for s, p in zip(self.sources, net.source_prompts, strict=True)]
+        tasks.append(("target", np.arange(len(ctx.dataset.train)), net.target_prompt, None))
+        for name, indices, prompt, dataset in tasks:
             rng = np.random.default_rng(derived_seed(ctx.seed, "pemt_prompt", name))
             drawn = rng.choice(indices, length, replace=len(indices) < length)
-            images, _ = next(iter(ctx.feed("train").batches(ctx.transform(), [drawn.tolist()], 0)))
+            images, _ = next(iter(ctx.feed("train", dataset).batches(ctx.transform(), [drawn.tolist()], 0)))
             with torch.no_grad():
                 prompt.copy_(patch_token_prompt(ctx.backbone, images, rng))
 
@@ -183,7 +223,7 @@ class PEMT(Method):
     # -- phases -------------------------------------------------------------------------------------------
     def _source_phase(self, index: int, source: Source) -> Phase:
         hp, name = self.hp, f"pemt_source_{source.name}"
-        batches, count = subset_batches(self.ctx, name, source.indices, hp["source_batch_size"])
+        batches, count = subset_batches(self.ctx, name, source.indices, hp["source_batch_size"], source.dataset)
 
         def enter() -> None:
             self.net.source = index
@@ -191,7 +231,17 @@ class PEMT(Method):
         return Phase(name=name, epochs=hp["source_epochs"], parameters=self.net.source_parameters(index),
                      make_optimizer=adamw(hp["source_lr"], hp["weight_decay"]), batches=batches,
                      loss=lambda batch: F.cross_entropy(self.net(batch[0]), batch[1]), steps_per_epoch=count,
-                     on_start=enter, schedule="linear")
+                     on_start=enter, schedule="linear",
+                     validate=(lambda: self._source_val(source)) if source.dataset is not None else None)
+
+    def _source_val(self, source: Source) -> Metrics | None:
+        """A source dataset's model on that dataset's own val split (None where it has none)."""
+        dataset = source.dataset
+        if len(dataset.val) == 0:
+            return None
+        logits, labels = predict_images(self.ctx, self.net, "val", dataset=dataset)
+        return evaluate_logits(labels.numpy(), logits.float().numpy(), dataset.train_counts,
+                               self.hp["shot_convention"])
 
     @property
     def aux_weight(self) -> float:
@@ -218,13 +268,16 @@ class PEMT(Method):
     # -- prediction and record ----------------------------------------------------------------------------
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the model of the current stage; in stage 2 the gates' mean per block is kept per split."""
-        net = self.net
+        net, current = self.net, self.net.source
+        if current is not None and self.sources[current].dataset is not None:
+            net.source = None  # stopped inside a source dataset's phase: its head knows none of the target's
+            # classes, so the target's splits are scored by the (untrained) stage-2 model
         tally = bool(self.sources) and net.source is None
         net.tally = torch.zeros(len(net.blocks), len(self.sources), device=self.ctx.device) if tally else None
         try:
             logits, labels = predict_images(self.ctx, net, split)
         finally:
-            sums, net.tally = net.tally, None
+            sums, net.tally, net.source = net.tally, None, current
         if sums is not None:
             self.gate_means[split] = world().mean(sums / sums.sum(-1, keepdim=True)).cpu()
         return logits, labels
@@ -234,8 +287,7 @@ class PEMT(Method):
         net = self.net
         return {"pemt": {
             "sources": self.hp["sources"] if self.use_sources else "none",
-            "source_tasks": [{"name": s.name, "classes": s.classes, "train_images": len(s.indices)}
-                             for s in self.sources],
+            "source_tasks": [source_entry(s) for s in self.sources],
             "skipped_sources": self.skipped,
             "gate": "learned" if self.learned_gate else "uniform", "prompt_attention": self.prompt_attention,
             "target_adapter": self.target_adapter, "aux_weight": self.aux_weight,
@@ -244,6 +296,14 @@ class PEMT(Method):
                                    "max_deviation_from_uniform": float((means - 1 / means.shape[1]).abs().max())}
                            for split, means in self.gate_means.items()},
         }}
+
+
+def source_entry(source: Source) -> dict:
+    if source.dataset is None:
+        return {"name": source.name, "classes": source.classes, "train_images": len(source.indices)}
+    return {"name": source.name, "dataset": source.dataset.name, "data_root": source.root,
+            "num_classes": source.classes, "train_images": len(source.indices),
+            "val_images": len(source.dataset.val)}
 
 
 register_method("pemt", group="comparator", place=30)(PEMT)

@@ -124,12 +124,13 @@ class PEMTNet(nn.Module):
     """The frozen tower with PEMT's modules; `source` selects the model that runs: s (stage 1: source s's
     prompt, its LoRA alone in every block, its head) or None (stage 2: the target prompt, the gated mixture of
     every source's LoRA, the target adapters, the target head). `source_classes[s]` are the target classes
-    source s knows; in stage 1 the model scores the others `OUTSIDE`, so its logits cover every class.
+    source s knows (in stage 1 the model scores the others `OUTSIDE`, so its logits cover every class), or, for
+    a source dataset with labels of its own, their number (stage 1 scores those alone).
 
     Switches for the ablations: `prompt` (False: no prompt at all, nor sources), `prompt_attention` (False:
     the target prompt is E_t alone), `learned_gate` (False: uniform weights 1/S), `adapter` (target adapters)."""
 
-    def __init__(self, backbone: nn.Module, source_classes: list[list[int]], num_classes: int, hp: dict, *,
+    def __init__(self, backbone: nn.Module, source_classes: list[list[int] | int], num_classes: int, hp: dict, *,
                  prompt: bool = True, prompt_attention: bool = True, learned_gate: bool = True,
                  adapter: bool = True):
         super().__init__()
@@ -147,8 +148,10 @@ class PEMTNet(nn.Module):
             nn.init.trunc_normal_(parameter, std=0.02)
         hidden = [_projection(block)[1].in_features for block in backbone.blocks]
         self.blocks = nn.ModuleList(BlockModules(width, dim, count, hp, learned_gate, adapter) for width in hidden)
-        self.source_classes = [torch.as_tensor(classes, dtype=torch.long) for classes in source_classes]
-        self.source_heads = nn.ModuleList(nn.Linear(backbone.feature_dim, len(c)) for c in source_classes)
+        self.source_classes = [None if isinstance(classes, int) else torch.as_tensor(classes, dtype=torch.long)
+                               for classes in source_classes]
+        self.source_heads = nn.ModuleList(nn.Linear(backbone.feature_dim, c if isinstance(c, int) else len(c))
+                                          for c in source_classes)
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.num_classes, self.prompt_attention = num_classes, prompt_attention
         self.attention_dropout = hp["prompt_attn_dropout"]
@@ -207,6 +210,8 @@ class PEMTNet(nn.Module):
         if self.source is None:
             return self.head(feature)
         local = self.source_heads[self.source](feature)
+        if self.source_classes[self.source] is None:  # a source dataset: its own classes
+            return local
         logits = local.new_full((local.shape[0], self.num_classes), OUTSIDE)
         return logits.index_copy(1, self.source_classes[self.source].to(local.device), local)
 

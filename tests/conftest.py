@@ -145,12 +145,14 @@ PLACES = [("desert-sand", "/d/desert/sand"), ("desert_road", "/d/desert_road"), 
                                                                                  "/a/apartment_building/outdoor")]
 
 
-def make_places_lt(root, download_layout: bool):
+def make_places_lt(root, download_layout: bool, train_scale: int = 1):
+    """A small Places-LT copy: 3 classes with (3, 2, 1) × `train_scale` training images, 1 val and 2 test images
+    each."""
     official = sorted(category for _, category in PLACES)
     write_lines(root / "categories_places365.txt", [f"{c} {i}" for i, c in enumerate(official)])
     lines = {"train": [], "val": [], "test": []}
     for label, (folder, category) in enumerate(PLACES):
-        for split, count in (("train", 3 - label), ("val", 1), ("test", 2)):
+        for split, count in (("train", (3 - label) * train_scale), ("val", 1), ("test", 2)):
             for i in range(count):
                 if split == "test":
                     name = f"Places365_val_{label}{i:07d}.jpg"

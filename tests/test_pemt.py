@@ -1,5 +1,5 @@
 """PEMT: the prompt attention, the gates' zero init, the task-sparsity term, the stage-1 models, the shot-group
-sources, phase freezing, parameter accounting at ViT-B/16 sizes, every variant end to end, and learning on the
+sources and the source datasets, phase freezing, parameter accounting at ViT-B/16 sizes, every variant end to end, and learning on the
 embedded default.
 
 Measured on the embedded default (`bench run --method pemt --seed S`, S = 0-4; 2-core Xeon, one torch thread,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CheckpointSnapshots
+from conftest import CheckpointSnapshots, make_places_lt
 from rich.console import Console
 
 from bench import runner
@@ -138,8 +138,52 @@ def test_every_variant_runs_end_to_end_and_records_its_sources(tmp_path, variant
     assert (pemt["gate"] == "uniform") == (variant == "pemt_uniform_gate")
 
 
-def test_sources_from_other_datasets_are_refused_with_one_line(tmp_path):
-    with pytest.raises(BenchError, match=r"^pemt: sources=datasets .* not built yet; use sources=shot_groups$"):
+def test_source_datasets_each_train_a_phase_on_their_own_images_and_select_on_their_own_val(tmp_path, monkeypatch):
+    """sources=datasets (the paper's reading): every other registered dataset under $BENCH_DATA_ROOT (here a
+    Places-LT copy; the others absent, and recorded so) trains its own stage-1 phase over its own classes on its
+    own train images, and validates on its own val split; stage 2 then learns the target with that one source."""
+    make_places_lt(tmp_path / "data" / "Places_LT", download_layout=False, train_scale=2)
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    record = run(tmp_path, "pemt", {**QUICK, "sources": "datasets", "source_epochs": "2"})
+    pemt = record["extras"]["pemt"]
+    assert pemt["sources"] == "datasets" and [s["phase"] for s in record["selected"]] == [
+        "pemt_source_places_lt", "pemt_target"]
+    [source] = pemt["source_tasks"]
+    assert (source["dataset"], source["num_classes"], source["train_images"], source["val_images"]) == \
+        ("places_lt", 3, 12, 3)
+    assert source["data_root"] == str((tmp_path / "data" / "Places_LT").resolve())
+    assert {s["name"] for s in pemt["skipped_sources"]} == {"cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"}
+    assert {"places_lt:train", "places_lt:val", "train", "val", "test"} <= set(record["data_paths"])
+    history = [entry for entry in record_history(tmp_path) if entry["phase"] == "pemt_source_places_lt"]
+    assert len(history) == 2  # each epoch scored on Places-LT's val: 3 images, so overall is a multiple of 1/3
+    assert all(float(entry["val"]["overall"] * 3 / 100).is_integer() for entry in history)
+    assert np.allclose(pemt["gate_means"]["test"]["mean"], [1.0])  # one source: its gate weight is 1
+    assert 0 <= record["test"]["overall"] <= 100
+
+
+def record_history(tmp_path) -> list[dict]:
+    import json
+
+    [run_dir] = (tmp_path / "runs").iterdir()
+    return json.loads((run_dir / "metrics.json").read_text())["history"]
+
+
+@pytest.mark.parametrize(("places", "overrides", "message"), [
+    (False, {}, (r"^pemt: sources=datasets reads the other registered datasets from \$BENCH_DATA_ROOT, which holds "
+                r"none of them; set BENCH_DATA_ROOT to the folder that holds them, or use sources=shot_groups$")),
+    (True, {"source_datasets": "imagenet_lt"}, (r"^pemt: source dataset imagenet_lt has no folder under "
+                                               r"\$BENCH_DATA_ROOT; name others in source_datasets, or set")),
+    (True, {"source_datasets": "colour"}, r"unknown dataset 'colour'"),
+])
+def test_source_datasets_that_are_not_there_are_one_line_errors(tmp_path, monkeypatch, places, overrides, message):
+    (tmp_path / "data").mkdir()
+    if places:
+        make_places_lt(tmp_path / "data" / "Places_LT", download_layout=False)
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    with pytest.raises(BenchError, match=message):
+        run(tmp_path, "pemt", {**QUICK, "sources": "datasets", **overrides})
+    monkeypatch.delenv("BENCH_DATA_ROOT")
+    with pytest.raises(BenchError, match=r"from \$BENCH_DATA_ROOT, which is not set; set BENCH_DATA_ROOT"):
         run(tmp_path, "pemt", {**QUICK, "sources": "datasets"})
 
 

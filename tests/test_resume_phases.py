@@ -125,7 +125,27 @@ def test_interrupted_at_every_phase_boundary_and_inside_every_phase_resumes_exac
                                                                                    torch_threads):
     torch_threads(threads)
     overrides, phases = EMBEDDED_LPT if embedded else MULTI_PHASE[method]
-    overrides = {**overrides, "amp": amp}
+    assert_resumes_exactly(tmp_path, method, {**overrides, "amp": amp}, phases, embedded, interrupt_at)
+
+
+@pytest.mark.slow
+def test_pemt_on_source_datasets_resumes_exactly(tmp_path, monkeypatch, interrupt_at, torch_threads):
+    """PEMT with sources=datasets: its source phase reads another dataset's images and selects on that
+    dataset's val split; interrupted at every boundary and inside every phase, it resumes bit for bit."""
+    from conftest import make_places_lt
+
+    torch_threads(1)
+    make_places_lt(tmp_path / "data" / "Places_LT", download_layout=False, train_scale=4)  # 24 images
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    overrides, _ = MULTI_PHASE["pemt"]
+    overrides = {**overrides, "sources": "datasets", "source_batch_size": "2", "amp": "off"}  # 12 steps an epoch
+    assert_resumes_exactly(tmp_path, "pemt", overrides, [("pemt_source_places_lt", 2), ("pemt_target", 2)], False,
+                           interrupt_at)
+
+
+def assert_resumes_exactly(tmp_path, method: str, overrides: dict, phases: list[tuple[str, int]], embedded: bool,
+                           interrupt_at: list) -> None:
+    amp = overrides["amp"]
     full = runner.execute(spec(tmp_path / "full", method, overrides, embedded))
     assert full.record["precision"] == ("fp32" if amp == "off" else amp)
     assert [s["phase"] for s in full.record["selected"]] == [name for name, _ in phases]
