@@ -16,9 +16,9 @@ from pathlib import Path
 
 from bench.callbacks import Callback
 from bench.errors import BenchError
+from bench.metrics import ACCURACIES  # every accuracy a run reports, the selection metric among them
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # name → the package it needs
-METRICS = ("overall", "many", "medium", "few", "worst_class", "harmonic_mean", "macro_f1")
 
 
 def check_trackers(names: list[str]) -> None:
@@ -48,12 +48,12 @@ def run_params(config: dict) -> dict[str, str | int | float | bool]:
 def epoch_scalars(entry: dict) -> dict[str, float]:
     scalars = {"train/loss": entry["loss"], **({"train/lr": entry["lr"]} if entry["lr"] is not None else {})}
     val = entry.get("val") or {}
-    scalars.update({f"val/{name}": val[name] for name in METRICS if val.get(name) is not None})
+    scalars.update({f"val/{name}": val[name] for name in ACCURACIES if val.get(name) is not None})
     return scalars
 
 
 def final_scalars(record: dict) -> dict[str, float]:
-    return {f"{split}/{name}": record[split][name] for split in ("val", "test") for name in METRICS
+    return {f"{split}/{name}": record[split][name] for split in ("val", "test") for name in ACCURACIES
             if record[split].get(name) is not None}
 
 

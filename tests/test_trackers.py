@@ -4,6 +4,7 @@ trial in a sweep; a missing tracker package is one line."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -35,6 +36,9 @@ def test_tensorboard_logs_scalars_hyperparameters_and_final_metrics(tmp_path):
     history = result.record["epochs_trained"]
     assert [event.step for event in losses] == [1, 2] == list(range(1, history + 1))  # epochs from 1, as the log
     assert [event.step for event in events.Scalars("val/overall")] == [1, 2]
+    selection = events.Scalars("val/mean_per_class")  # the selection metric is tracked too
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    assert [event.value for event in selection] == pytest.approx([e["val"]["mean_per_class"] for e in history])
     (test,) = events.Scalars("test/overall")
     assert test.value == pytest.approx(result.record["test"]["overall"])
     content = events.PluginTagToContent("hparams")

@@ -12,7 +12,7 @@ from typing import Any
 from bench.record import method_extras
 from bench.selection import DEFAULT_METRIC, TIE_BREAK
 
-METRICS = ("overall", "many", "medium", "few")
+LEADERBOARD_METRICS = ("overall", "many", "medium", "few")  # the test columns of a leaderboard
 CONFIGURATION_FIELDS = ("method", "dataset", "backbone", "hparams", "dataset_options", "shot_convention",
                         "pretrained")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.report import formatting as fmt
-from bench.report.aggregate import METRICS, Configuration, Stat
+from bench.report.aggregate import LEADERBOARD_METRICS, Configuration, Stat
 from bench.report.plots import Plot, Plots, row_label
 from bench.report.significance import REPLICATES, Evidence
 from bench.report.significance import SEED as BOOTSTRAP_SEED
@@ -90,7 +90,7 @@ def _dataset_blocks(section: DatasetReport, plots: Plots) -> list[Block]:
 
 
 def _metric_cells(configuration: Configuration) -> list[str]:
-    return [fmt.stat(configuration.metric("test", metric), configuration.seeds) for metric in METRICS]
+    return [fmt.stat(configuration.metric("test", metric), configuration.seeds) for metric in LEADERBOARD_METRICS]
 
 
 def _evidence_cells(configuration: Configuration, evidence: Evidence | None) -> list[str]:
@@ -174,7 +174,7 @@ def published_block(section: DatasetReport) -> Block:
             for result in section.published]
     return Block("Published (not measured here)", 3, "published", section.key,
                  paragraphs=[PUBLISHED_NOTE],
-                 grid=Grid(["method", *METRICS, "source"], rows, [False, True, True, True, True, False]))
+                 grid=Grid(["method", *LEADERBOARD_METRICS, "source"], rows, [False, True, True, True, True, False]))
 
 
 def ablation_block(dataset: str, ablation: Ablation) -> Block:
@@ -192,7 +192,7 @@ def ablation_block(dataset: str, ablation: Ablation) -> Block:
     notes += health_notes([row.configuration for row in ablation.rows])
     notes += convergence_notes([row.configuration for row in ablation.rows], ablation.metric)
     return Block(f"Ablation: {ablation.name}", 3, "ablation", dataset,
-                 grid=Grid(["variant", *METRICS, "n", "Δ overall"], rows, [False] + [True] * 6), notes=notes)
+                 grid=Grid(["variant", *LEADERBOARD_METRICS, "n", "Δ overall"], rows, [False] + [True] * 6), notes=notes)
 
 
 def sweep_block(dataset: str, sweep: Sweep) -> Block:

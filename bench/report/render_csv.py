@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import io
 
-from bench.report.aggregate import METRICS, Configuration, Stat
+from bench.report.aggregate import LEADERBOARD_METRICS, Configuration, Stat
 from bench.report.significance import Evidence
 from bench.report.tables import Report
 
 STAT_PARTS = ("mean", "std", "n")
 COLUMNS = ["dataset", "protocol", "method", "backbone", "image_size", "pretrained", "shot_convention", "seeds",
            "configs",
-           *(f"test_{metric}_{part}" for metric in METRICS for part in STAT_PARTS),
+           *(f"test_{metric}_{part}" for metric in LEADERBOARD_METRICS for part in STAT_PARTS),
            "test_overall_ci_low", "test_overall_ci_high", "test_few_ci_low", "test_few_ci_high",
            "below_best", "p_not_below_best", "selection_metric", *(f"val_selection_{part}" for part in STAT_PARTS),
            "converged", "trainable_params", "train_time_s", "device", "test_ms_per_image", "run_ids"]
@@ -30,7 +30,7 @@ def render_csv(report: Report) -> str:
                 "" if configuration.image_size is None else configuration.image_size,
                 str(configuration.pretrained).lower(), configuration.shot_convention, configuration.seeds,
                 row.candidates,
-                *(cell for metric in METRICS for cell in _stat_cells(configuration.metric("test", metric))),
+                *(cell for metric in LEADERBOARD_METRICS for cell in _stat_cells(configuration.metric("test", metric))),
                 *_evidence_cells(row.evidence), section.metric,
                 *_stat_cells(configuration.metric("val", section.metric)),
                 str(not configuration.still_rising).lower(), _mean(configuration, "trainable_params", integer=True), _mean(configuration, "train_time_s"),
