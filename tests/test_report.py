@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -121,13 +122,31 @@ def write_per_class(root: Path, run_id: str, accuracies: list[float]) -> None:
     (folder / "per_class.csv").write_text("\n".join(lines) + "\n")
 
 
+def write_history(root: Path, run_id: str, curve: list[tuple[str, float | None]]) -> None:
+    """A metrics.json beside the per_class.csv whose history has (phase, val mean per class or None: not
+    validated) per epoch."""
+    history = [{"phase": phase, "epoch": 0, "loss": 1.0, **({"val": {"mean_per_class": value}} if value else {})}
+               for phase, value in curve]
+    (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": history}))
+
+
 @pytest.fixture
 def fixed_store(tmp_path) -> ResultsStore:
     root = tmp_path / "results"
     store = write_store(root, fixed_records())
     write_per_class(root, "lp-s0", [90.0, 60.0, 20.0])
     write_per_class(root, "lp-s1", [80.0, 70.0, 30.0])
+    write_history(root, "lp-s0", [("a", 40.0), ("a", None), ("b", 50.0)])
+    write_history(root, "lp-s1", [("a", 60.0), ("a", 62.0), ("b", 70.0)])
     return store
+
+
+def test_val_curves_average_the_seeds_that_validated_each_epoch_and_mark_phase_ends(fixed_store):
+    from bench.report.run_files import configuration_curve
+
+    [probe] = [c for c in group_configurations(load_records(fixed_store)) if c.records[0]["run_id"] == "lp-s0"]
+    metric, points, boundaries = configuration_curve(probe, fixed_store.root)
+    assert metric == "mean_per_class" and points == [(1, 50.0), (2, 62.0), (3, 60.0)] and boundaries == [2]
 
 
 def test_markdown_report_of_a_fixed_store_matches_the_golden_file(fixed_store, tmp_path):
@@ -279,7 +298,7 @@ def test_tex_csv_and_plots(fixed_store):
     plots = sorted(name for name in files if name.startswith("plots/"))
     assert plots == sorted(f"plots/{dataset}_{kind}.png" for dataset in ("places_lt", "cifar100_lt")
                            for kind in ("shot_groups", "accuracy_vs_params", "accuracy_vs_train_time"
-                                        ) + (("per_class",) if dataset == "places_lt" else ()))
+                                        ) + (("per_class", "val_curves") if dataset == "places_lt" else ()))
     assert all(files[name].startswith(b"\x89PNG") for name in plots)
 
 
@@ -294,7 +313,7 @@ def test_plots_are_deterministic(tmp_path):
 def test_html_is_self_contained(fixed_store):
     report = build_report(load_records(fixed_store), METHOD_ORDER, "results")
     html = render_report(report, ["html"], fixed_store.root)[0]["report.html"].decode()
-    assert html.count('src="data:image/png;base64,') == 7
+    assert html.count('src="data:image/png;base64,') == 8
     assert not re.search(r"<script|<link|@import|url\(|https?://|src=\"(?!data:)", html)
 
 
@@ -322,7 +341,7 @@ def test_cli_writes_the_requested_formats(fixed_store, tmp_path):
     assert result.exit_code == 0, result.output
     assert {path.name for path in out.iterdir()} == {*FILES.values(), "plots"}
     assert "cifar100_lt" not in (out / "leaderboard.md").read_text()
-    assert "wrote 8 files" in result.output and "linear_probe" in result.output
+    assert "wrote 9 files" in result.output and "linear_probe" in result.output
 
 
 def test_cli_on_an_empty_store_exits_1_and_writes_nothing(tmp_path):

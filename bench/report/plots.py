@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.report.formatting import devices, method_label
-from bench.report.per_class import configuration_per_class
+from bench.report.run_files import configuration_curve, configuration_per_class
 from bench.report.tables import DatasetReport, LeaderboardRow, Report
 
 FIGURE_SIZE = (8.0, 4.8)
@@ -18,6 +18,7 @@ DPI = 100
 SHOT_GROUPS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#2ca02c"}  # group → bar colour
 MARKERS = "osD^vP*Xhp<>"
 LABEL_MERGE = 0.04  # fraction of the plotted span within which point labels are merged
+RUN_FOLDERS = "(looked in each record's run_dir, then in runs/ beside the records)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def _dataset_plots(section: DatasetReport, results_root: Path | None, plots: Plo
         ("accuracy_vs_train_time", "test overall vs training time", _against("train_time_s",
                                                                                "training time (s)")),
         ("per_class", "per-class test accuracy vs training images", _per_class(results_root)),
+        ("val_curves", "val learning curves", _val_curves(results_root)),
     ]
     for kind, title, draw in makers:
         figure = _figure()
@@ -167,10 +169,9 @@ def _per_class(results_root: Path | None) -> Callable:
             axes.plot([count for count, _ in points], [accuracy for _, accuracy in points], linewidth=0.8,
                       markersize=4, alpha=0.85, label=row_label(row), **_style(index))
         if missing:
-            where = "(looked in each record's run_dir, then in runs/ beside the records)"
-            notes.append(f"No per-class plot: no per_class.csv for {', '.join(missing)} {where}."
+            notes.append(f"No per-class plot: no per_class.csv for {', '.join(missing)} {RUN_FOLDERS}."
                          if len(missing) == len(rows) else
-                         f"The per-class plot leaves out {', '.join(missing)}: no per_class.csv {where}.")
+                         f"The per-class plot leaves out {', '.join(missing)}: no per_class.csv {RUN_FOLDERS}.")
         if len(missing) == len(rows):
             return False
         axes.set_xscale("log")
@@ -178,6 +179,39 @@ def _per_class(results_root: Path | None) -> Callable:
         axes.set_ylabel("test accuracy (%)")
         axes.set_ylim(-2, 102)
         axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+        return True
+
+    return draw
+
+
+def _val_curves(results_root: Path | None) -> Callable:
+    """Each row's val selection metric per epoch (mean over its seeds; epochs counted across phases, a dot at
+    the end of each phase but the last): whether a budget let each method's curve flatten."""
+    def draw(axes, rows: list[LeaderboardRow], notes: list[str]) -> bool:
+        missing, metrics = [], set()
+        for index, row in enumerate(rows):
+            found = configuration_curve(row.configuration, results_root)
+            if found is None:
+                missing.append(row.configuration.method)
+                continue
+            metric, points, boundaries = found
+            metrics.add(metric)
+            style = _style(index)
+            axes.plot([epoch for epoch, _ in points], [value for _, value in points], linewidth=0.9, alpha=0.85,
+                      color=style["color"], label=row_label(row))
+            ends = [(epoch, value) for epoch, value in points if epoch in boundaries]
+            axes.plot([e for e, _ in ends], [v for _, v in ends], linestyle="none", **style)
+        if missing:
+            notes.append(f"No val-curve plot: no metrics.json with val epochs for {', '.join(missing)} "
+                         f"{RUN_FOLDERS}." if len(missing) == len(rows) else
+                         f"The val-curve plot leaves out {', '.join(missing)}: no metrics.json with val epochs "
+                         f"{RUN_FOLDERS}.")
+        if len(missing) == len(rows):
+            return False
+        axes.set_xlabel("epoch, across phases (a marker ends each phase but the last)")
+        axes.set_ylabel(f"val {' / '.join(sorted(metrics))} (%)")
+        axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
         return True
 
