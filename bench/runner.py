@@ -105,22 +105,25 @@ def _log_start(ctx: RunContext) -> None:
 
 
 def _start(ctx: RunContext, folder: RunFolder) -> tuple[Any, dict]:
-    """The method set up, then the run folder's config.json (with each tower's preprocessing as resolved for
-    this run: its library's, under the method's recipe), manifest and status: the run has started."""
+    """The run folder's config.json and status (running), the method set up, then config.json again with each
+    tower's preprocessing as resolved for this run (its library's, under the method's recipe) and the manifest:
+    the run has started. The first config.json comes before the setup, so a run whose setup fails (a method's
+    own check of its options) is listed by `bench runs` and shown by `bench show` with its error."""
     method = ctx.method_cls(ctx)
-    seed_everything(derived_seed(ctx.seed, "setup"))  # new modules initialise alike whatever ran before
-    method.setup()
     config = {"spec": dataclasses.asdict(ctx.spec), "method": ctx.method_cls.name, "dataset": ctx.dataset_name,
               "hparams": dict(ctx.hparams), "dataset_options": dict(ctx.dataset_options),
-              "world_size": ctx.world.size,
-              "preprocessing": {tower.name: dataclasses.asdict(ctx.preprocessing(tower)) for tower in method.towers()}}
+              "world_size": ctx.world.size}
+    folder.write_config(config)
+    folder.mark("running")
+    seed_everything(derived_seed(ctx.seed, "setup"))  # new modules initialise alike whatever ran before
+    method.setup()
+    config["preprocessing"] = {tower.name: dataclasses.asdict(ctx.preprocessing(tower)) for tower in method.towers()}
     folder.write_config(config)
     dataset = ctx.dataset
     folder.write_manifest(build_manifest(
         device=ctx.device, amp=ctx.precision, split_files=dataset.split_files,
         split_fingerprints={s.name: s.fingerprint for s in (dataset.train, dataset.val, dataset.test)},
         weights_info=dataclasses.asdict(ctx.backbone.weights_info)))
-    folder.mark("running")
     return method, config
 
 

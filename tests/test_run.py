@@ -184,6 +184,21 @@ def test_corrupt_image_mid_run_fails_cleanly(tmp_path):
     assert len(ResultsStore(tmp_path / "out")) == 0
 
 
+def test_a_run_whose_setup_fails_is_listed_and_shown_with_its_error(tmp_path, monkeypatch):
+    """A method's own check of its options fails in its setup (PEMT's source datasets, absent here): one error
+    line, exit 1, and the run is in `bench runs` and `bench show` as failed, with that error."""
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    cli, out = CliRunner(), str(tmp_path)
+    result = cli.invoke(app, ["run", "--method", "pemt", "--set", "sources=datasets", "--out", out])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith(
+        "error: pemt: sources=datasets reads the other registered datasets from $BENCH_DATA_ROOT, which is not set")
+    listed = cli.invoke(app, ["runs", "--out", out])
+    assert listed.exit_code == 0 and "failed" in listed.output and "pemt" in listed.output, listed.output
+    shown = cli.invoke(app, ["show", "latest", "--out", out])
+    assert shown.exit_code == 0 and "failed: BenchError: pemt: sources=datasets" in " ".join(shown.output.split())
+    assert "sources" in shown.output and "no record in the store yet" in shown.output
+
+
 def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     """A real kill (SIGKILL, no clean-up) mid-training; `bench run --resume` finishes it identically."""
     import os
