@@ -159,9 +159,15 @@ class PEMT(Method):
         self.gate_means: dict[str, torch.Tensor] = {}
 
     def _sources(self) -> tuple[list[Source], list[dict]]:
+        """The source tasks (and those left out, with why) of the reading `sources` names."""
+        read = self._dataset_sources if self.hp["sources"] == "datasets" else self._shot_group_sources
+        sources, skipped = read()
+        if len(sources) == 1:
+            self.ctx.warn(f"pemt: one source ({sources[0].name}): its gate weight is 1 in every block")
+        return sources, skipped
+
+    def _shot_group_sources(self) -> tuple[list[Source], list[dict]]:
         ctx, hp = self.ctx, self.hp
-        if hp["sources"] == "datasets":
-            return self._dataset_sources()
         groups = shot_groups(ctx.dataset.train_counts, ctx.options.shot_convention)
         labels = ctx.dataset.train.labels
         sources, skipped = [], []
@@ -175,8 +181,6 @@ class PEMT(Method):
         if not sources:
             raise BenchError(f"pemt: no shot group of {ctx.dataset.name} ({hp['shot_convention']} convention) has two "
                              "or more classes, so there is no source task; use pemt_adapter_only")
-        if len(sources) == 1:
-            ctx.warn(f"pemt: one source ({sources[0].name}): its gate weight is 1 in every block")
         return sources, skipped
 
     def _dataset_sources(self) -> tuple[list[Source], list[dict]]:
@@ -191,7 +195,8 @@ class PEMT(Method):
             where = "which holds none of them" if folders else "which is not set"
             raise BenchError(f"pemt: sources=datasets reads the other registered datasets from ${DATA_ROOT_ENV}, "
                              f"{where}; {fix}")
-        chosen = [DATASETS.canonical(name) for name in named] or [n for n, f in folders.items() if f is not None]
+        chosen = list(dict.fromkeys(DATASETS.canonical(name) for name in named)) or [
+            name for name, folder in folders.items() if folder is not None]
         for name in chosen:
             if folders.get(name) is None:
                 where = "is the target" if name == target.name else f"has no folder under ${DATA_ROOT_ENV}"

@@ -145,6 +145,7 @@ def test_source_datasets_each_train_a_phase_on_their_own_images_and_select_on_th
     make_places_lt(tmp_path / "data" / "Places_LT", download_layout=False, train_scale=2)
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
     record = run(tmp_path, "pemt", {**QUICK, "sources": "datasets", "source_epochs": "2"})
+    assert "pemt: one source (places_lt): its gate weight is 1 in every block" in record["notes"]
     pemt = record["extras"]["pemt"]
     assert pemt["sources"] == "datasets" and [s["phase"] for s in record["selected"]] == [
         "pemt_source_places_lt", "pemt_target"]
@@ -174,6 +175,7 @@ def record_history(tmp_path) -> list[dict]:
     (True, {"source_datasets": "imagenet_lt"}, (r"^pemt: source dataset imagenet_lt has no folder under "
                                                r"\$BENCH_DATA_ROOT; name others in source_datasets, or set")),
     (True, {"source_datasets": "colour"}, r"unknown dataset 'colour'"),
+    (True, {"source_datasets": "places,digits_lt"}, r"^pemt: source dataset digits_lt is the target; name others"),
 ])
 def test_source_datasets_that_are_not_there_are_one_line_errors(tmp_path, monkeypatch, places, overrides, message):
     (tmp_path / "data").mkdir()
