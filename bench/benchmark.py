@@ -128,7 +128,6 @@ def chosen_configurations(protocol: Protocol, search: Sweep | None, console: Con
 
 def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
     """What would make every run fail, said once before any starts: the weights, the dataset."""
-    from bench.backbones import check_weights_available
     from bench.datasets.base import DATASETS, load_dataset
     from bench.hparams import resolve
     from bench.trackers import check_trackers
@@ -143,25 +142,28 @@ def preflight(protocol: Protocol, options: BenchmarkOptions) -> None:
             raise BenchError(f"protocol {protocol.name}: weights file {protocol.weights_path} not found (weights = "
                              f"{protocol.weights!r} in {protocol.path}); put the file there or pass --weights FILE")
     else:
-        try:
-            check_weights_available(protocol.backbone, allow_download=options.allow_download,
-                                    allow_random_init=protocol.random_init,
-                                    random_init_fix="random_init = true in a protocol of your own")
-        except BenchError as error:
-            raise BenchError(f"protocol {protocol.name}: {error}") from None
+        _check_tower(protocol, protocol.backbone, options, "")
     for method, backbone in protocol.method_backbones.items():  # --weights is the protocol backbone's file
-        try:
-            check_weights_available(backbone, allow_download=options.allow_download,
-                                    allow_random_init=protocol.random_init,
-                                    random_init_fix="random_init = true in a protocol of your own",
-                                    fixes="populate the Hugging Face cache (HF_HOME) on a connected machine, pass "
-                                    f"--allow-download, or leave {method} out of a copy of the protocol")
-        except BenchError as error:
-            raise BenchError(f"protocol {protocol.name}: {method} runs on its own backbone (method_backbones): "
-                             f"{error}") from None
+        _check_tower(protocol, backbone, options, method)
     spec = DATASETS.get(protocol.dataset)
     load_dataset(protocol.dataset, options.data_root, resolve(spec.options, {
         k: v for k, v in protocol.dataset_options.items() if k in spec.options}))
+
+
+def _check_tower(protocol: Protocol, backbone: str, options: BenchmarkOptions, method: str) -> None:
+    """`backbone`'s weights are there by its pretrained tag: the protocol's own (method ""), or the one a method
+    runs on (`method_backbones`), which --weights never supplies."""
+    from bench.backbones import WEIGHT_FIXES, check_weights_available
+
+    fixes = WEIGHT_FIXES if not method else ("populate the Hugging Face cache (HF_HOME) on a connected machine, "
+                                             f"pass --allow-download, or leave {method} out of a copy of the protocol")
+    try:
+        check_weights_available(backbone, allow_download=options.allow_download,
+                                allow_random_init=protocol.random_init,
+                                random_init_fix="random_init = true in a protocol of your own", fixes=fixes)
+    except BenchError as error:
+        own = f"{method} runs on its own backbone (method_backbones): " if method else ""
+        raise BenchError(f"protocol {protocol.name}: {own}{error}") from None
 
 
 def run_benchmark(protocol: Protocol, options: BenchmarkOptions, console: Console) -> Path:

@@ -97,9 +97,10 @@ class RunContext:
         """How `split_name`'s images reach the model (decided once per split, logged, and recorded); of the
         run's dataset, or of `dataset` (another one a method trains on too: PEMT's source datasets), recorded
         as "<its name>:<split>"."""
-        key = split_name if dataset is None else f"{dataset.name}:{split_name}"
+        own = dataset is None or dataset is self.dataset
+        key = split_name if own else f"{dataset.name}:{split_name}"
         if key not in self._feeds:
-            split = getattr(dataset or self.dataset, split_name)
+            split = getattr(self.dataset if own else dataset, split_name)
             pixels, how = None, "image by image (data_cache=off)"
             if self.options.data_cache == "auto":
                 pixels, how = split_pixels(split, self.cache_dir, self.console, self.warn)

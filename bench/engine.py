@@ -264,8 +264,9 @@ class Engine:
         entry = {"phase": phase.name, "epoch": epoch, "step": len(state.history) + 1, "loss": loss,
                  "lr": optimizer.param_groups[0]["lr"] if optimizer else None,
                  "seconds": seconds, "data_wait_share": waited / seconds if seconds > 0 else 0.0}
-        val = (phase.validate() if phase.validate else self.evaluate("val")) \
-            if self._should_validate(epoch, phase) else None
+        val = None
+        if self._should_validate(epoch, phase):
+            val = phase.validate() if phase.validate else self.evaluate("val")
         if val is not None:
             entry["val"] = val.summary()
             entry["val_se"] = none_if_nan(val.standard_error(self.ctx.hparams["selection_metric"]))

@@ -148,8 +148,7 @@ def predict_images(ctx: RunContext, model: nn.Module, split_name: str, towers: S
     model.eval()
     logits = []
     share = world().shard(range(len(split)))  # over several ranks: each predicts its share, and all gather
-    for images, _ in ctx.feed(split_name, None if dataset is ctx.dataset else dataset).batches(
-            transform, chunks(share, ctx.eval_batch_size), 0):
+    for images, _ in ctx.feed(split_name, dataset).batches(transform, chunks(share, ctx.eval_batch_size), 0):
         with ctx.autocast():
             logits.append(model(images).float().cpu())
     local = torch.cat(logits) if logits else torch.zeros(0, dataset.num_classes)

@@ -255,14 +255,15 @@ def _method_backbones(table: dict[str, Any], methods: tuple[str, ...], backbone:
     from bench.methods.base import METHODS
 
     chosen = {}
-    for method, name in table.items():
-        if METHODS.canonical(method) not in methods:
-            raise _Invalid(f"[method_backbones] {method} is not one of the protocol's methods")
+    for given, name in table.items():
+        method = METHODS.canonical(given)
+        if method not in methods:
+            raise _Invalid(f"[method_backbones] {given} is not one of the protocol's methods")
         if not isinstance(name, str) or name == backbone:
-            raise _Invalid(f"method_backbones.{method} = {name!r}: a backbone name other than the protocol's "
+            raise _Invalid(f"method_backbones.{given} = {name!r}: a backbone name other than the protocol's "
                            f"({backbone}), or leave the method out of [method_backbones]")
         parse_backbone(name)
-        chosen[METHODS.canonical(method)] = name
+        chosen[method] = name
     return chosen
 
 

@@ -158,6 +158,15 @@ def _label_clusters(points: list[tuple[float, float, str]]) -> dict[tuple[float,
     return clusters
 
 
+def _say_missing(notes: list[str], plot: str, file: str, missing: list[str], rows: list[LeaderboardRow]) -> bool:
+    """Note the rows a plot read from run folders leaves out for want of `file`; False when it has none left."""
+    if missing and len(missing) == len(rows):
+        notes.append(f"No {plot} plot: no {file} for {', '.join(missing)} {RUN_FOLDERS}.")
+    elif missing:
+        notes.append(f"The {plot} plot leaves out {', '.join(missing)}: no {file} {RUN_FOLDERS}.")
+    return len(missing) < len(rows)
+
+
 def _per_class(results_root: Path | None) -> Callable:
     def draw(axes, rows: list[LeaderboardRow], notes: list[str]) -> bool:
         missing = []
@@ -169,11 +178,7 @@ def _per_class(results_root: Path | None) -> Callable:
             points.sort()
             axes.plot([count for count, _ in points], [accuracy for _, accuracy in points], linewidth=0.8,
                       markersize=4, alpha=0.85, label=row_label(row), **_style(index))
-        if missing:
-            notes.append(f"No per-class plot: no per_class.csv for {', '.join(missing)} {RUN_FOLDERS}."
-                         if len(missing) == len(rows) else
-                         f"The per-class plot leaves out {', '.join(missing)}: no per_class.csv {RUN_FOLDERS}.")
-        if len(missing) == len(rows):
+        if not _say_missing(notes, "per-class", "per_class.csv", missing, rows):
             return False
         axes.set_xscale("log")
         axes.set_xlabel("training images of the class, log scale")
@@ -203,12 +208,7 @@ def _val_curves(results_root: Path | None) -> Callable:
                       color=style["color"], label=row_label(row))
             ends = [(epoch, value) for epoch, value in points if epoch in boundaries]
             axes.plot([e for e, _ in ends], [v for _, v in ends], linestyle="none", **style)
-        if missing:
-            notes.append(f"No val-curve plot: no metrics.json with val epochs for {', '.join(missing)} "
-                         f"{RUN_FOLDERS}." if len(missing) == len(rows) else
-                         f"The val-curve plot leaves out {', '.join(missing)}: no metrics.json with val epochs "
-                         f"{RUN_FOLDERS}.")
-        if len(missing) == len(rows):
+        if not _say_missing(notes, "val-curve", "metrics.json with val epochs", missing, rows):
             return False
         axes.set_xlabel("epoch, across phases (a marker ends each phase but the last)")
         axes.set_ylabel(f"val {' / '.join(sorted(metrics))} (%)")
