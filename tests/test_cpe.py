@@ -97,7 +97,7 @@ def test_only_the_routed_term_makes_the_bn_copies_differ():
 
 def test_weight_average_follows_usbs_update_and_swaps_back():
     weight = torch.nn.Parameter(torch.zeros(3))
-    average = WeightAverage([weight], decay=0.9)
+    average = WeightAverage([weight], decay=0.9, warmup=False)
     for value in (1.0, 2.0):
         with torch.no_grad():
             weight.fill_(value)
@@ -107,6 +107,24 @@ def test_weight_average_follows_usbs_update_and_swaps_back():
         torch.testing.assert_close(weight.detach(), average.w0)
     assert torch.equal(weight.detach(), torch.full((3,), 2.0))
 
+
+def test_weight_average_warm_up_forgets_the_initial_weights_on_a_short_schedule():
+    # 100 steps at the weight 1 from an initial 0: USB's 0.999 keeps 0.999^100 ≈ 90 % of the initial weight; the
+    # warm-up's decay at step t is min(0.999, (1 + t) / (10 + t)): 1/10 at the first step, 0.999 from step 8,990.
+    weight = torch.nn.Parameter(torch.zeros(1))
+    averages = {warmup: WeightAverage([weight], decay=0.999, warmup=warmup) for warmup in (False, True)}
+    assert averages[True].current_decay() == pytest.approx(0.1)
+    with torch.no_grad():
+        weight.fill_(1.0)
+    for _ in range(100):
+        for average in averages.values():
+            average.update()
+    assert averages[False].w0.item() == pytest.approx(1 - 0.999 ** 100)  # ≈ 0.095
+    kept = np.prod([min(0.999, (1 + t) / (10 + t)) for t in range(100)])  # the initial weight's share
+    assert averages[True].w0.item() == pytest.approx(1 - kept) and kept < 1e-3
+    assert int(averages[True].steps) == 100 and "steps" in averages[True].state_dict()  # checkpoints keep t
+    averages[True].steps.fill_(8_990)
+    assert averages[True].current_decay() == pytest.approx(0.999)
 
 def test_checkpoints_hold_a_phases_state_buffers_which_are_not_counted_as_trained():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
