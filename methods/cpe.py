@@ -30,8 +30,8 @@ config/classic_cv_imb/fixmatch_cpe/*.yaml) does, and what this keeps:
   ones, as USB's `apply_shadow` swaps parameters only). Deviation: the decay warms up, min(0.999, (1 + t) /
   (10 + t)) at step t (`ema_warmup`), because 0.999 from the first step over a short schedule leaves the average
   near the initial weights (measured: val mean per-class 15.5 against 37.5 without the EMA on the
-  `cifar10_lt_cpu` protocol's ~100 steps); over the official 262,144 steps the warm-up ends at step 8,990. The record keeps every expert's val and test accuracy and
-  their mean's (`extra_record`).
+  `cifar10_lt_cpu` protocol's ~100 steps); over the official 262,144 steps the warm-up ends at step 8,990.
+  The record keeps every expert's val and test accuracy and their mean's (`extra_record`).
 - **Representation**: the WRN learns its features; a frozen tower cannot, so `cpe` adds the harness's
   AdaptFormer adapters (methods/peft.py) to the trained set; `cpe_frozen` trains the BN copies and heads only.
 - **Optimiser**: the harness's PEFT recipe, as `adaptformer` (LIFT's: SGD momentum 0.9, lr 0.01, weight decay
@@ -167,16 +167,17 @@ class WeightAverage(nn.Module):
     def shadows(self) -> list[torch.Tensor]:
         return [getattr(self, f"w{index}") for index in range(len(self.tracked))]
 
-    def current_decay(self) -> float:
-        """The decay the next update applies."""
-        t = int(self.steps)
-        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+    def current_decay(self) -> torch.Tensor:
+        """The decay the next update applies, a float64 0-d tensor where the step count is (so an update never
+        waits for the device)."""
+        t = self.steps.double()
+        return torch.clamp((1 + t) / (10 + t), max=self.decay) if self.warmup else torch.full_like(t, self.decay)
 
     @torch.no_grad()
     def update(self) -> None:
         decay = self.current_decay()
         for shadow, parameter in zip(self.shadows(), self.tracked, strict=True):
-            shadow.mul_(decay).add_(parameter, alpha=1.0 - decay)
+            shadow.mul_(decay.to(shadow.dtype)).addcmul_(parameter, (1 - decay).to(shadow.dtype))
         self.steps += 1
 
     @contextmanager

@@ -126,6 +126,7 @@ def test_weight_average_warm_up_forgets_the_initial_weights_on_a_short_schedule(
     averages[True].steps.fill_(8_990)
     assert averages[True].current_decay() == pytest.approx(0.999)
 
+
 def test_checkpoints_hold_a_phases_state_buffers_which_are_not_counted_as_trained():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     phase = Phase("p", 1, list(model[0].parameters()), state=[model[1].running_mean])
