@@ -86,8 +86,9 @@ def _png(figure) -> bytes:
 def _style(index: int) -> dict:
     from matplotlib import colormaps
 
-    return {"color": colormaps["tab10"](index % 10), "marker": MARKERS[index % len(MARKERS)]}  # tab10: no two
-    # neighbours share a hue (tab20 pairs a colour with its light shade); (colour, marker) repeats after 60 rows
+    # tab10: no two neighbours share a hue (tab20 pairs a colour with its light shade); (colour, marker) repeats
+    # after 60 rows
+    return {"color": colormaps["tab10"](index % 10), "marker": MARKERS[index % len(MARKERS)]}
 
 
 def _shot_groups(axes, rows: list[LeaderboardRow], notes: list[str]) -> bool:
